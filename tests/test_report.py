@@ -149,10 +149,11 @@ class _Dom(html.parser.HTMLParser):
         return [d for stack, d in self.texts if tag in stack]
 
 
-def _png(src: str) -> np.ndarray:
-    prefix = "data:image/png;base64,"
+def _image(src: str, kind: str) -> np.ndarray:
+    """Decode a data: URI image of the given kind ('png', 'jpeg') into pixels (rows, cols, channels)."""
+    prefix = f"data:image/{kind};base64,"
     assert src.startswith(prefix)
-    return matplotlib.image.imread(io.BytesIO(base64.b64decode(src[len(prefix):])), format="png")
+    return matplotlib.image.imread(io.BytesIO(base64.b64decode(src[len(prefix):])), format=kind)
 
 
 def _rendered(catalog: Catalog, name: str, **kwargs) -> tuple[Path, _Dom]:
@@ -168,6 +169,7 @@ def test_page_structure(catalog: Catalog) -> None:
     assert {k: stats[k] for k in ("Tracks ok", "Skipped", "Failed", "Audio", "Wall time", "Real-time factor", "Model")} == {
         "Tracks ok": "3", "Skipped": "1", "Failed": "1", "Audio": "9.0 s", "Wall time": "0:04",
         "Real-time factor": "2.0×", "Model": "spleeter:4stems"}
+    assert stats["Date"] == "2026-11-28 22:00:00 UTC → 2026-11-28 22:05:00 UTC"
     # The failure and its reason come before the plots; user strings are text, not markup.
     assert EVIL_ERROR in dom.text_in("td")
     text = out.read_text(encoding="utf-8")
@@ -176,7 +178,7 @@ def test_page_structure(catalog: Catalog) -> None:
     assert dom.text_in("h3").count(EVIL_ID) == 1
     # Box plots: one PNG with the three panels; medians next to it equal numpy's.
     (plot,) = dom.all("img", **{"class": "plot"})
-    assert _png(plot["src"]).shape[:2] == (360, 1120)
+    assert _image(plot["src"], "png").shape[:2] == (360, 1120)
     cells = [c for c in dom.text_in("td") if c.replace(".", "").replace("-", "").isdigit()]
     expected = [f"{catalog.medians[(m, s)]:.2f}" for m in ("sdr", "sir", "sar") for s in STEMS]
     assert cells[: len(expected)] == expected
@@ -187,7 +189,7 @@ def test_page_structure(catalog: Catalog) -> None:
     # Cards: skipped and ok tracks (failed ones are listed above); a spectrogram per file.
     assert len(dom.all("section", **{"class": "track"})) == 4
     specs = dom.all("img", **{"class": "spec"})
-    assert len(specs) == 3 * 5 + 1 and all(_png(s["src"]).shape[:2] == report.SPECTROGRAM_SHAPE for s in specs)
+    assert len(specs) == 3 * 5 + 1 and all(_image(s["src"], "jpeg").shape[:2] == report.SPECTROGRAM_SHAPE for s in specs)
     # Players link the files themselves, relative to the report's folder.
     linked = {(out.parent / urllib.parse.unquote(a["src"])).resolve() for a in dom.all("audio")}
     wanted = {p.resolve() for mix, stems in catalog.files.values() for p in [mix, *stems.values()]}
@@ -233,6 +235,7 @@ def test_run_selection_and_cli(catalog: Catalog, capsys: pytest.CaptureFixture[s
     dom = _Dom(out.read_text(encoding="utf-8"))
     stats = dict(zip(dom.text_in("div")[0::2], dom.text_in("div")[1::2]))
     assert (stats["Tracks ok"], stats["Audio"], stats["Wall time"], stats["Real-time factor"]) == ("1", "1.5 min", "0:30", "3.0×")
+    assert stats["Date"] == "2026-11-27 22:00:00 UTC"
     assert any("no runs row" in t for t in dom.text_in("li"))
     assert report.main(["--results", catalog.url, "--run", "nope", "--output", str(out)]) == 2
     assert "run 'nope' not found" in capsys.readouterr().err
