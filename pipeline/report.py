@@ -533,21 +533,27 @@ def metrics_boxplot_png(values: Mapping[tuple[str, str], Sequence[float]], stems
 
 def _table_section(rows: Sequence[Mapping[str, Any]], metric_cols: Sequence[tuple[str, str]],
                    hrefs: Mapping[str, str]) -> str:
-    head = ('<th data-type="text">Track</th><th data-type="text">Status</th>'
-            '<th data-type="num">Duration s</th><th data-type="num">× real time</th>')
-    head += "".join(f'<th data-type="num">{m.upper()} {_esc(s)}</th>' for m, s in metric_cols)
-    body = []
-    for row in rows:
-        tid = _esc(row["track_id"])
-        name = f'<a href="{_esc(hrefs[row["track_id"]])}">{tid}</a>' if row["track_id"] in hrefs else tid
-        cells = [f'<td class="tid">{name}</td>', f'<td>{_esc(row.get("status") or "")}</td>']
-        cells += [_num_cell(row.get(k), 1) for k in ("duration_s", "realtime_factor")]
-        cells += [_num_cell(row.get(f"{m}_{s}"), 2) for m, s in metric_cols]
-        body.append(f"<tr>{''.join(cells)}</tr>")
+    """The per-track table as embedded JSON, drawn 100 rows at a time by _TABLE_JS (sortable).
+
+    JSON: {"columns": [[label, "text"|"num", digits]], "rows": [[track_id, card href or "", status,
+    numbers (null when missing)...]]}; about 130 bytes a row with 16 metric columns.
+    """
+    columns = [["Track", "text", 0], ["Status", "text", 0], ["Duration s", "num", 1], ["× real time", "num", 1]]
+    columns += [[f"{m.upper()} {s}", "num", 2] for m, s in metric_cols]
+    data = [
+        [row["track_id"], hrefs.get(row["track_id"], ""), row.get("status") or ""]
+        + [_round(row.get(k), 1) for k in ("duration_s", "realtime_factor")]
+        + [_round(row.get(f"{m}_{s}"), 2) for m, s in metric_cols]
+        for row in rows
+    ]
     return (f'<section id="table"><h2>Per-track results ({len(rows):,})</h2>'
-            '<p class="note">Click a column to sort; click again to reverse.</p>'
-            f'<div class="scroll"><table class="sortable" id="results"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div></section>')
+            '<p class="note">Click a column to sort over all tracks; click again to reverse.</p>'
+            f'<script type="application/json" id="results-data">{_json_for_script({"columns": columns, "rows": data})}</script>'
+            '<div class="pager"><button type="button" id="results-prev">◀</button> <span id="results-info"></span> '
+            '<button type="button" id="results-next">▶</button></div>'
+            '<div class="scroll"><table class="sortable" id="results"><thead><tr></tr></thead><tbody></tbody></table></div>'
+            "<noscript><p>The table needs JavaScript; the results table holds the same figures.</p></noscript>"
+            "</section>")
 
 
 def _page_nav(names: Sequence[str], current: int) -> str:
@@ -574,7 +580,7 @@ h3{font-size:15px;margin:0 0 4px;word-break:break-all}.id{font-family:monospace;
 .stat .k{font-size:12px;color:#666}.stat .v{font-size:18px;font-weight:600}
 .note{color:#666;font-size:12px}code{font-size:12px}
 table{border-collapse:collapse;font-size:13px}td,th{border-bottom:1px solid #e4e4e4;padding:3px 8px;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.err{color:#a40000;white-space:pre-wrap}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.pager{margin:4px 0;font-size:13px}.err{color:#a40000;white-space:pre-wrap}
 .tid{overflow-wrap:anywhere;min-width:9em;max-width:360px}.scroll{max-height:520px;overflow:auto;border:1px solid #e4e4e4}
 table.sortable th{cursor:pointer;position:sticky;top:0;background:#f4f5f7;user-select:none}
 th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
@@ -587,30 +593,64 @@ nav.pages{margin:8px 0;display:flex;flex-wrap:wrap;gap:4px}nav.pages a,nav.pages
 nav.pages .cur{background:#222;color:#fff}
 """
 
-_SORT_JS = """
-document.querySelectorAll("table.sortable th").forEach(function (th) {
-  th.addEventListener("click", function () {
-    var table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
-    var dir = th.dataset.dir === "asc" ? "desc" : "asc", numeric = th.dataset.type === "num";
-    table.querySelectorAll("th").forEach(function (h) { delete h.dataset.dir; });
-    th.dataset.dir = dir;
-    var keyed = Array.prototype.map.call(body.rows, function (r) {
-      var c = r.cells[col], v = c.dataset.v !== undefined ? c.dataset.v : c.textContent;
-      return [numeric ? (v === "" ? NaN : parseFloat(v)) : v.toLowerCase(), r];
+_TABLE_JS = """
+(function () {
+  var holder = document.getElementById("results-data");
+  if (!holder) return;
+  var data = JSON.parse(holder.textContent), cols = data.columns, rows = data.rows;
+  var table = document.getElementById("results"), head = table.tHead.rows[0], body = table.tBodies[0];
+  var info = document.getElementById("results-info"), prev = document.getElementById("results-prev"),
+      next = document.getElementById("results-next"), perPage = 100, page = 0, sortCol = -1, dir = 1;
+  function value(r, i) { return i === 0 ? r[0] : r[i + 1]; }  // r[1] is the track's card link
+  function render() {
+    var frag = document.createDocumentFragment(), first = page * perPage;
+    rows.slice(first, first + perPage).forEach(function (r) {
+      var tr = document.createElement("tr");
+      cols.forEach(function (c, i) {
+        var td = document.createElement("td"), v = value(r, i);
+        if (i === 0 && r[1]) {
+          var a = document.createElement("a"); a.setAttribute("href", r[1]); a.textContent = v; td.appendChild(a);
+        } else if (c[1] === "num") {
+          td.className = "n"; td.textContent = v === null ? "" : v.toFixed(c[2]);
+        } else {
+          td.textContent = v;
+        }
+        if (i === 0) td.className = "tid";
+        tr.appendChild(td);
+      });
+      frag.appendChild(tr);
     });
-    keyed.sort(function (a, b) {
-      var x = a[0], y = b[0];
-      if (numeric) {
-        if (isNaN(x) || isNaN(y)) return isNaN(x) - isNaN(y);
-        return dir === "asc" ? x - y : y - x;
-      }
-      return dir === "asc" ? x.localeCompare(y) : y.localeCompare(x);
-    });
-    var frag = document.createDocumentFragment();
-    keyed.forEach(function (p) { frag.appendChild(p[1]); });
+    body.textContent = "";
     body.appendChild(frag);
+    info.textContent = rows.length ? "rows " + (first + 1) + "–" + Math.min(rows.length, first + perPage) +
+                                     " of " + rows.length : "no rows";
+    prev.disabled = page === 0;
+    next.disabled = first + perPage >= rows.length;
+  }
+  function sortBy(i, th) {
+    dir = sortCol === i ? -dir : 1;
+    sortCol = i;
+    var numeric = cols[i][1] === "num";
+    rows.sort(function (a, b) {
+      var x = value(a, i), y = value(b, i);
+      if (x === null || y === null) return (x === null) - (y === null);  // missing values last
+      return dir * (numeric ? x - y : String(x).localeCompare(String(y)));
+    });
+    Array.prototype.forEach.call(head.cells, function (h) { delete h.dataset.dir; });
+    th.dataset.dir = dir > 0 ? "asc" : "desc";
+    page = 0;
+    render();
+  }
+  cols.forEach(function (c, i) {
+    var th = document.createElement("th");
+    th.textContent = c[0];
+    th.addEventListener("click", function () { sortBy(i, th); });
+    head.appendChild(th);
   });
-});
+  prev.addEventListener("click", function () { page -= 1; render(); });
+  next.addEventListener("click", function () { page += 1; render(); });
+  render();
+})();
 """
 
 
@@ -618,7 +658,7 @@ def _page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>{body}"
-            f"<script>{_SORT_JS}</script></body></html>")
+            f"<script>{_TABLE_JS}</script></body></html>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,11 +687,6 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "" if num is None else f"{num:.{digits}f}"
 
 
-def _num_cell(value: Any, digits: int) -> str:
-    num = _num(value)
-    return '<td class="n" data-v=""></td>' if num is None else f'<td class="n" data-v="{num!r}">{num:.{digits}f}</td>'
-
-
 def _when(value: Any) -> str:
     """A UTC timestamp (datetime or ISO string) as 'YYYY-MM-DD HH:MM:SS UTC'; other text as is."""
     if value is None or value == "":
@@ -673,6 +708,17 @@ def _audio_amount(seconds: float) -> str:
     if seconds >= 360:
         return f"{seconds / 3600:.2f} h"
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def _round(value: Any, digits: int) -> float | None:
+    num = _num(value)
+    return None if num is None else round(num, digits)
+
+
+def _json_for_script(value: Any) -> str:
+    """JSON safe inside a <script> element: <, > and & as \\u escapes, so no tag can close it."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _clock(seconds: float) -> str:

@@ -156,6 +156,10 @@ def _image(src: str, kind: str) -> np.ndarray:
     return matplotlib.image.imread(io.BytesIO(base64.b64decode(src[len(prefix):])), format=kind)
 
 
+def _table_data(dom: _Dom) -> dict:
+    return json.loads("".join(d for stack, d in dom.texts if stack and stack[-1] == "script" and d.startswith('{"columns"')))
+
+
 def _rendered(catalog: Catalog, name: str, **kwargs) -> tuple[Path, _Dom]:
     out = catalog.root / name / "report.html"
     assert report.write_report(catalog.url, str(out), **kwargs) == str(out)
@@ -174,7 +178,8 @@ def test_page_structure(catalog: Catalog) -> None:
     assert EVIL_ERROR in dom.text_in("td")
     text = out.read_text(encoding="utf-8")
     assert text.index('id="failures"') < text.index('id="metrics"') < text.index('id="table"')
-    assert len(dom.all("script")) == 1 and not dom.all("b")
+    assert "<b>" not in text and "<script>alert" not in text  # nowhere raw, not even in the JSON
+    assert len(dom.all("script")) == 2 and not dom.all("b")  # the table's data and its code
     assert dom.text_in("h3").count(EVIL_ID) == 1
     # Box plots: one PNG with the three panels; medians next to it equal numpy's.
     (plot,) = dom.all("img", **{"class": "plot"})
@@ -182,10 +187,15 @@ def test_page_structure(catalog: Catalog) -> None:
     cells = [c for c in dom.text_in("td") if c.replace(".", "").replace("-", "").isdigit()]
     expected = [f"{catalog.medians[(m, s)]:.2f}" for m in ("sdr", "sir", "sar") for s in STEMS]
     assert cells[: len(expected)] == expected
-    # The sortable table: every row of the run, metric columns for each stem.
-    headers = dom.text_in("th")
-    assert {"SDR vocals", "SIR drums", "SAR bass", "ISR other"} <= set(headers)
-    assert len(dom.all("td", **{"class": "tid"})) == 5 + 1  # 5 table rows + 1 failure row
+    # The sortable table's data: every row of the run, metric columns for each stem.
+    table = _table_data(dom)
+    labels = [c[0] for c in table["columns"]]
+    assert labels[:4] == ["Track", "Status", "Duration s", "× real time"]
+    assert labels[4:] == [f"{m} {s}" for m in ("SDR", "SIR", "SAR", "ISR") for s in STEMS]
+    by_id = {r[0]: r for r in table["rows"]}
+    assert sorted(by_id) == sorted([EVIL_ID, "alpha", "beta", "broken", "gamma"])
+    assert by_id["alpha"][2:5] == ["ok", 3.0, 2.0] and by_id["alpha"][5] == round(catalog.sdr_vocals["alpha"], 2)
+    assert by_id["broken"][1:] == ["", "failed"] + [None] * 18  # no card, no figures
     # Cards: skipped and ok tracks (failed ones are listed above); a spectrogram per file.
     assert len(dom.all("section", **{"class": "track"})) == 4
     specs = dom.all("img", **{"class": "spec"})
@@ -215,7 +225,8 @@ def test_pages_and_excerpts(catalog: Catalog) -> None:
     dom2 = _Dom(page2.read_text(encoding="utf-8"))
     assert len(dom.all("section", **{"class": "track"})) == 3 and len(dom2.all("section", **{"class": "track"})) == 1
     assert not dom2.all("img", **{"class": "spec"}) and not dom2.all("audio")
-    assert "report-p2.html#t3" in [a["href"] for a in dom.all("a")]  # table links to the card's page
+    hrefs = {r[0]: r[1] for r in _table_data(dom)["rows"]}  # the table links each track to its card
+    assert (hrefs["alpha"], hrefs["gamma"], hrefs["broken"]) == ("report.html#t1", "report-p2.html#t3", "")
     # Excerpts next to the report: 1 s from a quarter into the track, matching the source samples.
     players = dom.all("audio")
     assert len(players) == 3 * 5 and all(a["src"].startswith("report_media/") for a in players)
@@ -280,8 +291,9 @@ def test_page_in_headless_chromium(catalog: Catalog, tmp_path: Path) -> None:
     dom = _Dom(_run_chromium(_chromium(), tmp_path / "profile", "--virtual-time-budget=15000", "--dump-dom",
                              probe_page.as_uri()))
     # The HTML track id and error string are text in the browser's DOM, not elements.
-    assert not dom.all("b") and len(dom.all("script")) == 2
+    assert not dom.all("b") and len(dom.all("script")) == 3
     assert EVIL_ID in dom.text_in("h3") and EVIL_ERROR in dom.text_in("td")
+    assert EVIL_ID in dom.text_in("a")  # the table drawn by the page's script: text, linked to its card
     probe = json.loads("".join(dom.text_in("pre")))
     # Sorting by SDR vocals (ascending), failed/skipped rows (no value) last.
     by_sdr = sorted(catalog.sdr_vocals, key=catalog.sdr_vocals.get)
