@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import urllib.parse
 from dataclasses import dataclass
@@ -99,6 +100,10 @@ def write_report(
     cards = [row for row in rows if row.get("status") != "failed"]
     n_pages = max(1, math.ceil(len(cards) / page_size))
     page_names += [f"{base}-p{n}{ext}" for n in range(2, n_pages + 1)]
+    page_file = re.compile(rf"{re.escape(base)}-p\d+{re.escape(ext)}")
+    for name in os.listdir(out_dir):  # pages of an earlier, longer report at the same path
+        if page_file.fullmatch(name) and name not in page_names:
+            os.remove(os.path.join(out_dir, name))
     media = _MediaWriter(out_dir, os.path.join(out_dir, f"{base}_media"), excerpt_s, link_local_audio)
 
     def card_href(index: int) -> str:
@@ -216,23 +221,22 @@ def summarize(run_id: str, run_row: Mapping[str, Any] | None, rows: Sequence[Map
         "finished_at": finished[-1] if finished else None,
     }
     run = dict(run_row or {})
-    used_run_wall = _num(run.get("wall_s")) is not None
+    missing = [name for name in aggregated if run.get(name) is None or run.get(name) == ""]
 
     def pick(name: str) -> Any:
-        value = run.get(name)
-        return aggregated.get(name) if value is None or value == "" else value
+        return aggregated[name] if name in missing else run[name]
 
     wall = _num(pick("wall_s"))
     audio_s = _num(pick("audio_s")) or 0.0
-    rtf = _num(run.get("realtime_factor")) if used_run_wall else None
+    rtf = _num(run.get("realtime_factor")) if "wall_s" not in missing else None
     if rtf is None and wall:
         rtf = audio_s / wall
     if run_row is None:
         source = "aggregated from the results rows (no runs row); wall time is the sum over tracks"
-    elif used_run_wall:
-        source = "runs table"
+    elif missing:
+        source = f"runs table; {', '.join(missing)} aggregated from the results rows"
     else:
-        source = "runs table, with missing figures aggregated from the results rows"
+        source = "runs table"
     return Summary(
         run_id=run_id,
         ok=int(pick("tracks_ok")),
