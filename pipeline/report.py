@@ -145,8 +145,15 @@ def load_run(results_url: str, run_id: str | None) -> tuple[str, dict[str, Any] 
 
     if results_url.startswith("bigquery:"):
         raise ValueError("the report reads SQL results tables; export the BigQuery table to SQL first")
-    engine = sa.create_engine(results_url)
-    where = engine.url.render_as_string(hide_password=True)
+    try:
+        url = sa.engine.make_url(results_url)
+    except sa.exc.ArgumentError:
+        raise ValueError(f"not a SQLAlchemy URL: {results_url!r} (e.g. sqlite:///out/results.sqlite)") from None
+    where = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not os.path.isfile(url.database):
+        raise LookupError(f"no SQLite file at {url.database}")  # connecting would create an empty one
+    engine = sa.create_engine(url)
     try:
         meta = sa.MetaData()
         meta.reflect(engine, only=lambda name, _: name in (RESULTS_TABLE, RUNS_TABLE))
