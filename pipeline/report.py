@@ -25,8 +25,10 @@ import json
 import logging
 import math
 import os
+import posixpath
 import re
 import sys
+import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Mapping, Sequence
@@ -83,12 +85,20 @@ def write_report(
     """Render the report of run `run_id` (the latest run when None) and return the main page's path.
 
     `results_url` is a SQLAlchemy URL (sqlite:///..., postgresql://...) holding the `results` and
-    `runs` tables; `output_html` a local path. Track cards go `page_size` to a page; spectrograms and
+    `runs` tables; `output_html` a local path, or a remote one (gs://...: rendered in a temporary
+    folder with excerpts for all audio, then copied; earlier pages there are not removed). Track cards go `page_size` to a page; spectrograms and
     excerpts are rendered for the first `media_pages` pages. With `link_local_audio=False`, players use
     excerpts instead of linking local files (a report that can be moved without the stems).
     """
     if page_size < 1 or media_pages < 0 or excerpt_s <= 0:
         raise ValueError("page_size must be >= 1, media_pages >= 0 and excerpt_s > 0")
+    if is_remote(output_html):
+        with tempfile.TemporaryDirectory(prefix="stembeam-report-") as tmp:
+            write_report(results_url, os.path.join(tmp, posixpath.basename(output_html)), run_id,
+                         page_size=page_size, media_pages=media_pages, excerpt_s=excerpt_s,
+                         link_local_audio=False)
+            _upload_folder(tmp, posixpath.dirname(output_html))
+        return output_html
     run_id, run_row, rows = load_run(results_url, run_id)
     summary = summarize(run_id, run_row, rows)
     output_html = os.path.abspath(output_html)
@@ -137,6 +147,19 @@ def write_report(
         with open(os.path.join(out_dir, page_names[page]), "w", encoding="utf-8") as f:
             f.write(_page(f"stembeam run {run_id}", "".join(body)))
     return output_html
+
+
+def _upload_folder(local_dir: str, remote_dir: str) -> None:
+    """Copy every file under local_dir to remote_dir (gs://...) through Beam FileSystems."""
+    from apache_beam.io.filesystems import FileSystems
+
+    for folder, _, names in os.walk(local_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(folder, name), local_dir).replace(os.sep, "/")
+            mime = "text/html" if name.endswith((".html", ".htm")) else "audio/ogg"
+            with open(os.path.join(folder, name), "rb") as src, \
+                    FileSystems.create(f"{remote_dir}/{rel}", mime_type=mime) as dst:
+                dst.write(src.read())
 
 
 def load_run(results_url: str, run_id: str | None) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:

@@ -377,3 +377,9 @@ def test_remote_audio_gets_excerpts(tmp_path: Path, gcs_emulator) -> None:
     source, _ = sf.read(stems["vocals"], dtype="float32", start=int(0.75 * SR), frames=2 * SR)
     corr = np.sum(excerpt * source) / np.sqrt(np.sum(excerpt**2) * np.sum(source**2))
     assert rate == SR and excerpt.shape == source.shape and corr > 0.95
+    # A report written to gs:// lands there with its excerpts.
+    assert report.write_report(url, "gs://stems/site/report.html", excerpt_s=2.0) == "gs://stems/site/report.html"
+    names = sorted(b.name for b in gcs_emulator.list_blobs("stems", prefix="site/"))
+    assert names == ["site/report.html"] + [f"site/report_media/0-{n}.ogg" for n in range(5)]
+    remote_page = bucket.blob("site/report.html").download_as_bytes().decode("utf-8")
+    assert remote_page == out.read_text(encoding="utf-8")
