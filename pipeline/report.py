@@ -429,16 +429,16 @@ def _track_card(index: int, row: Mapping[str, Any], media: _MediaWriter, *, with
         else:
             img = ""
         href = media.link(uri) if uri else None
-        if href is None and label in spectra:
-            samples, rate = decoded[label]  # type: ignore[misc]
+        if href is None and got is not None and not isinstance(got, str):
+            samples, rate = got
             try:
                 href = media.write_excerpt(f"{index}-{n}", samples, rate)
             except Exception as exc:
                 _LOG.warning("report: cannot write excerpt of %s: %s", uri, exc)
         if href is not None:
             player = f'<audio controls preload="none" src="{_esc(href)}"></audio>'
-        elif uri:
-            player = '<div class="nospec">no player: file not local or not playable here</div>'
+        elif uri and not with_media:
+            player = '<div class="nospec">no player: excerpts of remote files are made for the first pages only</div>'
         else:
             player = ""
         figures.append(
