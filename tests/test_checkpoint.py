@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 
@@ -28,12 +29,11 @@ def two_stem_checkpoint(tmp_path_factory):
     values = spleeter_variables(TWO.stems, seed=11)
     prefix = str(tmp_path_factory.mktemp("ckpt2") / "model")
     write_spleeter_checkpoint(prefix, values)
-    return prefix, values
+    return prefix, values, import_spleeter_checkpoint(prefix, TWO)
 
 
 def test_import_sets_exactly_the_checkpoint_values(two_stem_checkpoint):
-    prefix, values = two_stem_checkpoint
-    model = import_spleeter_checkpoint(prefix, TWO)
+    _, values, model = two_stem_checkpoint
     # second stem: conv2d_7.. / conv2d_transpose_6.. / batch_normalization_12..
     np.testing.assert_array_equal(model.get_layer("accompaniment_enc1_conv").kernel.numpy(),
                                   values["conv2d_7/kernel"])
@@ -49,10 +49,7 @@ def test_import_sets_exactly_the_checkpoint_values(two_stem_checkpoint):
 
 
 def test_first_layer_matches_numpy_conv_bn(two_stem_checkpoint):
-    prefix, values = two_stem_checkpoint
-    import keras
-
-    model = import_spleeter_checkpoint(prefix, TWO)
+    _, values, model = two_stem_checkpoint
     probe = keras.Model(model.input, model.get_layer("vocals_enc1_act").output)
     x = np.random.default_rng(0).uniform(0, 2, (1, 64, 64, 2)).astype("float32")
     got = probe(x, training=False).numpy()[0]
@@ -72,8 +69,7 @@ def test_first_layer_matches_numpy_conv_bn(two_stem_checkpoint):
 
 
 def test_two_stem_output_matches_raw_tf_reference(two_stem_checkpoint):
-    prefix, values = two_stem_checkpoint
-    model = import_spleeter_checkpoint(prefix, TWO)
+    _, values, model = two_stem_checkpoint
     x = np.random.default_rng(1).uniform(0, 2, (2, 64, 64, 2)).astype("float32")
     got = model(x, training=False).numpy()
     for k in range(2):
@@ -104,15 +100,15 @@ def test_missing_variable_is_a_clear_error(tmp_path):
 
 
 def test_model_folder_round_trip(two_stem_checkpoint, tmp_path):
-    prefix, values = two_stem_checkpoint
-    model = import_spleeter_checkpoint(prefix, TWO)
+    _, values, model = two_stem_checkpoint
     folder = str(tmp_path / "folder")
     sha = write_model_folder(model, TWO, folder, source="test checkpoint")
     loaded, cfg, meta = load_model_folder(folder)
     assert cfg == TWO
     assert meta["source"] == "test checkpoint" and meta["sha256"] == sha
     x = np.random.default_rng(3).uniform(0, 2, (1, 64, 64, 2)).astype("float32")
-    np.testing.assert_array_equal(loaded(x, training=False).numpy(), model(x, training=False).numpy())
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(),
+                                  model(x, training=False).numpy())
     np.testing.assert_array_equal(loaded.get_layer("vocals_dec3_deconv").kernel.numpy(),
                                   values["conv2d_transpose_2/kernel"])
     bf16, _, _ = load_model_folder(folder, precision="bfloat16")
@@ -120,7 +116,7 @@ def test_model_folder_round_trip(two_stem_checkpoint, tmp_path):
 
 
 def test_model_folder_detects_changed_weights(two_stem_checkpoint, tmp_path):
-    model = import_spleeter_checkpoint(two_stem_checkpoint[0], TWO)
+    model = two_stem_checkpoint[2]
     folder = str(tmp_path / "folder")
     write_model_folder(model, TWO, folder, source="test")
     meta_path = os.path.join(folder, META_FILE)
