@@ -89,7 +89,7 @@ def _read_chunks(chunks: Iterable[ChunkRef]) -> Iterator[tuple[int, np.ndarray]]
 def _overlap_added(chunks: list[ChunkRef], num_samples: int, n_stems: int
                    ) -> Iterator[np.ndarray]:
     """The track's stems ``(n, 2, S)`` float32 in order, chunk by chunk."""
-    ola = StreamingOverlapAdd(num_samples, (2, n_stems))
+    ola = StreamingOverlapAdd(num_samples)
     for start, block in _read_chunks(chunks):
         done = ola.push(start, block)
         if len(done):
