@@ -40,8 +40,9 @@ SKIPPED_TAG = "skipped"
 def safe_track_id(raw: str) -> str:
     """A relative ``a/b/c`` id that stays inside the output folder.
 
-    Separators are normalised to ``/``; empty, ``.`` and ``..`` parts and leading dots are
-    neutralised; characters other than letters, digits and ``-_+=,.()&' `` become ``_``.
+    Separators are normalised to ``/``; empty and ``.`` parts are dropped, leading dots (so
+    ``..``) become ``_``; characters other than letters, digits and ``-_+=,.()&' `` become ``_``
+    (so ``~``, used to tell repeated ids apart, never occurs in a sanitised id).
     Raises ValueError for an id with nothing left.
     """
     text = unicodedata.normalize("NFC", raw).replace("\\", "/")
@@ -50,8 +51,8 @@ def safe_track_id(raw: str) -> str:
         part = _UNSAFE.sub("_", part).strip()
         if not part or part == ".":
             continue
-        if part.startswith("."):
-            part = "_" + part[1:]
+        dots = len(part) - len(part.lstrip("."))
+        part = "_" * dots + part[dots:]
         parts.append(part)
     if not parts:
         raise ValueError(f"track id {raw!r} has no usable characters")

@@ -60,10 +60,16 @@ def _soundfile_source(f: BinaryIO) -> tuple[AudioSource, soundfile.SoundFile]:
 
     def blocks() -> Iterator[np.ndarray]:
         sf.seek(0)
+        position = 0
         while True:
-            block = sf.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            try:
+                block = sf.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except soundfile.LibsndfileError as e:
+                raise DecodeError(f"the file is damaged or truncated after "
+                                  f"{position / sf.samplerate:.2f} s: {e}") from e
             if not len(block):
                 return
+            position += len(block)
             yield block
 
     exact = sf.format in EXACT_LENGTH_FORMATS
