@@ -201,6 +201,7 @@ class _AssembleStemsFn(beam.DoFn):
         """Delete the track's chunk files and partial files a killed run left behind."""
         track_dir = storage.join(self._output, track_id)
         storage.delete_matching(storage.join(track_dir, CHUNK_DIR, "*"))
+        storage.remove_empty_folder(storage.join(track_dir, CHUNK_DIR))
         storage.delete_matching(storage.join(track_dir, ".*.partial-*"))
 
 

@@ -65,8 +65,9 @@ def _soundfile_source(f: BinaryIO) -> tuple[AudioSource, soundfile.SoundFile]:
             try:
                 block = sf.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
             except soundfile.LibsndfileError as e:
-                raise DecodeError(f"the file is damaged or truncated after "
-                                  f"{position / sf.samplerate:.2f} s: {e}") from e
+                where = f" after {position / sf.samplerate:.2f} s" if position else ""
+                raise DecodeError(f"the file is damaged or truncated{where} (libsndfile: "
+                                  f"{_reason(e)})") from e
             if not len(block):
                 return
             position += len(block)
@@ -113,6 +114,12 @@ def _pyav_source(f: BinaryIO) -> AudioSource:
     return AudioSource(rate, channels, codec, None, blocks)
 
 
+def _reason(error: Exception) -> str:
+    """A decoder error's own words, without the file object's repr."""
+    text = getattr(error, "error_string", None) or getattr(error, "strerror", None)
+    return str(text or error).strip()
+
+
 @contextlib.contextmanager
 def open_audio(uri: str) -> Iterator[AudioSource]:
     """Open ``uri`` for streaming decode; raises DecodeError when nothing can decode it."""
@@ -133,7 +140,7 @@ def open_audio(uri: str) -> Iterator[AudioSource]:
             except Exception as av_error:
                 raise DecodeError(
                     "not a decodable audio file (empty, damaged or an unsupported format): "
-                    f"libsndfile: {sf_error}; ffmpeg: {av_error}") from av_error
+                    f"libsndfile: {_reason(sf_error)}; ffmpeg: {_reason(av_error)}") from av_error
         yield source
 
 
@@ -286,19 +293,18 @@ class _DecodeSegmentsFn(beam.DoFn):
 
     def process(self, track: Track):
         started = time.time()
+        info = None
         try:
             info, n_segments, segments = decode_segments(track.uri, self._cfg,
                                                          self._segmentation)
             for plan, samples in segments:
                 yield Segment(track=track, plan=plan, started_at=started, samples=samples)
-        except DecodeError as e:
-            beam.metrics.Metrics.counter("stembeam", "decode_failures").inc()
-            yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, error=str(e)))
-            return
         except Exception as e:  # an unexpected decoder failure is still one track's failure
+            reason = str(e) if isinstance(e, DecodeError) else (
+                f"decoding failed: {type(e).__name__}: {e}")
             beam.metrics.Metrics.counter("stembeam", "decode_failures").inc()
-            yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(
-                track, started, error=f"decoding failed: {type(e).__name__}: {e}"))
+            yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, info,
+                                                                      error=reason))
             return
         beam.metrics.Metrics.counter("stembeam", "segments").inc(n_segments)
         yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, info, n_segments))

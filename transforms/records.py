@@ -128,7 +128,7 @@ def result_row(track: Track, run_id: str, model: str, model_sha256: str, status:
     row.update(
         run_id=run_id, track_id=track.track_id, source_uri=track.uri, status=status,
         error=error, model=model, model_sha256=model_sha256,
-        stems=json.dumps(stems or {}, sort_keys=True), wall_s=wall_s,
+        stems=json.dumps(stems or {}), wall_s=wall_s,
         finished_at=utc_now().isoformat(),
     )
     if info is not None:

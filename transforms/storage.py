@@ -161,6 +161,13 @@ def glob(pattern: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
+def remove_empty_folder(path: str) -> None:
+    """Remove a local folder if it is empty (object stores have no folders to remove)."""
+    if is_local(path):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
 def delete_matching(pattern: str) -> None:
     """Delete every file matching ``pattern``."""
     delete(glob(pattern))
