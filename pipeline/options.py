@@ -47,6 +47,9 @@ class SeparateOptions(PipelineOptions):
         parser.add_argument("--run_id", "--run-id", default=None,
                             help="id of this run in the results table (default: UTC time + "
                                  "random suffix); reuse it to resume a killed run")
+        parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                            help="model arithmetic: bfloat16 uses AMX / tensor cores "
+                                 "(default %(default)s)")
         parser.add_argument("--model_cache", "--model-cache", default=None,
                             help="local cache for model folders (default ~/.cache/stembeam)")
         parser.add_argument("--report", default=None,

@@ -93,7 +93,8 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
                | "DecodeSegments" >> DecodeSegments(cfg, options.segmentation))
     chunks = (decoded.segments
               | "Spectrogram" >> Spectrogram(cfg)
-              | "RunInference" >> Separate(model.spec, options.batch_size, options.model_cache)
+              | "RunInference" >> Separate(model.spec, options.batch_size, options.model_cache,
+                                                   options.precision)
               | "ReconstructAndWriteChunks" >> ReconstructAndWriteChunks(
                   cfg, options.postprocess, output))
     separated = ({"summary": decoded[SUMMARY_TAG], "chunks": chunks}
@@ -109,7 +110,8 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
         "started_at": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
         "options": json.dumps({"segmentation": options.segmentation,
                                "postprocess": options.postprocess, "format": options.format,
-                               "batch_size": options.batch_size, "force": options.force}),
+                               "batch_size": options.batch_size, "force": options.force,
+                               "precision": options.precision}),
     }
     (rows
      | "SummarizeRun" >> beam.CombineGlobally(RunSummary(run_row, started))

@@ -1,10 +1,6 @@
 """Shared fixtures: a tiny seeded model folder and an independent numpy separation reference."""
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-
 import numpy as np
 import pytest
 
@@ -17,17 +13,11 @@ def save_tiny_model(folder: str, cfg: ModelConfig = TINY, seed: int = 0) -> str:
     """A seeded ``build_unet(cfg)`` saved as a model folder (model.keras + model.json)."""
     import keras
 
+    from model.checkpoint import write_model_folder
     from model.unet import build_unet
 
     keras.utils.set_random_seed(seed)
-    model = build_unet(cfg)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "model.keras")
-    model.save(path)
-    sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    meta = dict(cfg.to_dict(), sha256=sha, source=f"seeded test model (seed {seed})")
-    with open(os.path.join(folder, "model.json"), "w") as f:
-        json.dump(meta, f)
+    write_model_folder(build_unet(cfg), cfg, folder, f"seeded test model (seed {seed})")
     return folder
 
 

@@ -50,9 +50,9 @@ def describe_model(spec: str, cache_dir: Optional[str] = None) -> ModelInfo:
     """Read the model folder's ``model.json`` (config and weights sha256) for ``spec``."""
     from model.registry import resolve_model_dir
 
-    folder = resolve_model_dir(spec, cache_dir) if cache_dir else resolve_model_dir(spec)
-    meta = json.loads(storage.read_text(storage.join(str(folder), "model.json")))
-    config = ModelConfig.from_dict(meta.get("config", meta))
+    folder = resolve_model_dir(spec, cache_dir)
+    meta = json.loads(storage.read_text(storage.join(folder, "model.json")))
+    config = ModelConfig.from_dict(meta)
     return ModelInfo(spec, config, str(meta.get("sha256", "")))
 
 
@@ -80,15 +80,15 @@ class StemModelHandler(ModelHandler[Segment, Segment, _Predictor]):
     A failing batch does not fail the job: its segments come out with ``error`` set.
     """
 
-    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None):
+    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None,
+                 precision: str = "float32"):
         super().__init__(min_batch_size=1, max_batch_size=batch_size)
-        self._spec = spec
-        self._cache_dir = cache_dir
+        self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
 
     def load_model(self) -> _Predictor:
         from model.registry import load_model
 
-        loaded = load_model(self._spec, cache_dir=self._cache_dir)
+        loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
         predictor = _Predictor(loaded)
         cfg = loaded.config
         predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # build + warm up
@@ -146,9 +146,10 @@ class Spectrogram(beam.PTransform):
 class Separate(beam.PTransform):
     """``Segment`` (magnitude) -> ``Segment`` (estimates) through RunInference."""
 
-    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None):
+    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None,
+                 precision: str = "float32"):
         super().__init__()
-        self._handler = StemModelHandler(spec, batch_size, cache_dir)
+        self._handler = StemModelHandler(spec, batch_size, cache_dir, precision)
 
     def expand(self, segments):
         return segments | RunInference(self._handler, metrics_namespace=METRICS_NAMESPACE)
