@@ -5,7 +5,7 @@ Registered as a plugin (``pytest_plugins = ["tests.services"]`` in tests/conftes
 - ``gcs_emulator`` (session): gcp-storage-emulator on a free 127.0.0.1 port, in memory, in a
   subprocess. Sets ``STORAGE_EMULATOR_HOST`` (and a PYTHONPATH that finds the repo and the test
   modules) for this process and every child, and pre-seeds Beam's credentials here
-  (transforms.gcs_emulator); SDK worker processes seed theirs when they import that module.
+  (transforms.storage); SDK worker processes seed theirs when they import that module.
 - ``loopback_only`` (function): refuses and records every non-loopback call in this process and
   in every child process that imports tests.loopback_guard; fails the test if any was attempted.
 - ``postgres_url`` (session): URL of the server that ``.ci/start-postgres.sh`` starts
@@ -78,7 +78,7 @@ class GcsEmulator:
 
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[GcsEmulator]:
-    from transforms import gcs_emulator as seeding
+    from transforms import storage
 
     port = free_port()
     command = [sys.executable, "-c", "from gcp_storage_emulator.__main__ import main; main()",
@@ -92,13 +92,13 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
         raise RuntimeError(f"{error}\n{stderr}") from None
     endpoint = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(seeding.EMULATOR_ENV, endpoint)
+        patch.setenv(storage.EMULATOR_ENV, endpoint)
         # SDK worker processes started from here import the repo's packages, and test modules
         # by the top-level names pytest gives them (DoFns defined in tests pickle by reference).
         patch.setenv("PYTHONPATH", os.pathsep.join(
             p for p in (str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH"))
             if p))
-        seeding.configure_from_environment()
+        storage.use_anonymous_gcs_credentials()
         yield GcsEmulator(endpoint=endpoint)
     process.terminate()
     try:
