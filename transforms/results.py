@@ -14,6 +14,7 @@ import threading
 from typing import Any, Iterable, Optional
 
 import apache_beam as beam
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -59,11 +60,19 @@ def create_tables(engine: sa.Engine) -> tuple[sa.Table, sa.Table]:
 
 
 def _to_sql(row: dict[str, Any], table: sa.Table) -> dict[str, Any]:
+    """``row`` as driver-ready values: numpy scalars as Python numbers (no driver adapts
+    float32/int64), NaN/inf as NULL, timestamps as UTC datetimes (SQLite keeps only the wall
+    clock, so an offset other than UTC would shift the stored instant)."""
     out = {}
     for column in table.columns:
         value = row.get(column.name)
+        if isinstance(value, np.generic):
+            value = value.item()
         if isinstance(value, str) and isinstance(column.type, sa.DateTime):
             value = datetime.datetime.fromisoformat(value)
+        if isinstance(value, datetime.datetime):
+            value = (value.replace(tzinfo=datetime.timezone.utc) if value.tzinfo is None
+                     else value.astimezone(datetime.timezone.utc))
         elif isinstance(value, float) and not math.isfinite(value):
             value = None
         out[column.name] = value
@@ -72,11 +81,18 @@ def _to_sql(row: dict[str, Any], table: sa.Table) -> dict[str, Any]:
 
 def upsert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert ``rows``, replacing rows with the same primary key, except that a ``skipped``
-    result never replaces an ``ok`` one."""
+    result never replaces an ``ok`` one.
+
+    Rows are written in key order, the last one of a batch winning per key: concurrent writers
+    then lock rows in the same order and cannot deadlock (PostgreSQL aborts one of two
+    transactions that upsert overlapping keys in different orders), and no statement touches a
+    key twice (which ON CONFLICT DO UPDATE refuses).
+    """
     if not rows:
         return
-    rows = [_to_sql(r, table) for r in rows]
     key = [c.name for c in table.primary_key.columns]
+    by_key = {tuple(row[k] for k in key): row for row in rows}
+    rows = [_to_sql(by_key[k], table) for k in sorted(by_key)]
     dialect = connection.dialect.name
     keep_ok = "status" in table.c
     if dialect in ("sqlite", "postgresql"):
