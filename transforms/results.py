@@ -11,20 +11,20 @@ from __future__ import annotations
 import datetime
 import math
 import threading
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import apache_beam as beam
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from transforms.bigquery import bigquery_row, table_schema
 from transforms.results_schema import (RESULT_COLUMNS, RESULT_KEY, RESULTS_TABLE, RUN_COLUMNS,
                                        RUN_KEY, RUNS_TABLE)
 
 BIGQUERY_PREFIX = "bigquery:"
 _SQL_TYPES = {"string": sa.Text, "float": sa.Float, "integer": sa.BigInteger,
               "timestamp": lambda: sa.DateTime(timezone=True)}
-_BQ_TYPES = {"string": "STRING", "float": "FLOAT", "integer": "INTEGER", "timestamp": "TIMESTAMP"}
 _KEY_LENGTH = 512  # key columns are VARCHAR so every database can index them
 
 
@@ -141,31 +141,11 @@ class _WriteSqlFn(beam.DoFn):
         yield from rows
 
 
-def bigquery_schema(columns: Iterable[tuple[str, str, str]]) -> dict[str, Any]:
-    """A BigQuery table schema (``{'fields': [...]}``) for ``results_schema`` columns."""
-    return {"fields": [{"name": name, "type": _BQ_TYPES[kind], "mode": "NULLABLE",
-                        "description": doc} for name, kind, doc in columns]}
-
-
-def bigquery_row(row: dict[str, Any], columns: Iterable[tuple[str, str, str]]
-                 ) -> dict[str, Any]:
-    """``row`` as a BigQuery JSON row: only schema columns, NaN/inf as NULL."""
-    out = {}
-    for name, _, _ in columns:
-        value = row.get(name)
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        if isinstance(value, datetime.datetime):
-            value = value.isoformat()
-        out[name] = value
-    return out
-
-
 def _bigquery_sink(table: str, columns):
     from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 
     return WriteToBigQuery(
-        table, schema=bigquery_schema(columns),
+        table, schema=table_schema(columns),
         create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
         write_disposition=BigQueryDisposition.WRITE_APPEND)
 
