@@ -23,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipeline.options import SeparateOptions, parse_options, results_url
 from transforms import storage
 from transforms.assemble import AssembleStems, ReconstructAndWriteChunks
-from transforms.catalog import SKIPPED_TAG, ListCatalog, SkipDone
+from transforms.catalog import SKIPPED_TAG, ListCatalog, SkipDone, check_source
 from transforms.decode import SUMMARY_TAG, DecodeSegments
 from transforms.evaluate import Evaluate
 from transforms.inference import ModelInfo, Separate, Spectrogram, describe_model
@@ -177,6 +177,7 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
     started = time.time()
     run_id = options.run_id or new_run_id()
     results = results_url(options)
+    check_source(options.input)
     if storage.is_local(options.output):
         os.makedirs(options.output, exist_ok=True)
     model = describe_model(options.model, options.model_cache)
