@@ -21,6 +21,7 @@ setuptools.setup(
         "norbert>=0.2.1",
         "museval>=0.4.1",
         "SQLAlchemy>=2.0",
+        "matplotlib>=3.8",
     ],
     entry_points={"console_scripts": ["stembeam=pipeline.cli:main"]},
 )

@@ -23,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipeline.options import SeparateOptions, parse_options, results_url
 from transforms import storage
 from transforms.assemble import AssembleStems, ReconstructAndWriteChunks
-from transforms.catalog import SKIPPED_TAG, ListCatalog, SkipDone
+from transforms.catalog import SKIPPED_TAG, ListCatalog, SkipDone, check_source
 from transforms.decode import SUMMARY_TAG, DecodeSegments
 from transforms.evaluate import Evaluate
 from transforms.inference import ModelInfo, Separate, Spectrogram, describe_model
@@ -127,6 +127,16 @@ def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
     return total
 
 
+def _distribution_mean(result, name: str) -> Optional[float]:
+    """Mean of a Beam distribution metric of namespace stembeam, None when never updated."""
+    query = MetricsFilter().with_namespace("stembeam").with_name(name)
+    total = count = 0
+    for dist in result.metrics().query(query)["distributions"]:
+        value = dist.committed if dist.committed is not None else dist.attempted
+        total, count = total + value.sum, count + value.count
+    return total / count if count else None
+
+
 def summarize(result, wall_s: float) -> dict[str, float]:
     """Tracks ok/skipped/failed, audio hours, wall time and real-time factor from Beam metrics."""
     audio_s = _counter(result, "audio_ms") / 1e3
@@ -136,10 +146,18 @@ def summarize(result, wall_s: float) -> dict[str, float]:
         "tracks_failed": _counter(result, "tracks_failed"),
         "audio_hours": audio_s / 3600, "wall_s": wall_s,
         "realtime_factor": audio_s / wall_s if wall_s > 0 else 0.0,
+        "model_load_ms": _distribution_mean(result, "load_model_latency_milli_secs"),
+        "batch_size": _distribution_mean(result, "inference_request_batch_size"),
+        "batch_latency_ms": (_distribution_mean(result, "inference_batch_latency_micro_secs")
+                             or 0.0) / 1e3,
     }
     log.info("run summary: %(tracks_ok)d ok, %(tracks_skipped)d skipped, %(tracks_failed)d "
              "failed; %(audio_hours).3f h of audio in %(wall_s).1f s (%(realtime_factor).2fx "
              "real time)", summary)
+    if summary["batch_size"]:
+        log.info("inference: model loaded in %.0f ms (mean per worker), mean batch %.1f segments, "
+                 "%.0f ms per batch", summary["model_load_ms"] or 0.0, summary["batch_size"],
+                 summary["batch_latency_ms"])
     return summary
 
 
@@ -159,6 +177,7 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
     started = time.time()
     run_id = options.run_id or new_run_id()
     results = results_url(options)
+    check_source(options.input)
     if storage.is_local(options.output):
         os.makedirs(options.output, exist_ok=True)
     model = describe_model(options.model, options.model_cache)

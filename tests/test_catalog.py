@@ -5,7 +5,7 @@ import os
 import pytest
 
 from transforms import storage
-from transforms.catalog import list_catalog, safe_track_id
+from transforms.catalog import check_source, list_catalog, safe_track_id
 
 
 @pytest.mark.parametrize("raw,safe", [
@@ -98,3 +98,10 @@ def test_atomic_writes_leave_nothing_on_error(tmp_path):
     assert sorted(os.listdir(tmp_path / "d")) == ["f.bin", "g.bin"]
     storage.delete_matching(str(tmp_path / "d" / "*.bin"))
     assert storage.glob(str(tmp_path / "d" / "*")) == []
+
+
+def test_check_source(tmp_path):
+    check_source(str(tmp_path))
+    check_source(str(tmp_path / "nothing" / "*.wav"))  # an empty glob is an empty catalog
+    with pytest.raises(ValueError, match="does not exist"):
+        check_source(str(tmp_path / "missing.csv"))

@@ -1,10 +1,8 @@
 """Streaming decode: segments carry exactly the samples an in-memory numpy cut would, for every
 container and channel layout; hostile files fail with a reason."""
-import os
 
 import numpy as np
 import pytest
-import soxr
 
 from model.config import ModelConfig
 from model.segmentation import plan_segments, segment_sample_range

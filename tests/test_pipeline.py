@@ -161,7 +161,7 @@ def test_rerun_skips_done_tracks_and_force_redoes_them(first_run, tiny_model):
     assert len(rows_of(output, "run1")) == len(GOOD) + len(BAD)  # run1 untouched
 
 
-def test_force_and_flac_and_wiener(tmp_path, tiny_model):
+def test_flac_wiener_spleeter_cut_then_force(tmp_path, tiny_model):
     folder = str(tmp_path)
     write(os.path.join(folder, "in", "x.wav"), tone(2.0))
     opts = options(os.path.join(folder, "in", "*.wav"), os.path.join(folder, "out"), tiny_model,
@@ -169,7 +169,6 @@ def test_force_and_flac_and_wiener(tmp_path, tiny_model):
     run_test_pipeline(opts, "a", {"x": "ok"})
     info = soundfile.info(os.path.join(folder, "out", "x", "vocals.flac"))
     assert (info.format, info.frames) == ("FLAC", 88200)
-    run_test_pipeline(opts, "b", {"x": "skipped"})
     forced = options(os.path.join(folder, "in", "*.wav"), os.path.join(folder, "out"), tiny_model,
                      "--format", "flac", "--force")
     run_test_pipeline(forced, "c", {"x": "ok"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import time
 from typing import Iterable, Iterator
 
@@ -149,7 +150,6 @@ class _AssembleStemsFn(beam.DoFn):
         chunks = sorted(grouped["chunks"], key=lambda c: c.index)
         track = summary.track
         cfg = self._model.config
-        stems: dict[str, str] = {}
         try:
             self._check(summary, chunks)
             info = summary.info
@@ -158,21 +158,20 @@ class _AssembleStemsFn(beam.DoFn):
             blocks = _overlap_added(chunks, info.model_samples, len(cfg.stems))
             write_stems(_at_input_rate(blocks, info, cfg.sample_rate, len(cfg.stems)), stems,
                         info.sample_rate, self._fmt)
-            wall_s = time.time() - summary.started_at
-            self._write_marker(track, info, stems)
+            self._clean_up(track.track_id)
+            self._write_marker(track, info, stems)  # last: the track counts as done from here
             row = result_row(track, self._run_id, self._model.spec, self._model.sha256, "ok",
-                             info=info, stems=stems, wall_s=wall_s)
+                             info=info, stems=stems, wall_s=time.time() - summary.started_at)
             beam.metrics.Metrics.counter("stembeam", "tracks_ok").inc()
             beam.metrics.Metrics.counter("stembeam", "audio_ms").inc(int(info.duration_s * 1e3))
         except Exception as e:
             reason = str(e) if isinstance(e, TrackFailed) else (
                 f"writing stems failed: {type(e).__name__}: {e}")
+            self._clean_up(track.track_id)
             row = result_row(track, self._run_id, self._model.spec, self._model.sha256, "failed",
                              error=reason, info=summary.info,
                              wall_s=time.time() - summary.started_at)
             beam.metrics.Metrics.counter("stembeam", "tracks_failed").inc()
-        finally:
-            self._clean_up(track.track_id)
         yield track, row
 
     @staticmethod
@@ -198,11 +197,16 @@ class _AssembleStemsFn(beam.DoFn):
                              json.dumps(marker, indent=1).encode())
 
     def _clean_up(self, track_id: str) -> None:
-        """Delete the track's chunk files and partial files a killed run left behind."""
+        """Delete the track's chunk files and partial files a killed run left behind (hidden
+        files: failing to delete them is logged, never fatal)."""
         track_dir = storage.join(self._output, track_id)
-        storage.delete_matching(storage.join(track_dir, CHUNK_DIR, "*"))
-        storage.remove_empty_folder(storage.join(track_dir, CHUNK_DIR))
-        storage.delete_matching(storage.join(track_dir, ".*.partial-*"))
+        try:
+            storage.delete_matching(storage.join(track_dir, CHUNK_DIR, "*"))
+            storage.remove_empty_folder(storage.join(track_dir, CHUNK_DIR))
+            storage.delete_matching(storage.join(track_dir, ".*.partial-*"))
+        except Exception as e:
+            logging.getLogger("stembeam").warning("could not delete temporary files of %s: %s",
+                                                  track_id, e)
 
 
 class AssembleStems(beam.PTransform):

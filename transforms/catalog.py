@@ -160,6 +160,13 @@ def _is_folder(path: str) -> bool:
     return bool(storage.glob(storage.join(path.rstrip("/"), "*")))  # object stores: a prefix
 
 
+def check_source(source: str) -> None:
+    """Raises ValueError when a manifest or folder ``source`` does not exist (a glob that matches
+    nothing is an empty catalog, not an error)."""
+    if not _WILDCARDS.search(source) and not (storage.exists(source) or _is_folder(source)):
+        raise ValueError(f"the catalog {source!r} does not exist")
+
+
 class ListCatalog(beam.PTransform):
     """``PBegin`` -> ``Track`` for every entry of ``source``; listing happens on a worker."""
 
