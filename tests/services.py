@@ -6,6 +6,9 @@ Registered as a plugin (``pytest_plugins = ["tests.services"]`` in tests/conftes
   subprocess. Sets ``STORAGE_EMULATOR_HOST`` (and a PYTHONPATH that finds the repo and the test
   modules) for this process and every child, and pre-seeds Beam's credentials here
   (transforms.storage); SDK worker processes seed theirs when they import that module.
+- ``s3_emulator`` (session): moto's S3 server on a free 127.0.0.1 port, in a thread. Sets
+  ``AWS_ENDPOINT_URL`` and dummy credentials in the environment, which boto3 (and so Beam's S3
+  filesystem) honours in this process and every child, with no pipeline flag.
 - ``loopback_only`` (function): refuses and records every non-loopback call in this process and
   in every child process that imports tests.loopback_guard; fails the test if any was attempted.
 - ``postgres_url`` (session): URL of the server that ``.ci/start-postgres.sh`` starts
@@ -106,6 +109,41 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Emulator:
+    """A running moto S3 server; ``endpoint`` is the AWS_ENDPOINT_URL value."""
+
+    endpoint: str
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def bucket(self, prefix: str = "b") -> str:
+        """Create a new uniquely named bucket; returns its root, ``s3://NAME``."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_emulator() -> Iterator[S3Emulator]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                            "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            patch.setenv(name, value)
+        yield S3Emulator(endpoint=endpoint)
+    server.stop()
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
-"""`stembeam separate` from gs:// to gs:// against gcp-storage-emulator on 127.0.0.1.
+"""`stembeam separate` from object store to object store: gs:// against gcp-storage-emulator and
+s3:// against moto's S3 server, both on 127.0.0.1.
 
 Catalog, model folder and output all live in the emulator's bucket; the command runs in this
 process on its default runner (FnApiRunner, worker threads), under the loopback guard, so any
-credential lookup or request that would leave the machine fails the test. Checked: glob listing
-on gs://, streaming decode from gs://, stems equal to an independent numpy separation, no chunk
-or partial objects left, done-markers, a failed row for a broken file, and a rerun that skips
-(objects not rewritten). Only gs:// is tested against an object store; s3:// goes through the
-same FileSystems calls but no S3 emulator runs in the suite.
+credential lookup or request that would leave the machine fails the test. Checked: glob listing,
+streaming decode from the store, stems equal to an independent numpy separation, no chunk or
+partial objects left, done-markers, a failed row for a broken file, and a rerun that skips
+(objects not rewritten).
 """
 from __future__ import annotations
 
@@ -52,10 +52,27 @@ def objects(root: str) -> list[str]:
     return sorted(m.path[len(root) + 1:] for m in FileSystems.match([f"{root}/**"])[0].metadata_list)
 
 
+def versions(store, root: str, paths: list[str]) -> dict[str, object]:
+    """What changes when an object is rewritten: GCS generation, S3 ETag + modification time."""
+    bucket = root.split("://")[1]
+    if root.startswith("gs://"):
+        blobs = store.client().bucket(bucket)
+        return {p: blobs.get_blob(f"out/{p}").generation for p in paths}
+    client = store.client()
+    return {p: (lambda h: (h["ETag"], h["LastModified"]))(
+        client.head_object(Bucket=bucket, Key=f"out/{p}")) for p in paths}
+
+
+@pytest.fixture(params=["gs", "s3"])
+def store(request):
+    """The emulator of one object store (gs: gcp-storage-emulator, s3: moto)."""
+    return request.getfixturevalue({"gs": "gcs_emulator", "s3": "s3_emulator"}[request.param])
+
+
 @pytest.fixture
-def gs_catalog(gcs_emulator, tiny_model, loopback_only):
+def catalog(store, tiny_model, loopback_only):
     """A bucket holding masters/ (two good tracks, one broken) and models/tiny/."""
-    root = gcs_emulator.bucket("catalog")
+    root = store.bucket("catalog")
     one, two = tone(2.5, seed=4), tone(1.5, 48000, seed=5)
     upload(f"{root}/masters/one.wav", wav_bytes(one, 44100))
     upload(f"{root}/masters/sub/two.flac", wav_bytes(two, 48000, "FLAC", "PCM_24"))
@@ -67,8 +84,8 @@ def gs_catalog(gcs_emulator, tiny_model, loopback_only):
 
 
 @pytest.mark.slow
-def test_separate_gs_to_gs_then_rerun_skips(gs_catalog, gcs_emulator, tiny_model, tmp_path):
-    root, one = gs_catalog
+def test_separate_store_to_store_then_rerun_skips(catalog, store, tiny_model, tmp_path):
+    root, one = catalog
     db = str(tmp_path / "results.sqlite")
 
     def separate(run_id: str) -> int:
@@ -97,10 +114,9 @@ def test_separate_gs_to_gs_then_rerun_skips(gs_catalog, gcs_emulator, tiny_model
         got, rate = read_audio(f"{root}/out/sub/two/{stem}.wav")
         assert (rate, got.shape) == (48000, (72000, 2))
 
-    bucket = gcs_emulator.client().bucket(root[len("gs://"):])
-    generations = {p: bucket.get_blob(f"out/{p}").generation for p in written}
+    before = versions(store, root, written)
     assert separate("r2") == 0
     assert {t: s for t, (s, _) in rows_of(db, "r2").items()} == {
         "one": "skipped", "sub/two": "skipped", "broken": "failed"}
     assert objects(f"{root}/out") == written
-    assert {p: bucket.get_blob(f"out/{p}").generation for p in written} == generations
+    assert versions(store, root, written) == before
