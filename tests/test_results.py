@@ -1,14 +1,13 @@
 """Results sinks: SQL upserts (SQLite here; the same code path serves PostgreSQL) and the
 BigQuery schema/row conversion (WriteToBigQuery itself needs Google Cloud and is not run)."""
-import math
 import sqlite3
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from transforms.records import Track, result_row
-from transforms.results import WriteResults, bigquery_row, bigquery_schema
-from transforms.results_schema import RESULT_COLUMNS, RUN_COLUMNS
+from transforms.results import WriteResults
+from transforms.results_schema import RESULT_COLUMNS
 
 
 def row(track_id, status, run_id="r", **columns):
@@ -44,17 +43,3 @@ def test_runs_table(tmp_path):
     write(f"sqlite:///{db}", [dict(run, tracks_ok=4)], table="runs")
     assert list(sqlite3.connect(db).execute("SELECT run_id, tracks_ok, wall_s FROM runs")) == [
         ("r", 4, 2.5)]
-
-
-def test_bigquery_schema_and_rows():
-    schema = bigquery_schema(RESULT_COLUMNS)
-    fields = {f["name"]: f["type"] for f in schema["fields"]}
-    assert fields["run_id"] == "STRING" and fields["duration_s"] == "FLOAT"
-    assert fields["sample_rate"] == "INTEGER" and fields["finished_at"] == "TIMESTAMP"
-    assert list(fields) == [name for name, _, _ in RESULT_COLUMNS]
-    assert {f["name"] for f in bigquery_schema(RUN_COLUMNS)["fields"]} >= {"run_id", "wall_s"}
-    converted = bigquery_row(row("a", "ok", sdr_vocals=float("nan"), duration_s=1.5),
-                             RESULT_COLUMNS)
-    assert converted["sdr_vocals"] is None and converted["duration_s"] == 1.5
-    assert set(converted) == set(fields)
-    assert not any(isinstance(v, float) and math.isnan(v) for v in converted.values())
