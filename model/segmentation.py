@@ -5,9 +5,11 @@ index the track's waveform. Two modes:
 
 - ``'spleeter'``: consecutive, non-overlapping segments of T frames, zero-padded at the end; every
   frame of a segment is kept. Bit-for-bit Spleeter's cut (and its clicks at segment boundaries).
-- ``'overlap'``: segments of T frames that overlap by ``2 * context`` frames; each segment keeps only
-  its central ``T - 2 * context`` frames, so every kept frame saw at least ``context`` frames of real
-  neighbours on each side (the first segment starts ``context`` frames before the track, in silence).
+- ``'overlap'``: segments of T frames that overlap by ``2 * context`` frames; each keeps only its
+  central frames, so every kept frame sees at least ``context`` frames of real neighbours on each
+  side. The first segment starts at the track's first frame (keeping [0, T - context)) and the last
+  one ends at the track's last frame when the track is longer than T, so no segment is fed more
+  silence than the track itself has.
 """
 from __future__ import annotations
 
@@ -66,11 +68,12 @@ def plan_segments(n_frames: int, T: int, mode: str = "overlap", context: int | N
     if not 0 <= context < T / 2:
         raise ValueError(f"context must be in [0, T/2), got {context} for T={T}")
     core = T - 2 * context
-    return [
-        SegmentPlan(i, keep - context, keep, min(keep + core, n_frames))
-        for i, keep in enumerate(range(0, n_frames, core))
-    ]
-
+    plans = [SegmentPlan(0, 0, 0, min(T - context, n_frames))]
+    last_start = max(0, n_frames - T)
+    while plans[-1].keep_stop < n_frames:
+        keep = plans[-1].keep_stop
+        plans.append(SegmentPlan(len(plans), min(keep - context, last_start), keep, min(keep + core, n_frames)))
+    return plans
 
 def segment_sample_range(
     plan: SegmentPlan, T: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP

@@ -21,9 +21,12 @@ def test_every_frame_kept_exactly_once(n_frames, mode, context):
         assert p.frame_start <= p.keep_start < p.keep_stop <= p.frame_start + T
         kept[p.keep_start : p.keep_stop] += 1
         if mode == "overlap":
-            # every kept frame has `context` frames of input on both sides inside the segment
-            assert p.keep_start - p.frame_start >= context
-            assert p.frame_start + T - p.keep_stop >= context
+            # every kept frame sees `context` frames of the track on both sides (as far as the
+            # track goes), and no segment starts before the track or ends after it needlessly
+            assert p.keep_start - p.frame_start >= min(context, p.keep_start)
+            assert p.frame_start + T - p.keep_stop >= min(context, n_frames - p.keep_stop)
+            assert p.frame_start >= 0
+            assert p.frame_start + T <= max(n_frames, T)
     assert (kept == 1).all()
 
 
@@ -32,8 +35,12 @@ def test_spleeter_mode_is_pad_and_partition():
     assert [(p.frame_start, p.keep_start, p.keep_stop) for p in plans] == [(0, 0, 512), (512, 512, 1024), (1024, 1024, 1100)]
 
 
-def test_overlap_with_no_context_equals_spleeter_cut():
-    assert plan_segments(777, 64, "overlap", 0) == plan_segments(777, 64, "spleeter")
+def test_overlap_plan_hand_example():
+    # T=64, context 8: keep [0, 56), then cores of 48 frames; the last segment ends at frame 200
+    plans = plan_segments(200, 64, "overlap", 8)
+    assert [(p.frame_start, p.keep_start, p.keep_stop) for p in plans] == [
+        (0, 0, 56), (48, 56, 104), (96, 104, 152), (136, 152, 200)]
+    assert plan_segments(30, 64, "overlap", 8) == [plan_segments(30, 64, "spleeter")[0]]
 
 
 def test_sample_ranges():
