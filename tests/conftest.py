@@ -31,8 +31,8 @@ def tiny_model(tmp_path_factory) -> str:
 def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) -> np.ndarray:
     """Independent reference of the whole separation: ``(N, 2)`` -> ``(N, 2, S)``.
 
-    Spleeter framing (frame k covers samples [k*step - L, k*step), periodic Hann), segments of T
-    frames starting at ``keep - context`` whose frames [keep, keep + T - 2*context) are kept,
+    Spleeter framing (frame k covers samples [k*step - L, k*step), periodic Hann), overlapping
+    segments of T frames keeping their centres (see the loop below for the exact rule),
     ratio masks (exponent 2, eps 1e-10) zero above F, inverse STFT by weighted overlap-add
     normalised by the summed squared window.
     """
@@ -54,17 +54,22 @@ def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) ->
 
     spec = frames_of(0, n_frames)
     core = T - 2 * context
+    # (first frame fed, first kept, end kept): the first segment starts at the track and keeps
+    # all but its last `context` frames; each next one keeps `core` frames after the previous,
+    # fed from `context` frames earlier, but never starting past the track's last T frames
+    segments = [(0, 0, min(T - context, n_frames))]
+    while segments[-1][2] < n_frames:
+        keep = segments[-1][2]
+        segments.append((min(keep - context, max(0, n_frames - T)), keep,
+                         min(keep + core, n_frames)))
     stems_spec = np.zeros(spec.shape + (len(cfg.stems),), np.complex128)
-    for keep in range(0, n_frames, core):
-        seg = frames_of(keep - context, T)
-        est = predict(np.abs(seg[None, :, :F]).astype(np.float32))[0].astype(np.float64)
-        kept = slice(context, context + min(core, n_frames - keep))
-        power = est[kept] ** 2
+    for first, keep_start, keep_stop in segments:
+        est = predict(np.abs(frames_of(first, T)[None, :, :F]).astype(np.float32))[0]
+        power = est[keep_start - first: keep_stop - first].astype(np.float64) ** 2
         masks = (power + 1e-10 / len(cfg.stems)) / (power.sum(-1, keepdims=True) + 1e-10)
         full = np.zeros(masks.shape[:1] + (L // 2 + 1,) + masks.shape[2:])
         full[:, :F] = masks
-        rows = slice(keep, keep + full.shape[0])
-        stems_spec[rows] = spec[rows][..., None] * full
+        stems_spec[keep_start:keep_stop] = spec[keep_start:keep_stop][..., None] * full
     out = np.zeros((n_frames * step + L, 2, len(cfg.stems)))
     for k in range(n_frames):
         frame = np.fft.irfft(stems_spec[k], n=L, axis=0) * window[:, None, None]

@@ -9,6 +9,7 @@ libsndfile rejects). Every problem becomes a ``DecodeSummary`` with an error a p
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import time
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional
@@ -286,10 +287,28 @@ def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
     return info, len(plans), segments()
 
 
+def limit_heap_fragmentation() -> None:
+    """Keep glibc from growing the heap with every segment-sized array freed.
+
+    glibc raises its mmap threshold each time a large block is freed, after which segment-sized
+    arrays (0.3-20 MB) come from fragmenting heap arenas: peak RSS then grows by ~0.2 MB per
+    segment processed. A fixed threshold returns them to the system on free. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 256 * 1024)
+
+
 class _DecodeSegmentsFn(beam.DoFn):
     def __init__(self, cfg: ModelConfig, segmentation: str):
         self._cfg = cfg
         self._segmentation = segmentation
+
+    def setup(self):
+        limit_heap_fragmentation()
 
     def process(self, track: Track):
         started = time.time()

@@ -134,7 +134,7 @@ def result_row(track: Track, run_id: str, model: str, model_sha256: str, status:
     if info is not None:
         row.update(duration_s=info.duration_s, sample_rate=info.sample_rate,
                    channels=info.channels, codec=info.codec)
-        if wall_s:
+        if wall_s and status == "ok":
             row["realtime_factor"] = info.duration_s / wall_s
     unknown = set(columns) - RESULT_NAMES
     if unknown:
