@@ -6,7 +6,8 @@ import pytest
 
 from model.config import ModelConfig
 
-pytest_plugins = ["tests.services"]  # gcs_emulator, loopback_only, postgres_url, postgres_db
+# gcs_emulator, s3_emulator, loopback_only, postgres_url, postgres_db
+pytest_plugins = ["tests.services"]
 
 TINY = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=64, F=64)
 

@@ -25,7 +25,8 @@ import pipeline.options  # noqa: F401  (registers SeparateOptions with Beam's pa
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")
-SCRIPTS = [os.path.join(DEPLOY, "dataflow", "launch.sh"), os.path.join(REPO, ".ci", "start-postgres.sh")]
+SCRIPTS = [os.path.join(DEPLOY, "dataflow", "launch.sh"),
+           os.path.join(REPO, ".ci", "start-postgres.sh")]
 
 
 def options_parser():

@@ -49,7 +49,8 @@ def rows_of(db_path: str, run_id: str) -> dict[str, tuple[str, str]]:
 
 
 def objects(root: str) -> list[str]:
-    return sorted(m.path[len(root) + 1:] for m in FileSystems.match([f"{root}/**"])[0].metadata_list)
+    listed = FileSystems.match([f"{root}/**"])[0].metadata_list
+    return sorted(m.path[len(root) + 1:] for m in listed)
 
 
 def versions(store, root: str, paths: list[str]) -> dict[str, object]:
