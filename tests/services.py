@@ -11,9 +11,10 @@ Registered as a plugin (``pytest_plugins = ["tests.services"]`` in tests/conftes
   filesystem) honours in this process and every child, with no pipeline flag.
 - ``loopback_only`` (function): refuses and records every non-loopback call in this process and
   in every child process that imports tests.loopback_guard; fails the test if any was attempted.
-- ``postgres_url`` (session): URL of the server that ``.ci/start-postgres.sh`` starts
-  (``STEMBEAM_TEST_POSTGRES_URL``). Skips only when that variable is unset and no server answers
-  at the script's default address; CI sets it, so CI never skips.
+- ``postgres_url`` (session): ``STEMBEAM_TEST_POSTGRES_URL`` when set; else the server at
+  ``.ci/start-postgres.sh``'s default address, which the fixture starts with that script (a private
+  cluster on 127.0.0.1) when nothing answers there. Skips only when PostgreSQL is not installed and
+  cannot be started; ``bash deploy/install.sh --test`` installs it.
 - ``postgres_db`` (function): a fresh, empty database on that server, dropped afterwards.
 """
 from __future__ import annotations
@@ -183,11 +184,18 @@ def postgres_url() -> str:
         if error:
             raise RuntimeError(f"{POSTGRES_ENV}={url} does not answer: {error}")
         return url
-    error = _postgres_answers(DEFAULT_POSTGRES_URL)
+    if _postgres_answers(DEFAULT_POSTGRES_URL) is None:
+        return DEFAULT_POSTGRES_URL
+    started = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "start-postgres.sh")],
+                             capture_output=True, text=True)
+    exported = started.stdout.strip().removeprefix(f"export {POSTGRES_ENV}=").strip("'\"")
+    if started.returncode or not exported.startswith("postgresql"):
+        pytest.skip(f"no PostgreSQL: {POSTGRES_ENV} is unset and .ci/start-postgres.sh failed:\n"
+                    f"{started.stderr[-2000:]}")
+    error = _postgres_answers(exported)
     if error:
-        pytest.skip(f"no PostgreSQL: {POSTGRES_ENV} is unset and {DEFAULT_POSTGRES_URL} does not "
-                    f'answer ({error}); start one with: eval "$(.ci/start-postgres.sh)"')
-    return DEFAULT_POSTGRES_URL
+        raise RuntimeError(f".ci/start-postgres.sh started {exported}, which does not answer: {error}")
+    return exported
 
 
 @pytest.fixture
