@@ -23,7 +23,7 @@ from model.config import ModelConfig
 from model.segmentation import plan_segments, segment_sample_range
 from model.spectral import frame_count
 from transforms import storage
-from transforms.records import AudioInfo, DecodeSummary, Segment, Track
+from transforms.records import AudioInfo, DecodeSummary, Segment
 
 BLOCK_FRAMES = 1 << 16
 SUMMARY_TAG = "summary"
@@ -310,7 +310,7 @@ class _DecodeSegmentsFn(beam.DoFn):
     def setup(self):
         limit_heap_fragmentation()
 
-    def process(self, track: Track):
+    def process(self, track):
         started = time.time()
         info = None
         try:
