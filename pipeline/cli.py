@@ -37,7 +37,9 @@ def separate(argv: list[str]) -> int:
         print(_separate_help())
         return 0
     from pipeline.separate import run
+    from transforms.decode import limit_heap_fragmentation
 
+    limit_heap_fragmentation()
     try:
         out = run(argv)
     except ValueError as e:

@@ -27,7 +27,7 @@ from model.separate import reconstruct_segment
 from transforms import storage
 from transforms.catalog import done_marker
 from transforms.inference import ModelInfo
-from transforms.records import AudioInfo, ChunkRef, DecodeSummary, Segment, Track, result_row, utc_now
+from transforms.records import AudioInfo, ChunkRef, DecodeSummary, Track, result_row, utc_now
 
 CHUNK_DIR = ".chunks"
 # soundfile (format, subtype) per output format: WAV keeps the model's float32 exactly.
@@ -42,7 +42,7 @@ class _ReconstructAndWriteFn(beam.DoFn):
     def __init__(self, cfg: ModelConfig, postprocess: str, output: str):
         self._cfg, self._postprocess, self._output = cfg, postprocess, output
 
-    def process(self, segment: Segment) -> Iterator[ChunkRef]:
+    def process(self, segment):
         track_id, index = segment.track.track_id, segment.plan.index
         if segment.error is not None:
             yield ChunkRef(track_id, index, "", 0, segment.error)
@@ -144,7 +144,7 @@ class _AssembleStemsFn(beam.DoFn):
     def __init__(self, model: ModelInfo, output: str, fmt: str, run_id: str):
         self._model, self._output, self._fmt, self._run_id = model, output, fmt, run_id
 
-    def process(self, element) -> Iterator[tuple[Track, dict]]:
+    def process(self, element):
         _, grouped = element
         summary: DecodeSummary = list(grouped["summary"])[0]
         chunks = sorted(grouped["chunks"], key=lambda c: c.index)

@@ -190,7 +190,7 @@ class _SkipDoneFn(beam.DoFn):
         self._output, self._model_key = output, model_key
         self._run_id, self._model, self._sha = run_id, model, model_sha256
 
-    def process(self, track: Track):
+    def process(self, track):
         marker = done_marker(self._output, track.track_id, self._model_key)
         if not storage.exists(marker):
             yield track

@@ -133,7 +133,7 @@ class _WriteSqlFn(beam.DoFn):
         self._engine = engine
         self._target = results if self._table == RESULTS_TABLE else runs
 
-    def process(self, rows: list[dict[str, Any]]):
+    def process(self, rows):
         with self._engine.begin() as connection:
             upsert(connection, self._target, rows)
         beam.metrics.Metrics.counter("stembeam", f"{self._target.name}_rows_written").inc(
