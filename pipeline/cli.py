@@ -1,4 +1,4 @@
-"""The ``stembeam`` command line: ``stembeam separate ...`` and ``stembeam report ...``.
+"""The ``stembeam`` command line: ``separate``, ``demo``, ``report``, ``train``, ``make-dataset``.
 
 ``python -m pipeline ...`` is the same command.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -17,6 +18,8 @@ commands:
   separate   separate a catalog into stems and record one results row per track
              (stembeam separate --input SRC --output OUT [--model spleeter:2stems] [...];
              any Beam pipeline option is accepted, e.g. --runner DataflowRunner)
+  demo       separate the embedded demo catalog (real music, real 2stems weights) into
+             ./stembeam-demo (stembeam demo [--output DIR] [separate options...])
   report     write the HTML report of a run
              (stembeam report --results URL [--run RUN_ID] --output report.html)
 
@@ -51,6 +54,29 @@ def separate(argv: list[str]) -> int:
     return 0
 
 
+def demo(argv: list[str]) -> int:
+    """Builds the demo catalog (pipeline.demo) and runs ``separate`` on it."""
+    parser = argparse.ArgumentParser(
+        prog="stembeam demo",
+        description="Separate the embedded demo catalog with the pretrained Spleeter 2stems "
+                    "model. Other arguments go to `stembeam separate`.")
+    parser.add_argument("--output", default="stembeam-demo", help="output folder (default %(default)s)")
+    parser.add_argument("--catalog", default=None,
+                        help="where the demo catalog is written (default ~/.cache/stembeam/demo-catalog)")
+    args, rest = parser.parse_known_args(argv)
+    from pipeline.demo import build_demo_catalog, default_catalog_dir
+
+    manifest = build_demo_catalog(args.catalog or default_catalog_dir())
+    print(f"demo catalog: {manifest}")
+    code = separate(["--input", manifest, "--output", args.output] + rest)
+    if code == 0:
+        output = os.path.abspath(args.output)
+        print(f"stems:   {output}/<track_id>/<stem>.wav\n"
+              f"results: sqlite:///{output}/results.sqlite (tables results, runs)\n"
+              f"report:  {output}/report.html")
+    return code
+
+
 def report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="stembeam report",
                                      description="Write a run's self-contained HTML report.")
@@ -65,7 +91,7 @@ def report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"separate": separate, "report": report}
+COMMANDS = {"separate": separate, "demo": demo, "report": report}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

