@@ -366,7 +366,8 @@ def render_dataset(midi_sources: Sequence[MidiSource] | Iterable[str | os.PathLi
       output_dir: local folder; gets ``train/`` and ``test/`` (songs in ``test/`` are not used
         for any train track, when there are at least two songs).
       n_tracks: tracks to render in total (songs are reused, with other excerpts, when fewer).
-      seed: everything random derives from it; same seed, same bytes.
+      seed: everything random derives from it; same seed, same bytes. Tracks already complete
+        in ``output_dir`` (they have their ``metadata.json``) are kept, so a rerun resumes.
     Returns:
       The track folders written, in track order.
     """
@@ -381,14 +382,16 @@ def render_dataset(midi_sources: Sequence[MidiSource] | Iterable[str | os.PathLi
     plan = _split(n_tracks, len(sources), test_fraction, np.random.default_rng([seed, 0]))
     folders = []
     for index, (split, song) in enumerate(plan):
+        folder = pathlib.Path(output_dir, split, f"{index:04d} - {sources[song].name}")
+        folders.append(folder)
+        if (folder / "metadata.json").exists():  # written last: the track is complete
+            continue
         rng = np.random.default_rng([seed, 1, index])
         audio, meta = render_track(sources[song], rng, duration_s, soundfont)
-        folder = pathlib.Path(output_dir, split, f"{index:04d} - {sources[song].name}")
         folder.mkdir(parents=True, exist_ok=True)
         mixture = np.sum([audio[s] for s in STEMS], axis=0, dtype=np.float32)
         for name, samples in [("mixture", mixture)] + [(s, audio[s]) for s in STEMS]:
             # scipy writes no PEAK chunk (libsndfile's carries a timestamp): byte-identical reruns
             scipy.io.wavfile.write(folder / f"{name}.wav", SAMPLE_RATE, samples)
         (folder / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        folders.append(folder)
     return folders
