@@ -6,53 +6,22 @@ independently of the renderer's channel classification.
 from __future__ import annotations
 
 import hashlib
-import io
 import pathlib
 import shutil
 import struct
 
-import mido
 import numpy as np
 import pytest
 import soundfile
 
 from model import dataset_render
 from model.dataset_render import MidiSource, render_dataset, render_track, wad_midi_lumps
+from tests.midi_songs import make_song
 
 pytestmark = pytest.mark.skipif(
     shutil.which("fluidsynth") is None
     or not pathlib.Path(dataset_render.DEFAULT_SOUNDFONT).exists(),
     reason="needs fluidsynth and fluid-soundfont-gm")
-
-
-def _song(name: str, bass: bool = True, seconds: float = 6.0) -> MidiSource:
-    """A 120 bpm song: drums (ch 10), an optional bass (program 33), a monophonic flute
-    melody around C5 (program 73) and piano chords around C4 (program 0)."""
-    track = mido.MidiTrack()
-    events: list[tuple[int, mido.Message]] = []
-    parts = [(1, 73), (2, 0)] + ([(0, 33)] if bass else [])
-    for channel, program in parts:
-        events.append((0, mido.Message("program_change", channel=channel, program=program)))
-    beats = int(seconds * 2)
-    for beat in range(beats):
-        t = beat * 480
-        notes = [(9, 36 if beat % 2 == 0 else 38, 240), (9, 42, 120),
-                 (1, 72 + [0, 2, 4, 5, 7, 5, 4, 2][beat % 8], 400)]
-        notes += [(2, 60 + k, 460) for k in (0, 4, 7)]
-        if bass:
-            notes.append((0, 36 + [0, 5, 7, 5][beat % 4], 400))
-        for channel, note, length in notes:
-            events.append((t, mido.Message("note_on", channel=channel, note=note, velocity=90)))
-            events.append((t + length, mido.Message("note_off", channel=channel, note=note)))
-    last = 0
-    for tick, msg in sorted(events, key=lambda e: e[0]):
-        track.append(msg.copy(time=tick - last))
-        last = tick
-    midi = mido.MidiFile(type=0, ticks_per_beat=480)
-    midi.tracks.append(track)
-    buffer = io.BytesIO()
-    midi.save(file=buffer)
-    return MidiSource(name, buffer.getvalue())
 
 
 def _digest(folder: pathlib.Path) -> str:
@@ -67,7 +36,7 @@ def _digest(folder: pathlib.Path) -> str:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("dataset")
-    render_dataset([_song("full"), _song("nobass", bass=False)], out, n_tracks=2, seed=7,
+    render_dataset([make_song("full"), make_song("nobass", bass=False)], out, n_tracks=2, seed=7,
                    duration_s=2.5)
     return out
 
@@ -86,7 +55,7 @@ def test_layout_and_stems_sum_to_mixture(rendered):
 
 
 def test_same_seed_same_bytes_other_seed_differs(rendered, tmp_path):
-    songs = [_song("full"), _song("nobass", bass=False)]
+    songs = [make_song("full"), make_song("nobass", bass=False)]
     render_dataset(songs, tmp_path / "again", n_tracks=2, seed=7, duration_s=2.5)
     assert _digest(tmp_path / "again") == _digest(rendered)
     render_dataset(songs, tmp_path / "other", n_tracks=2, seed=8, duration_s=2.5)
@@ -95,7 +64,7 @@ def test_same_seed_same_bytes_other_seed_differs(rendered, tmp_path):
 
 @pytest.mark.parametrize("bass", [True, False])
 def test_stem_non_silent_exactly_where_family_exists(bass):
-    stems, meta = render_track(_song("s", bass=bass), np.random.default_rng(3), duration_s=2.0,
+    stems, meta = render_track(make_song("s", bass=bass), np.random.default_rng(3), duration_s=2.0,
                                vocals_probability=1.0)
     expected = {"vocals", "drums", "other"} | ({"bass"} if bass else set())
     assert set(meta["present"]) == expected
@@ -112,7 +81,7 @@ def test_stem_non_silent_exactly_where_family_exists(bass):
 
 
 def test_wad_lumps_yield_only_midi(tmp_path):
-    midi = _song("x").data
+    midi = make_song("x").data
     lumps = [(b"D_RUNNIN", midi), (b"DEMO1", b"not music")]
     directory_offset = 12 + sum(len(d) for _, d in lumps)
     body, table, position = b"", b"", 12
