@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from model.checkpoint import write_model_folder
 from model.config import ModelConfig
+from model.registry import load_model
 from model.separate import separate_waveform
 from model.spectral import stft_frames
 from model.unet import build_unet
@@ -304,9 +305,10 @@ def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = Tr
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log(f"resumed from {manager.latest_checkpoint} at step {int(step)}")
     elif init:
-        from model.registry import load_model
-
         initialized = init_from(model, load_model(init).model)
+        if not initialized:
+            raise ValueError(f"{init} shares no stem (with the same layer shapes) with "
+                             f"{cfg.name} {list(cfg.stems)}")
         log(f"initialised stems {initialized} from {init}")
 
     @tf.function

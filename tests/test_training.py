@@ -143,3 +143,12 @@ def test_init_copies_shared_stems_only():
                                   two.get_layer("vocals_dec3_deconv").get_weights()[0])
     np.testing.assert_array_equal(four.get_layer("drums_enc1_conv").get_weights()[0],
                                   drums_before)
+
+
+@pytest.mark.slow  # trains the tiny model (~1 min of CPU)
+def test_fine_tune_starts_from_init_model(trained, data_root, tmp_path):
+    out, first = trained
+    tuned = train(str(data_root), TINY, str(tmp_path / "tuned"),
+                  dataclasses.replace(SETTINGS, steps=2), init=str(out))
+    assert tuned.initialized_stems == ["accompaniment", "vocals"]
+    assert np.mean(tuned.losses) < np.mean(first.losses[:4])
