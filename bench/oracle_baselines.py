@@ -12,8 +12,15 @@ SDR is the global signal-to-distortion ratio in dB (``model.training.signal_to_d
 ``--museval`` adds the median BSSEval v4 SDR (museval, 1 s windows), which is much slower.
 Each figure is the median over the songs where the stem is not silent.
 
+The 4-stem demo model (weights are not in git; these commands rebuild them, about 45 minutes
+on 2 busy CPU cores) and its table:
+
+  stembeam make-dataset --output ~/.cache/stembeam/midi-musdb --tracks 28 --seed 0 --duration 20
+  stembeam train --data ~/.cache/stembeam/midi-musdb --config 4stems --frame-length 1024 \
+      --frame-step 256 --T 64 --F 128 --batch-size 4 --learning-rate 1e-3 --steps 200 \
+      --checkpoint-every 50 --output ~/.cache/stembeam/models/midi-4stems-demo
   python3 -m bench.oracle_baselines --data ~/.cache/stembeam/midi-musdb --split test \
-      --model ~/.cache/stembeam/models/midi-4stems
+      --frame-length 1024 --frame-step 256 --F 128 --model ~/.cache/stembeam/models/midi-4stems-demo
 """
 from __future__ import annotations
 
