@@ -61,13 +61,17 @@ def oracle_irm(references: np.ndarray, frame_length: int = FRAME_LENGTH,
 
 def museval_median_sdr(references: np.ndarray, estimates: np.ndarray,
                        stems: Sequence[str]) -> dict[str, float]:
-    """Median over 1 s windows of museval's BSSEval v4 SDR per stem (NaN for silent stems)."""
+    """Median over 1 s windows of museval's BSSEval v4 SDR per stem; silent reference stems
+    (which museval rejects) are left out of the evaluation and get NaN."""
     import museval
 
-    sdr, _, _, _ = museval.evaluate(np.moveaxis(references, -1, 0),
-                                    np.moveaxis(estimates, -1, 0), win=44100, hop=44100)
-    return {stem: float(np.nanmedian(sdr[s])) if np.any(references[..., s]) else float("nan")
-            for s, stem in enumerate(stems)}
+    audible = [s for s in range(len(stems)) if np.any(references[..., s])]
+    sdr, _, _, _ = museval.evaluate(np.moveaxis(references[..., audible], -1, 0),
+                                    np.moveaxis(estimates[..., audible], -1, 0),
+                                    win=44100, hop=44100)
+    result = {stem: float("nan") for stem in stems}
+    result.update({stems[s]: float(np.nanmedian(sdr[k])) for k, s in enumerate(audible)})
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
