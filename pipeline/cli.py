@@ -20,6 +20,10 @@ commands:
              any Beam pipeline option is accepted, e.g. --runner DataflowRunner)
   demo       separate the embedded demo catalog (real music, real 2stems weights) into
              ./stembeam-demo (stembeam demo [--output DIR] [separate options...])
+  train      train or fine-tune a U-Net on MUSDB18-HQ style folders
+             (stembeam train --data DIR --config 4stems --output MODEL_DIR [...])
+  make-dataset  render a MUSDB18-HQ style multitrack dataset from MIDI songs
+             (stembeam make-dataset --output DIR --tracks N --seed S)
   report     write the HTML report of a run
              (stembeam report --results URL [--run RUN_ID] --output report.html)
 
@@ -91,7 +95,20 @@ def report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"separate": separate, "demo": demo, "report": report}
+def train(argv: list[str]) -> int:
+    from pipeline.train_cli import train_main
+
+    return train_main(argv)
+
+
+def make_dataset(argv: list[str]) -> int:
+    from pipeline.train_cli import make_dataset_main
+
+    return make_dataset_main(argv)
+
+
+COMMANDS = {"separate": separate, "demo": demo, "report": report, "train": train,
+            "make-dataset": make_dataset}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
