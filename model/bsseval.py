@@ -332,14 +332,16 @@ def _window_ratios(
     n_sig = refs.shape[0]
     p_all, p_own = proj[:n_sig], proj[n_sig:]
 
-    weights = np.full(ref_f.shape[-1], 2.0)  # Parseval for a one-sided spectrum
+    weights = np.full((ref_f.shape[-1], 2), 2.0)  # Parseval for a one-sided spectrum
     weights[0] = 1.0
     if n_fft % 2 == 0:
         weights[-1] = 1.0
+    weights = weights.ravel()  # (bins * 2,): real and imaginary parts
 
     def energy(spec: np.ndarray) -> np.ndarray:
         """(P, W, bins) -> (S, W): energy summed over each source's channels (unnormalised)."""
-        e = (spec.real**2 + spec.imag**2) @ weights
+        parts = np.ascontiguousarray(spec).view(np.float64)
+        e = np.square(parts) @ weights
         return e.reshape(n_src, n_chan, -1).sum(axis=1)
 
     target = energy(ref_f)
