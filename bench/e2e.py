@@ -54,10 +54,10 @@ def songs() -> list[str]:
     return [os.path.dirname(f) for f in folders]
 
 
-def read_song(folder: str) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2) float32 mixture and (2, N, 2) references (guitar, song)."""
-    guitar, rate = sf.read(os.path.join(folder, "guitar.ogg"), dtype="float32")
-    rest, _ = sf.read(os.path.join(folder, "song.ogg"), dtype="float32")
+def read_song(folder: str, frames: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) float32 mixture and (2, N, 2) references (guitar, song); N <= frames if given."""
+    guitar, rate = sf.read(os.path.join(folder, "guitar.ogg"), frames, dtype="float32")
+    rest, _ = sf.read(os.path.join(folder, "song.ogg"), frames, dtype="float32")
     assert rate == RATE
     n = min(len(guitar), len(rest))
     refs = np.stack([guitar[:n], rest[:n]])
@@ -67,8 +67,8 @@ def read_song(folder: str) -> tuple[np.ndarray, np.ndarray]:
 def catalog(seconds: float) -> tuple[str, float]:
     """A folder of OGG mixtures holding about ``seconds`` of audio (whole songs, the last cut)."""
     folder = os.path.join(BENCH, f"catalog-{int(seconds)}s")
-    total = 0.0
     if not os.path.isdir(folder):
+        total = 0.0
         tmp = tempfile.mkdtemp(dir=BENCH)
         for song in songs():
             if total >= seconds:
@@ -76,6 +76,7 @@ def catalog(seconds: float) -> tuple[str, float]:
             mix, _ = read_song(song)
             mix = mix[: int((seconds - total) * RATE)]
             sf.write(os.path.join(tmp, os.path.basename(song) + ".ogg"), mix, RATE)
+            total += len(mix) / RATE
         os.rename(tmp, folder)
     total = sum(sf.info(f).duration for f in glob.glob(os.path.join(folder, "*.ogg")))
     return folder, total
@@ -255,9 +256,8 @@ def profile(args: argparse.Namespace) -> None:
     song = songs()[0]
     n = int(args.seconds * RATE)
     t0 = time.perf_counter()
-    mix, refs = read_song(song)  # decoding two OGG files
+    mix, refs = read_song(song, n)  # decoding two OGG files
     timer.add("decode (2 OGG)", time.perf_counter() - t0)
-    mix, refs = mix[:n], refs[:, :n]
 
     # Time the stages inside separate_waveform by wrapping the functions it looks up.
     originals = {name: getattr(sep, name) for name in ("segment_spectrogram", "overlap_add",
