@@ -172,7 +172,9 @@ def compare(args: argparse.Namespace) -> None:
                 walls, peaks = zip(*(run(files, folder) for _ in range(args.runs)))
                 wall = statistics.median(walls)
                 # wall = start-up + audio / steady-RTF, and the 5 s run gives start-up + 5 s / RTF
-                steady = (audio_s - short_s) / max(wall - startup, 1e-9)
+                # (noise swamps it when start-up dominates the run: then it is not reported)
+                steady = ((audio_s - short_s) / (wall - startup) if wall - startup > 0.2 * wall
+                          else float("nan"))
                 row = dict(tool=tool, model=model, mode=postprocess, workers=workers, wall=wall,
                            startup=startup, rtf=audio_s / wall, rtf_steady=steady, peak=max(peaks))
                 rows.append(row)
