@@ -75,7 +75,11 @@ def catalog(seconds: float) -> tuple[str, float]:
                 break
             mix, _ = read_song(song)
             mix = mix[: int((seconds - total) * RATE)]
-            sf.write(os.path.join(tmp, os.path.basename(song) + ".ogg"), mix, RATE)
+            # libsndfile's Vorbis encoder crashes on long single writes: write in blocks
+            with sf.SoundFile(os.path.join(tmp, os.path.basename(song) + ".ogg"), "w", RATE, 2,
+                              format="OGG", subtype="VORBIS") as out:
+                for start in range(0, len(mix), 1 << 16):
+                    out.write(mix[start:start + (1 << 16)])
             total += len(mix) / RATE
         os.rename(tmp, folder)
     total = sum(sf.info(f).duration for f in glob.glob(os.path.join(folder, "*.ogg")))
