@@ -6,10 +6,11 @@ without its per-window recomputation:
 1. For every reference channel, the lagged cross-correlations (lags -511..511) with all
    reference and estimate channels over the whole track, in float64, by block FFTs that are
    summed in the frequency domain (one small inverse FFT per pair instead of one per track length).
-2. The distortion filters of length ``filters_len`` from the Gram matrix of delayed references:
-   one Cholesky factorisation for all estimates (the interference filters ``C``), and one per
-   source for the spatial filters ``Cj``. LU is the fallback when the Gram matrix is numerically
-   singular, as in museval.
+2. The distortion filters of length ``filters_len``: the Gram matrix of delayed references is
+   block Toeplitz in the delay, so a block Levinson recursion solves it in O(L^2 P^3) (P = S*C)
+   for all estimates at once (museval's interference filters ``C``), and per source for the
+   spatial filters ``Cj``, instead of dense O((L P)^3) solves. Dense LU, as museval uses, is the
+   fallback when the recursion meets a singular matrix.
 3. Per window, the references of that window (zero outside it, as museval slices them) are
    filtered in the frequency domain; the four energy ratios come from Parseval's theorem, so no
    projection is ever brought back to the time domain.
@@ -62,7 +63,7 @@ def evaluate(
     n_src, n_samples, n_chan = references.shape
     refs = _channels_first(references)  # (S*C, N): signal p = (source, channel)
     ests = _channels_first(estimates)
-    corr = _lagged_correlations(refs, np.concatenate([refs, ests]), filters_len - 1)
+    corr = _lagged_correlations(refs, (refs, ests), filters_len - 1)
     n_sig = refs.shape[0]
     c_all, c_own = _distortion_filters(corr[:, :n_sig], corr[:, n_sig:], n_src, filters_len)
 
@@ -188,7 +189,7 @@ def _padded_slice(signals: np.ndarray, start: int, stop: int) -> np.ndarray:
     return out
 
 
-def _lagged_correlations(x: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarray:
+def _lagged_correlations(x: np.ndarray, y: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
     """Cross-correlations ``c[p, q, k + max_lag] = sum_n x[p, n] y[q, n + k]``, |k| <= max_lag.
 
     Block method: x is cut into blocks of B samples, y into the same blocks extended by max_lag
@@ -196,7 +197,7 @@ def _lagged_correlations(x: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarr
     no wrap-around for these lags, and the block spectra are summed before one inverse FFT.
 
     Args:
-      x: (P, N) signals. y: (Q, N) signals.
+      x: (P, N) signals. y: arrays of (Q_i, N) signals, taken as their concatenation (Q, N).
 
     Returns:
       (P, Q, 2*max_lag + 1) float64.
@@ -204,11 +205,12 @@ def _lagged_correlations(x: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarr
     n_fft = max(_BLOCK_FFT, scipy.fft.next_fast_len(8 * max_lag, real=True))
     block = n_fft - 2 * max_lag
     n_blocks = -(-x.shape[1] // block)
-    spectra = np.zeros((n_fft // 2 + 1, x.shape[0], y.shape[0]), dtype=np.complex128)
+    spectra = np.zeros((n_fft // 2 + 1, x.shape[0], sum(a.shape[0] for a in y)), np.complex128)
     for b0 in range(0, n_blocks, _BLOCKS_PER_CHUNK):
         nb = min(_BLOCKS_PER_CHUNK, n_blocks - b0)
         xs = _padded_slice(x, b0 * block, (b0 + nb) * block).reshape(x.shape[0], nb, block)
-        ys = _padded_slice(y, b0 * block - max_lag, (b0 + nb) * block + max_lag)
+        ys = np.concatenate([_padded_slice(a, b0 * block - max_lag, (b0 + nb) * block + max_lag)
+                             for a in y])
         ys = np.lib.stride_tricks.sliding_window_view(ys, block + 2 * max_lag, axis=1)[:, ::block]
         xf = scipy.fft.rfft(xs, n=n_fft, axis=2)  # (P, nb, bins)
         yf = scipy.fft.rfft(ys, n=n_fft, axis=2)  # (Q, nb, bins)
@@ -361,7 +363,5 @@ def _db(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def _silent_windows(sources: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
     """(len(starts),) bool: some source's channel sum is zero over the whole window."""
-    nonzero = np.cumsum(sources.sum(axis=2) != 0, axis=1)
-    nonzero = np.concatenate([np.zeros((sources.shape[0], 1), nonzero.dtype), nonzero], axis=1)
-    counts = nonzero[:, starts + window] - nonzero[:, starts]
-    return np.any(counts == 0, axis=0)
+    nonzero = sources.sum(axis=2) != 0  # (S, N)
+    return np.array([not nonzero[:, s:s + window].any(axis=1).all() for s in starts], dtype=bool)
