@@ -162,7 +162,7 @@ def compare(args: argparse.Namespace) -> None:
     print("tool      model            mode    workers  wall s  start-up s  RTF(with)  RTF(steady)  peak GB")
     rows = []
     for model in args.models:
-        for postprocess in ("ratio", "wiener"):
+        for postprocess in args.modes:
             runs = [("spleeter", 1)] + [("stembeam", w) for w in args.workers]
             for tool, workers in runs:
                 def run(inputs: list[str], src: str) -> tuple[float, float]:
@@ -186,7 +186,7 @@ def compare(args: argparse.Namespace) -> None:
                       f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}",
                       flush=True)
     for model in args.models:
-        for postprocess in ("ratio", "wiener"):
+        for postprocess in args.modes:
             spl = next(r for r in rows if r["tool"] == "spleeter" and r["model"] == model
                        and r["mode"] == postprocess)
             for r in rows:
@@ -316,6 +316,8 @@ def main() -> None:
     c.add_argument("--runs", type=int, default=1)
     c.add_argument("--models", nargs="+", default=["spleeter:2stems", "spleeter:4stems"])
     c.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    c.add_argument("--modes", nargs="+", default=["ratio", "wiener"], choices=("ratio", "wiener"),
+                   help="stembeam --postprocess; Spleeter's default / --mwf respectively")
     g = sub.add_parser("long")
     g.add_argument("--minutes", type=float, nargs="+", default=[20, 120])
     g.add_argument("--model", default="spleeter:2stems")
