@@ -1,0 +1,94 @@
+"""Turning the U-Net's magnitude estimates into complex stem spectrograms.
+
+Shapes: ``n`` frames, ``F`` bins seen by the U-Net, ``bins = frame_length // 2 + 1`` bins of the
+full spectrum, ``C`` channels, ``S`` stems (last axis). Magnitudes are float32, spectra complex64.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MASK_EXTENSIONS = ("zeros", "average")
+POSTPROCESS_MODES = ("ratio", "wiener")
+EPSILON = 1e-10
+
+
+def ratio_masks(estimates: np.ndarray, exponent: float = 2.0, eps: float = EPSILON) -> np.ndarray:
+    """Spleeter's soft masks ``(s_i^p + eps/S) / (sum_j s_j^p + eps)``.
+
+    Args:
+      estimates: (..., S) non-negative magnitude estimates.
+    Returns:
+      (..., S) float32 masks in [0, 1] summing to 1 over stems.
+    """
+    estimates = np.asarray(estimates, dtype=np.float32)
+    powered = estimates**exponent
+    n_stems = estimates.shape[-1]
+    return (powered + np.float32(eps / n_stems)) / (powered.sum(axis=-1, keepdims=True) + np.float32(eps))
+
+
+def extend_masks(masks: np.ndarray, n_bins: int, mode: str = "zeros") -> np.ndarray:
+    """Extends masks from the F modelled bins to all ``n_bins`` bins.
+
+    Args:
+      masks: (n, F, C, S).
+      mode: ``'zeros'`` (bins above F are silenced) or ``'average'`` (each frame's mean mask over F).
+    Returns:
+      (n, n_bins, C, S), same dtype.
+    """
+    n, F = masks.shape[:2]
+    extra = n_bins - F
+    if extra < 0:
+        raise ValueError(f"masks have {F} bins, more than the spectrum's {n_bins}")
+    if mode == "zeros":
+        fill = np.zeros((n, extra) + masks.shape[2:], dtype=masks.dtype)
+    elif mode == "average":
+        fill = np.broadcast_to(masks.mean(axis=1, keepdims=True), (n, extra) + masks.shape[2:])
+    else:
+        raise ValueError(f"mask extension must be one of {MASK_EXTENSIONS}, got {mode!r}")
+    return np.concatenate([masks, fill], axis=1)
+
+
+def apply_masks(mix_stft: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(n, bins, C) complex mixture x (n, bins, C, S) masks -> (n, bins, C, S) complex64 stems."""
+    return (mix_stft[..., None] * masks).astype(np.complex64, copy=False)
+
+
+def wiener_filter(
+    estimates: np.ndarray, mix_stft: np.ndarray, mask_extension: str = "zeros", iterations: int = 1
+) -> np.ndarray:
+    """Multichannel Wiener filtering with norbert, as Spleeter's ``--mwf`` does.
+
+    Args:
+      estimates: (n, F, C, S) magnitude estimates from the U-Net.
+      mix_stft: (n, bins, C) complex mixture spectrogram.
+      mask_extension: how the estimates extend above F: ``'zeros'`` (Spleeter) or ``'average'``
+        (the ratio masks' per-frame mean times the mixture magnitude).
+      iterations: EM iterations of norbert.
+    Returns:
+      (n, bins, C, S) complex64 stem spectrograms.
+    """
+    import norbert  # imported here: only Wiener post-processing needs it
+
+    n_bins = mix_stft.shape[1]
+    estimates = np.asarray(estimates, dtype=np.float32)
+    if mask_extension == "zeros":
+        powers = extend_masks(estimates, n_bins, "zeros")
+    else:
+        masks = extend_masks(ratio_masks(estimates), n_bins, mask_extension)
+        powers = np.concatenate([estimates, (masks * np.abs(mix_stft)[..., None])[:, estimates.shape[1] :]], axis=1)
+    stems = norbert.wiener(powers, mix_stft.astype(np.complex64, copy=False), iterations=iterations)
+    return stems.astype(np.complex64, copy=False)
+
+
+def add_residual(stems_stft: np.ndarray, mix_stft: np.ndarray) -> np.ndarray:
+    """Adds what the stems miss of the mixture to the last stem (the catch-all 'other' /
+    'accompaniment' in every preset), so the stems sum to the mixture.
+
+    Args:
+      stems_stft: (n, bins, C, S) complex; mix_stft: (n, bins, C) complex.
+    Returns:
+      (n, bins, C, S) complex64.
+    """
+    out = np.array(stems_stft, dtype=np.complex64, copy=True)
+    out[..., -1] += mix_stft - stems_stft.sum(axis=-1)
+    return out

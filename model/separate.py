@@ -1,0 +1,123 @@
+"""Segment-level separation maths shared by the Beam transforms, training validation and benchmarks.
+
+A segment's life: samples (``segment_sample_range``) -> ``segment_spectrogram`` -> U-Net magnitude
+estimates -> ``reconstruct_segment`` -> overlap-added stem samples, stitched by
+``StreamingOverlapAdd``. ``separate_waveform`` runs the whole chain on an in-memory track.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from model import masks as mask_ops
+from model.config import ModelConfig
+from model.segmentation import (
+    SegmentPlan,
+    StreamingOverlapAdd,
+    ola_sample_range,
+    plan_segments,
+    segment_sample_range,
+)
+from model.spectral import frame_count, overlap_add, stft_frames
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def segment_spectrogram(samples: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """STFT of one segment.
+
+    Args:
+      samples: (L, C) float32 at cfg.sample_rate, L = (T - 1) * frame_step + frame_length.
+    Returns:
+      mix_stft: (T, bins, C) complex64; magnitude: (T, F, C) float32, the U-Net's input.
+    """
+    mix_stft = stft_frames(samples, cfg.frame_length, cfg.frame_step)
+    if mix_stft.shape[0] != cfg.T:
+        raise ValueError(f"segment has {mix_stft.shape[0]} frames, the model expects T={cfg.T}")
+    return mix_stft, np.abs(mix_stft[:, : cfg.F])
+
+
+def reconstruct_segment(
+    mix_stft: np.ndarray,
+    estimates: np.ndarray,
+    plan: SegmentPlan,
+    cfg: ModelConfig,
+    postprocess: str = "ratio",
+    residual: bool = False,
+) -> tuple[int, np.ndarray]:
+    """Stem waveforms of a segment's kept frames.
+
+    Args:
+      mix_stft: (T, bins, C) complex64 mixture spectrogram of the segment.
+      estimates: (T, F, C, S) float32 U-Net magnitude estimates.
+      plan: the segment's frame ranges.
+      postprocess: ``'ratio'`` (Spleeter's default soft masks) or ``'wiener'`` (norbert, over the
+        whole segment, then cropped to the kept frames).
+      residual: add what the stems miss of the mixture to the last stem.
+    Returns:
+      (start, samples): the overlap-add of the kept frames, samples (n, C, S) float32 starting at
+      track sample ``start`` (``ola_sample_range``); consecutive segments' blocks overlap and sum.
+    """
+    lo, hi = plan.keep_start - plan.frame_start, plan.keep_stop - plan.frame_start
+    if postprocess == "ratio":
+        masks = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins, cfg.mask_extension)
+        stems = mask_ops.apply_masks(mix_stft[lo:hi], masks)
+    elif postprocess == "wiener":
+        stems = mask_ops.wiener_filter(estimates, mix_stft, cfg.mask_extension)[lo:hi]
+    else:
+        raise ValueError(f"postprocess must be one of {mask_ops.POSTPROCESS_MODES}, got {postprocess!r}")
+    if residual:
+        stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
+    start, _ = ola_sample_range(plan.keep_start, plan.keep_stop, cfg.frame_length, cfg.frame_step)
+    return start, overlap_add(stems, cfg.frame_length, cfg.frame_step)
+
+
+def slice_with_silence(waveform: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """waveform[start:stop] (samples, C) with zeros where the range leaves [0, len(waveform))."""
+    out = np.zeros((stop - start,) + waveform.shape[1:], dtype=np.float32)
+    lo, hi = max(start, 0), min(stop, waveform.shape[0])
+    if hi > lo:
+        out[lo - start : hi - start] = waveform[lo:hi]
+    return out
+
+
+def iter_segments(
+    num_samples: int, cfg: ModelConfig, segmentation: str = "overlap", context: int | None = None
+) -> Iterator[tuple[SegmentPlan, tuple[int, int]]]:
+    """Each segment of a track of ``num_samples`` samples with the sample range it needs."""
+    n_frames = frame_count(num_samples, cfg.frame_length, cfg.frame_step)
+    for plan in plan_segments(n_frames, cfg.T, segmentation, context):
+        yield plan, segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
+
+
+def separate_waveform(
+    waveform: np.ndarray,
+    predict: Predict,
+    cfg: ModelConfig,
+    segmentation: str = "overlap",
+    postprocess: str = "ratio",
+    batch_size: int = 4,
+    context: int | None = None,
+    residual: bool = False,
+) -> np.ndarray:
+    """Separates an in-memory track.
+
+    Args:
+      waveform: (N, C) float32 at cfg.sample_rate, C == cfg.channels.
+      predict: (B, T, F, C) float32 magnitudes -> (B, T, F, C, S) float32 estimates.
+    Returns:
+      (N, C, S) float32 stems.
+    """
+    num_samples = waveform.shape[0]
+    stitcher = StreamingOverlapAdd(num_samples)
+    pieces = []
+    segments = list(iter_segments(num_samples, cfg, segmentation, context))
+    for first in range(0, len(segments), batch_size):
+        batch = segments[first : first + batch_size]
+        spectra = [segment_spectrogram(slice_with_silence(waveform, *span), cfg) for _, span in batch]
+        estimates = np.asarray(predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32)
+        for (plan, _), (mix_stft, _), estimate in zip(batch, spectra, estimates):
+            pieces.append(stitcher.push(*reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess, residual)))
+    pieces.append(stitcher.finish())
+    return np.concatenate([p for p in pieces if p.size], axis=0) if num_samples else np.zeros((0,) + waveform.shape[1:] + (len(cfg.stems),), np.float32)

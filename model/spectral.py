@@ -1,0 +1,104 @@
+"""Spleeter-exact STFT framing: periodic Hann window, frame_length zeros prepended, end zero-padded.
+
+Conventions: waveforms are (samples, channels) float32; spectra are (frames, bins, channels)
+complex64 with ``bins = frame_length // 2 + 1``. Frame ``k`` of a track covers track samples
+``[k * frame_step - frame_length, k * frame_step)`` (Spleeter prepends ``frame_length`` zeros), so
+frames can be computed from any slice of the track (streaming) and give the same numbers.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from model.config import FRAME_LENGTH, FRAME_STEP
+
+
+@functools.lru_cache(maxsize=8)
+def hann_window(frame_length: int) -> np.ndarray:
+    """Periodic Hann window, (frame_length,) float32 (TensorFlow's ``hann_window(periodic=True)``)."""
+    n = np.arange(frame_length, dtype=np.float64)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / frame_length)
+    window = window.astype(np.float32)
+    window.setflags(write=False)
+    return window
+
+
+def window_compensation(frame_length: int, frame_step: int) -> float:
+    """Gain that makes analysis * synthesis Hann overlap-add to 1 (2/3 for 4096 / 1024)."""
+    window = hann_window(frame_length).astype(np.float64)
+    return frame_step / float(np.sum(window**2))
+
+
+def frame_count(num_samples: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> int:
+    """Number of STFT frames Spleeter computes for a track of ``num_samples`` samples."""
+    return -(-(num_samples + frame_length) // frame_step)
+
+
+def stft_frames(samples: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+    """STFT with 'valid' framing: every frame lies inside ``samples``.
+
+    Args:
+      samples: (L, C) float32 waveform, L >= frame_length.
+    Returns:
+      (n, frame_length // 2 + 1, C) complex64, n = (L - frame_length) // frame_step + 1.
+    """
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    n = (samples.shape[0] - frame_length) // frame_step + 1
+    if n < 1:
+        raise ValueError(f"need at least {frame_length} samples, got {samples.shape[0]}")
+    frames = np.lib.stride_tricks.sliding_window_view(samples, frame_length, axis=0)[::frame_step]
+    # frames: (n, C, frame_length) view -> windowed copy
+    windowed = frames[:n] * hann_window(frame_length)
+    spec = np.fft.rfft(windowed, axis=-1)  # (n, C, bins), complex64 for float32 input
+    return np.ascontiguousarray(spec.transpose(0, 2, 1)).astype(np.complex64, copy=False)
+
+
+def overlap_add(spec: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+    """Inverse of :func:`stft_frames`: inverse rFFT, Hann synthesis window, overlap-add, compensation.
+
+    Args:
+      spec: (n, frame_length // 2 + 1, C, ...) complex; trailing axes (e.g. stems) are carried along.
+    Returns:
+      ((n - 1) * frame_step + frame_length, C, ...) float32.
+    """
+    n = spec.shape[0]
+    frames = np.fft.irfft(np.moveaxis(spec, 1, -1), n=frame_length, axis=-1)  # (n, C, ..., L)
+    frames = frames.astype(np.float32, copy=False)
+    frames *= hann_window(frame_length) * np.float32(window_compensation(frame_length, frame_step))
+    out = np.zeros(((n - 1) * frame_step + frame_length,) + frames.shape[1:-1], dtype=np.float32)
+    hops = frame_length // frame_step
+    if frame_length % frame_step == 0:
+        # Sum the frames in `hops` interleaved groups: each group tiles the output without overlap.
+        for offset in range(hops):
+            group = frames[offset::hops]  # (m, C, ..., L)
+            if group.shape[0] == 0:
+                continue
+            flat = np.moveaxis(group, -1, 1).reshape((-1,) + group.shape[1:-1])
+            start = offset * frame_step
+            out[start : start + flat.shape[0]] += flat
+    else:
+        for k in range(n):
+            out[k * frame_step : k * frame_step + frame_length] += np.moveaxis(frames[k], -1, 0)
+    return out
+
+
+def stft(waveform: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+    """Spleeter's STFT of a whole track.
+
+    Args:
+      waveform: (N, C) float32.
+    Returns:
+      (frame_count(N), frame_length // 2 + 1, C) complex64.
+    """
+    num_samples, channels = waveform.shape
+    n = frame_count(num_samples, frame_length, frame_step)
+    padded = np.zeros(((n - 1) * frame_step + frame_length, channels), dtype=np.float32)
+    padded[frame_length : frame_length + num_samples] = waveform
+    return stft_frames(padded, frame_length, frame_step)
+
+
+def istft(spec: np.ndarray, num_samples: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+    """Inverse of :func:`stft`: (n, bins, C, ...) complex -> (num_samples, C, ...) float32."""
+    out = overlap_add(spec, frame_length, frame_step)
+    return out[frame_length : frame_length + num_samples]

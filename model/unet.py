@@ -1,0 +1,125 @@
+"""Spleeter's U-Net as one Keras 3 model holding one U-Net per stem.
+
+The model maps a batch of magnitude spectrogram segments ``(B, T, F, C)`` (float32, linear
+magnitudes) to every stem's magnitude estimate ``(B, T, F, C, S)`` (float32): the stem's mask times
+the input, stems in ``cfg.stems`` order. This is Spleeter's ``<stem>_spectrogram`` output.
+
+Each stem's U-Net follows Spleeter's graph:
+
+- encoder ``enc1..enc6``: Conv2D 5x5 stride 2 'same' (16, 32, 64, 128, 256, 512 filters), each
+  followed by BatchNorm (eps 1e-3) then the encoder activation. The 6th BatchNorm feeds nothing in
+  Spleeter's graph, so it is left out here (its checkpoint variables are skipped on import).
+- decoder ``dec1..dec6``: Conv2DTranspose 5x5 stride 2 'same' (256, 128, 64, 32, 16, 1 filters),
+  each followed by the decoder activation then BatchNorm; Dropout 0.5 after the first three
+  (training only). ``dec1`` reads the raw output of ``enc6``'s convolution; ``dec(k+1)``
+  (k = 1..5) reads the channel concatenation [raw (pre-BatchNorm) output of ``enc(6-k)``'s
+  convolution, output of ``dec_k``], in that order.
+- ``mask`` : Conv2D 2 filters 4x4 dilation 2 'same' giving mask logits, one per channel.
+
+Masks are per-stem sigmoids, or (``cfg.softmax``, 5stems) a softmax across the stems' logits.
+Layer names are ``<stem>_enc<i>_conv``, ``<stem>_enc<i>_bn``, ``<stem>_dec<i>_deconv``,
+``<stem>_dec<i>_bn`` and ``<stem>_mask`` so that checkpoint import is a name mapping.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from model.config import ModelConfig
+
+ENCODER_FILTERS = (16, 32, 64, 128, 256, 512)
+DECODER_FILTERS = (256, 128, 64, 32, 16, 1)
+KERNEL_SIZE = (5, 5)
+STRIDES = (2, 2)
+BN_EPSILON = 1e-3
+DROPOUT_RATE = 0.5
+DROPOUT_LAYERS = 3
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+@keras.saving.register_keras_serializable(package="stembeam")
+class StemMasks(layers.Layer):
+    """Turns per-stem mask logits into masked magnitudes, in float32.
+
+    Call with ``[mix, logits_0, ..., logits_{S-1}]``: ``mix`` (B, T, F, C) magnitudes and each
+    logits tensor (B, T, F, C). Returns (B, T, F, C, S) = mask * mix, where the mask is
+    ``sigmoid(logits)`` per stem or, with ``softmax=True``, the softmax over the S stems.
+    """
+
+    def __init__(self, softmax: bool = False, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.softmax = softmax
+
+    def call(self, inputs):
+        mix, *logits = inputs
+        stacked = ops.stack([ops.cast(x, "float32") for x in logits], axis=-1)
+        masks = ops.softmax(stacked, axis=-1) if self.softmax else ops.sigmoid(stacked)
+        return masks * ops.expand_dims(ops.cast(mix, "float32"), -1)
+
+    def compute_output_shape(self, input_shapes):
+        return (*input_shapes[0], len(input_shapes) - 1)
+
+    def get_config(self):
+        return {**super().get_config(), "softmax": self.softmax}
+
+
+def _activation(kind: str, name: str, dtype) -> layers.Layer:
+    """The Keras layer for an activation name from ``ModelConfig``."""
+    if kind == "leaky_relu":
+        return layers.LeakyReLU(negative_slope=0.2, name=name, dtype=dtype)
+    if kind in ("relu", "elu"):
+        return layers.Activation(kind, name=name, dtype=dtype)
+    raise ValueError(f"unknown activation {kind!r}; expected 'leaky_relu', 'relu' or 'elu'")
+
+
+def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype) -> "keras.KerasTensor":
+    """One stem's U-Net on ``mix`` (B, T, F, C); returns its mask logits (B, T, F, C)."""
+    raw_convs = []
+    x = mix
+    for i, filters in enumerate(ENCODER_FILTERS, start=1):
+        conv = layers.Conv2D(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
+                             name=f"{stem}_enc{i}_conv", dtype=dtype)(x)
+        raw_convs.append(conv)
+        if i < len(ENCODER_FILTERS):
+            x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{stem}_enc{i}_bn",
+                                          dtype=dtype)(conv)
+            x = _activation(cfg.encoder_activation, f"{stem}_enc{i}_act", dtype)(x)
+    x = raw_convs[-1]
+    for i, filters in enumerate(DECODER_FILTERS, start=1):
+        x = layers.Conv2DTranspose(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
+                                   name=f"{stem}_dec{i}_deconv", dtype=dtype)(x)
+        x = _activation(cfg.decoder_activation, f"{stem}_dec{i}_act", dtype)(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{stem}_dec{i}_bn",
+                                      dtype=dtype)(x)
+        if i <= DROPOUT_LAYERS:
+            x = layers.Dropout(DROPOUT_RATE, name=f"{stem}_dec{i}_dropout", dtype=dtype)(x)
+        if i < len(DECODER_FILTERS):
+            skip = raw_convs[len(ENCODER_FILTERS) - 1 - i]
+            x = layers.Concatenate(axis=-1, name=f"{stem}_dec{i}_skip", dtype=dtype)([skip, x])
+    return layers.Conv2D(cfg.channels, (4, 4), dilation_rate=(2, 2), padding="same",
+                         name=f"{stem}_mask", dtype=dtype)(x)
+
+
+def build_unet(cfg: ModelConfig, precision: str = "float32") -> keras.Model:
+    """Builds the multi-stem U-Net for ``cfg``.
+
+    Args:
+      cfg: model configuration; ``cfg.T`` and ``cfg.F`` must be multiples of 64 (six stride-2
+        levels).
+      precision: ``'float32'``, or ``'bfloat16'`` for Keras mixed precision (bfloat16 compute,
+        float32 variables, float32 masks and output).
+
+    Returns:
+      A Keras model mapping (B, T, F, C) float32 magnitudes to (B, T, F, C, S) float32 stem
+      magnitude estimates, S = ``len(cfg.stems)`` in ``cfg.stems`` order.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+    if cfg.T % 64 or cfg.F % 64:
+        raise ValueError(f"T and F must be multiples of 64, got T={cfg.T}, F={cfg.F}")
+    dtype = keras.DTypePolicy(PRECISIONS[precision])
+    mix = keras.Input((cfg.T, cfg.F, cfg.channels), name="magnitude", dtype="float32")
+    logits = [_stem_logits(mix, stem, cfg, dtype) for stem in cfg.stems]
+    out = StemMasks(softmax=cfg.softmax, name="stem_masks")([mix, *logits])
+    return keras.Model(mix, out, name=f"unet_{cfg.name}")

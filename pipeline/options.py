@@ -1,0 +1,92 @@
+"""The separate job's options, declared once as a Beam PipelineOptions subclass.
+
+The same names work on the command line (``stembeam separate --input ...``), in Dataflow flex
+templates and from Python (``SeparateOptions(input=..., output=...)``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                  StandardOptions)
+
+from transforms import storage
+
+DEFAULT_MODEL = "spleeter:2stems"
+LOCAL_RUNNER = "FnApiRunner"
+
+
+class SeparateOptions(PipelineOptions):
+    """Options of ``stembeam separate``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input",
+                            help="catalog: a glob (gs://bucket/masters/**.flac), a .csv/.jsonl "
+                                 "manifest, or a folder (MUSDB18-HQ style or plain)")
+        parser.add_argument("--output",
+                            help="output root; stems go to OUTPUT/<track_id>/<stem>.<format>")
+        parser.add_argument("--model", default=DEFAULT_MODEL,
+                            help="spleeter:2stems|4stems|5stems[-16kHz], a model folder, or a "
+                                 "gs:// model folder (default %(default)s)")
+        parser.add_argument("--results", default=None,
+                            help="results table: a SQLAlchemy URL or bigquery:PROJECT.DATASET.TABLE"
+                                 " (default sqlite:///OUTPUT/results.sqlite)")
+        parser.add_argument("--segmentation", default="overlap", choices=("overlap", "spleeter"),
+                            help="overlap: overlapping segments, keep their centres (no clicks); "
+                                 "spleeter: Spleeter's exact cut (default %(default)s)")
+        parser.add_argument("--postprocess", default="ratio", choices=("ratio", "wiener"),
+                            help="ratio masks or norbert Wiener filtering (default %(default)s)")
+        parser.add_argument("--format", default="wav", choices=("wav", "flac"),
+                            help="stem file format (default %(default)s)")
+        parser.add_argument("--force", action="store_true", default=False,
+                            help="separate tracks again even when their done-marker exists")
+        parser.add_argument("--batch_size", "--batch-size", type=int, default=4,
+                            help="segments per model call (default %(default)s)")
+        parser.add_argument("--run_id", "--run-id", default=None,
+                            help="id of this run in the results table (default: UTC time + "
+                                 "random suffix); reuse it to resume a killed run")
+        parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                            help="model arithmetic: bfloat16 uses AMX / tensor cores "
+                                 "(default %(default)s)")
+        parser.add_argument("--model_cache", "--model-cache", default=None,
+                            help="local cache for model folders (default ~/.cache/stembeam)")
+        parser.add_argument("--report", default=None,
+                            help="HTML report written at the end (default OUTPUT/report.html "
+                                 "for SQL results; 'none' to skip)")
+
+
+def results_url(options: SeparateOptions) -> str:
+    """``--results``, or the SQLite file next to the stems (local OUTPUT) / in the working
+    folder (remote OUTPUT)."""
+    if options.results:
+        return options.results
+    output = options.output
+    if storage.is_local(output):
+        return "sqlite:///" + os.path.abspath(os.path.join(output, "results.sqlite"))
+    return "sqlite:///" + os.path.abspath("results.sqlite")
+
+
+def apply_local_defaults(options: PipelineOptions) -> None:
+    """No --runner given: run on the Python FnApiRunner on all cores (never the DirectRunner's
+    Prism download), threads sharing one model."""
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = LOCAL_RUNNER
+        direct = options.view_as(DirectOptions)
+        if not direct.direct_num_workers or direct.direct_num_workers == 1:
+            direct.direct_num_workers = os.cpu_count() or 1
+        if direct.direct_running_mode == "in_memory":
+            direct.direct_running_mode = "multi_threading"
+
+
+def parse_options(argv: Optional[list[str]] = None) -> SeparateOptions:
+    """Parse ``stembeam separate`` arguments (any Beam pipeline option is accepted too)."""
+    options = PipelineOptions(argv or [])
+    separate = options.view_as(SeparateOptions)
+    missing = [f"--{name}" for name in ("input", "output") if not getattr(separate, name)]
+    if missing:
+        raise ValueError(f"stembeam separate needs {' and '.join(missing)}")
+    apply_local_defaults(options)
+    return separate

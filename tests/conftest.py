@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny seeded model folder and an independent numpy separation reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.config import ModelConfig
+
+# gcs_emulator, s3_emulator, loopback_only, postgres_url, postgres_db
+pytest_plugins = ["tests.services"]
+
+TINY = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=64, F=64)
+
+
+def save_tiny_model(folder: str, cfg: ModelConfig = TINY, seed: int = 0) -> str:
+    """A seeded ``build_unet(cfg)`` saved as a model folder (model.keras + model.json)."""
+    import keras
+
+    from model.checkpoint import write_model_folder
+    from model.unet import build_unet
+
+    keras.utils.set_random_seed(seed)
+    write_model_folder(build_unet(cfg), cfg, folder, f"seeded test model (seed {seed})")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return save_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) -> np.ndarray:
+    """Independent reference of the whole separation: ``(N, 2)`` -> ``(N, 2, S)``.
+
+    Spleeter framing (frame k covers samples [k*step - L, k*step), periodic Hann), overlapping
+    segments of T frames keeping their centres (see the loop below for the exact rule),
+    ratio masks (exponent 2, eps 1e-10) zero above F, inverse STFT by weighted overlap-add
+    normalised by the summed squared window.
+    """
+    L, step, T, F = cfg.frame_length, cfg.frame_step, cfg.T, cfg.F
+    n = len(wave)
+    n_frames = -(-(n + L) // step)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(L) / L)
+
+    def frames_of(first: int, count: int) -> np.ndarray:  # (count, bins, 2) complex
+        out = np.zeros((count, L // 2 + 1, 2), np.complex128)
+        for i, k in enumerate(range(first, first + count)):
+            lo = k * step - L
+            piece = np.zeros((L, 2))
+            a, b = max(lo, 0), min(lo + L, n)
+            if b > a:
+                piece[a - lo: b - lo] = wave[a:b]
+            out[i] = np.fft.rfft(piece * window[:, None], axis=0)
+        return out
+
+    spec = frames_of(0, n_frames)
+    core = T - 2 * context
+    # (first frame fed, first kept, end kept): the first segment starts at the track and keeps
+    # all but its last `context` frames; each next one keeps `core` frames after the previous,
+    # fed from `context` frames earlier, but never starting past the track's last T frames
+    segments = [(0, 0, min(T - context, n_frames))]
+    while segments[-1][2] < n_frames:
+        keep = segments[-1][2]
+        segments.append((min(keep - context, max(0, n_frames - T)), keep,
+                         min(keep + core, n_frames)))
+    stems_spec = np.zeros(spec.shape + (len(cfg.stems),), np.complex128)
+    for first, keep_start, keep_stop in segments:
+        est = predict(np.abs(frames_of(first, T)[None, :, :F]).astype(np.float32))[0]
+        power = est[keep_start - first: keep_stop - first].astype(np.float64) ** 2
+        masks = (power + 1e-10 / len(cfg.stems)) / (power.sum(-1, keepdims=True) + 1e-10)
+        full = np.zeros(masks.shape[:1] + (L // 2 + 1,) + masks.shape[2:])
+        full[:, :F] = masks
+        stems_spec[keep_start:keep_stop] = spec[keep_start:keep_stop][..., None] * full
+    out = np.zeros((n_frames * step + L, 2, len(cfg.stems)))
+    for k in range(n_frames):
+        frame = np.fft.irfft(stems_spec[k], n=L, axis=0) * window[:, None, None]
+        out[k * step: k * step + L] += frame  # offset L: index i is track sample i - L
+    # steady-state normalisation: sum of squared periodic Hann at hop L/4 is 1.5 everywhere
+    return (out[L: L + n] / 1.5).astype(np.float32)

@@ -1,0 +1,76 @@
+"""Masks and Wiener filtering against hand-computed values and the filters' defining properties."""
+import numpy as np
+import pytest
+
+from model import masks
+
+
+def test_ratio_masks_hand_values():
+    est = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]], np.float32)
+    got = masks.ratio_masks(est)
+    np.testing.assert_allclose(got[0], [9 / 25, 16 / 25], rtol=1e-6)
+    np.testing.assert_allclose(got[1], [0.5, 0.5], rtol=1e-6)  # silence: eps/S over eps
+    np.testing.assert_allclose(got[2], [1.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(masks.ratio_masks(est, exponent=1.0)[0], [3 / 7, 4 / 7], rtol=1e-6)
+
+
+def test_extend_masks_modes():
+    m = np.arange(2 * 3 * 1 * 2, dtype=np.float32).reshape(2, 3, 1, 2)
+    zeros = masks.extend_masks(m, 5, "zeros")
+    assert zeros.shape == (2, 5, 1, 2)
+    np.testing.assert_array_equal(zeros[:, :3], m)
+    assert not zeros[:, 3:].any()
+    avg = masks.extend_masks(m, 5, "average")
+    for frame in range(2):
+        for stem in range(2):
+            assert avg[frame, 4, 0, stem] == pytest.approx(m[frame, :, 0, stem].mean())
+    with pytest.raises(ValueError):
+        masks.extend_masks(m, 2)
+    with pytest.raises(ValueError):
+        masks.extend_masks(m, 5, "mirror")
+
+
+def error_db(estimate, reference):
+    """Energy of (estimate - reference) relative to the reference's, dB."""
+    return 10 * np.log10(np.sum(np.abs(estimate - reference) ** 2) / np.sum(np.abs(reference) ** 2))
+
+
+def random_mix(rng, n=40, bins=17, channels=2):
+    return (rng.standard_normal((n, bins, channels)) + 1j * rng.standard_normal((n, bins, channels))).astype(np.complex64)
+
+
+def test_wiener_stems_sum_to_the_mixture_where_modelled():
+    rng = np.random.default_rng(0)
+    mix = random_mix(rng)
+    est = rng.uniform(0.1, 2.0, (40, 12, 2, 3)).astype(np.float32)
+    stems = masks.wiener_filter(est, mix, "zeros")
+    assert stems.shape == (40, 17, 2, 3) and stems.dtype == np.complex64
+    # norbert regularises the mixture covariance (sqrt(eps) I), so the sum is exact to ~60 dB
+    assert error_db(stems[:, :12].sum(-1), mix[:, :12]) < -50
+    assert np.abs(stems[:, 12:]).max() < 1e-3  # zeros extension silences the unmodelled bins
+
+
+def test_wiener_average_extension_keeps_high_bins():
+    rng = np.random.default_rng(1)
+    mix = random_mix(rng)
+    est = rng.uniform(0.1, 2.0, (40, 12, 2, 3)).astype(np.float32)
+    stems = masks.wiener_filter(est, mix, "average")
+    assert error_db(stems.sum(-1), mix) < -50
+
+
+def test_wiener_follows_a_dominant_source():
+    rng = np.random.default_rng(2)
+    mix = random_mix(rng)
+    est = np.full((40, 17, 2, 2), 1e-3, np.float32)
+    est[..., 0] = np.abs(mix)
+    stems = masks.wiener_filter(est, mix)
+    assert np.abs(stems[..., 0] - mix).max() / np.abs(mix).max() < 1e-2
+
+
+def test_residual_makes_stems_sum_to_mixture():
+    rng = np.random.default_rng(3)
+    mix = random_mix(rng)
+    stems = masks.apply_masks(mix, masks.extend_masks(masks.ratio_masks(rng.uniform(0, 1, (40, 9, 2, 4))), 17))
+    fixed = masks.add_residual(stems, mix)
+    np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
+    np.testing.assert_array_equal(fixed[..., :-1], stems[..., :-1])

@@ -1,0 +1,96 @@
+"""Whole runs through the command line: kill-and-rerun, the portable runner, the CLI entry."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+from pipeline.options import parse_options, results_url
+from pipeline.separate import run
+from tests.audio_files import tone, write
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_tracks(folder: str, n: int, seconds: float) -> dict[str, int]:
+    """``n`` stereo WAVs; returns track id -> length in samples."""
+    lengths = {}
+    for i in range(n):
+        wave = tone(seconds + 0.37 * i, seed=i)
+        write(os.path.join(folder, f"t{i}.wav"), wave)
+        lengths[f"t{i}"] = len(wave)
+    return lengths
+
+
+def results(output: str, run_id: str) -> list[tuple[str, str]]:
+    db = sqlite3.connect(os.path.join(output, "results.sqlite"))
+    return sorted(db.execute("SELECT track_id, status FROM results WHERE run_id = ?", (run_id,)))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_partial_files_or_duplicate_rows(tmp_path, tiny_model):
+    lengths = make_tracks(str(tmp_path / "in"), 5, 4.0)
+    output = str(tmp_path / "out")
+    argv = ["separate", "--input", str(tmp_path / "in" / "*.wav"), "--output", output,
+            "--model", tiny_model, "--run_id", "nightly", "--direct_num_workers", "1",
+            "--report", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any(f.startswith(".done-") for _, _, files in os.walk(output) for f in files):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = sum(f.startswith(".done-") for _, _, fs in os.walk(output) for f in fs)
+    assert 1 <= done_before < len(lengths)
+
+    run(argv[1:])
+
+    rows = results(output, "nightly")
+    assert [t for t, _ in rows] == sorted(lengths)  # one row per track (primary key)
+    assert {s for _, s in rows} <= {"ok", "skipped"} and "ok" in {s for _, s in rows}
+    for track_id, length in lengths.items():
+        for stem in ("vocals", "accompaniment"):
+            info = soundfile.info(os.path.join(output, track_id, f"{stem}.wav"))
+            assert (info.frames, info.samplerate) == (length, 44100)
+    leftovers = [os.path.join(r, f) for r, ds, fs in os.walk(output) for f in fs + ds
+                 if ".partial-" in f or f == ".chunks"]
+    assert leftovers == []
+
+
+def test_portable_runner_loopback(tmp_path, tiny_model):
+    make_tracks(str(tmp_path / "in"), 1, 2.0)
+    output = str(tmp_path / "out")
+    out = run(["--input", str(tmp_path / "in" / "*.wav"), "--output", output, "--model",
+               tiny_model, "--runner=PortableRunner", "--job_endpoint=embed",
+               "--environment_type=LOOPBACK", "--report", "none"])
+    assert results(output, out["run_id"]) == [("t0", "ok")]
+    assert soundfile.info(os.path.join(output, "t0", "vocals.wav")).frames == 88200
+    assert out["summary"]["tracks_ok"] == 1
+
+
+def test_cli_entry_point_and_option_checks():
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "separate", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--input", "--output", "--model", "--results", "--segmentation",
+                 "--postprocess", "--format", "--force", "--batch_size"):
+        assert flag in proc.stdout
+    with pytest.raises(ValueError, match="--input"):
+        parse_options(["--output", "x"])
+    options = parse_options(["--input", "a", "--output", "/tmp/o"])
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert options.view_as(DirectOptions).direct_num_workers == (os.cpu_count() or 1)
+    assert results_url(options) == "sqlite:////tmp/o/results.sqlite"
+    assert results_url(parse_options(["--input", "a", "--output", "gs://b/o", "--results",
+                                      "postgresql://h/db"])) == "postgresql://h/db"

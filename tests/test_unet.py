@@ -1,0 +1,115 @@
+"""U-Net builder: shapes for every preset, parameter counts, mask semantics, precision."""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
+from model.unet import build_unet
+
+ENC = (16, 32, 64, 128, 256, 512)
+DEC = (256, 128, 64, 32, 16, 1)
+
+
+def expected_params_per_stem(channels: int = 2) -> int:
+    """Spleeter's U-Net parameter count per stem, from its layer list (the 6th encoder
+    BatchNorm is unused and left out)."""
+    n, cin = 0, channels
+    for i, f in enumerate(ENC):
+        n += 25 * cin * f + f + (4 * f if i < 5 else 0)
+        cin = f
+    for k, f in enumerate(DEC):
+        n += 25 * cin * f + f + 4 * f
+        cin = f + (ENC[4 - k] if k < 5 else 0)
+    return n + 16 * cin * channels + channels
+
+
+def _seeded(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Gives every weight (BatchNorm statistics included) seeded random values."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([
+        rng.uniform(0.5, 1.5, w.shape).astype("float32") if "variance" in w.path or "gamma" in w.path
+        else rng.normal(0, 0.3, w.shape).astype("float32") for w in model.weights])
+    return model
+
+
+def test_param_count_matches_released_checkpoint_size():
+    # The released 2stems model.data-00000-of-00001 is 78,614,080 bytes: float32 weights of two
+    # U-Nets including the two unused 512-channel encoder BatchNorms (4 x 512 floats each), plus
+    # an int64 global_step.
+    released_floats = (78_614_080 - 8) // 4
+    assert 2 * expected_params_per_stem() + 2 * 4 * 512 == released_floats
+
+
+@pytest.mark.parametrize("name", ["2stems", "4stems-16kHz", "5stems"])
+def test_full_size_param_count_and_shapes(name):
+    cfg = spleeter_config(name)
+    model = build_unet(cfg)
+    assert model.count_params() == len(cfg.stems) * expected_params_per_stem()
+    bins = 1536 if name.endswith("16kHz") else 1024
+    assert model.input_shape == (None, 512, bins, 2)
+    assert model.output_shape == (None, 512, bins, 2, len(cfg.stems))
+
+
+@pytest.mark.parametrize("name", sorted(SPLEETER_PRESETS))
+def test_tiny_variant_shapes(name):
+    cfg = dataclasses.replace(spleeter_config(name), T=64,
+                              F=128 if name.endswith("16kHz") else 64)
+    x = np.random.default_rng(1).uniform(0, 2, (3, cfg.T, cfg.F, 2)).astype("float32")
+    y = build_unet(cfg)(x, training=False).numpy()
+    assert y.shape == (3, cfg.T, cfg.F, 2, len(cfg.stems))
+    assert y.dtype == np.float32
+
+
+def test_softmax_masks_sum_to_one():
+    cfg = ModelConfig(name="tiny5", stems=("vocals", "drums", "bass", "piano", "other"),
+                      T=64, F=64, softmax=True)
+    model = _seeded(build_unet(cfg))
+    x = np.random.default_rng(2).uniform(0.1, 3, (2, 64, 64, 2)).astype("float32")
+    y = model(x, training=False).numpy()
+    np.testing.assert_allclose(y.sum(axis=-1), x, rtol=1e-5)
+    # the stems differ: the masks are not all 1/S
+    assert np.abs(y[..., 0] - y[..., 1]).max() > 1e-3 * x.max()
+
+
+def test_sigmoid_masks_lie_in_unit_interval():
+    cfg = ModelConfig(name="tiny2", stems=("vocals", "accompaniment"), T=64, F=64,
+                      encoder_activation="leaky_relu", decoder_activation="relu")
+    model = _seeded(build_unet(cfg))
+    x = np.random.default_rng(3).uniform(0.1, 3, (2, 64, 64, 2)).astype("float32")
+    masks = model(x, training=False).numpy() / x[..., None]
+    assert masks.min() >= 0 and masks.max() <= 1
+    assert masks.std() > 1e-3
+
+
+def test_dropout_only_in_training():
+    cfg = ModelConfig(name="tiny", stems=("a",), T=64, F=64)
+    model = _seeded(build_unet(cfg))
+    x = np.random.default_rng(4).uniform(0.1, 3, (1, 64, 64, 2)).astype("float32")
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+    dropouts = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert dropouts == ["a_dec1_dropout", "a_dec2_dropout", "a_dec3_dropout"]
+
+
+def test_bfloat16_close_to_float32():
+    cfg = ModelConfig(name="tiny", stems=("a", "b"), T=64, F=64)
+    f32 = _seeded(build_unet(cfg))
+    bf16 = build_unet(cfg, precision="bfloat16")
+    bf16.set_weights(f32.get_weights())
+    assert bf16.get_layer("a_enc1_conv").compute_dtype == "bfloat16"
+    x = np.random.default_rng(5).uniform(0.1, 3, (2, 64, 64, 2)).astype("float32")
+    y32 = f32(x, training=False).numpy()
+    y16 = bf16(x, training=False).numpy()
+    assert y16.dtype == np.float32
+    # bfloat16 keeps 8 mantissa bits: masks agree to a few percent
+    assert np.abs(y16 - y32).mean() < 0.05 * np.abs(y32).mean()
+
+
+def test_rejects_bad_sizes_and_precision():
+    with pytest.raises(ValueError, match="multiples of 64"):
+        build_unet(ModelConfig(name="x", stems=("a",), T=100, F=64))
+    with pytest.raises(ValueError, match="precision"):
+        build_unet(ModelConfig(name="x", stems=("a",), T=64, F=64), precision="float16")

@@ -1,0 +1,343 @@
+"""DecodeSegments: stream-decode a track, bring it to the model's rate and to stereo, cut segments.
+
+The track is never held in memory: blocks flow from the decoder through a streaming resampler
+into a sliding window that cuts the samples each segment's STFT needs
+(``model.segmentation.segment_sample_range``). Decoding uses soundfile (libsndfile: WAV, FLAC,
+AIFF, OGG/Vorbis/Opus, MP3) and falls back to PyAV (ffmpeg's decoders: AAC/M4A, ALAC, anything
+libsndfile rejects). Every problem becomes a ``DecodeSummary`` with an error a person can act on.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import time
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional
+
+import apache_beam as beam
+import numpy as np
+import soundfile
+import soxr
+
+from model.config import ModelConfig
+from model.segmentation import plan_segments, segment_sample_range
+from model.spectral import frame_count
+from transforms import storage
+from transforms.records import AudioInfo, DecodeSummary, Segment, Track
+
+BLOCK_FRAMES = 1 << 16
+SUMMARY_TAG = "summary"
+# Containers whose header states the exact length; others are counted by decoding once.
+EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"})
+# ITU-R BS.775 fold-down weight of centre and surround channels.
+_SURROUND_GAIN = 1.0 / np.sqrt(2.0)
+
+
+class DecodeError(Exception):
+    """The input cannot be turned into audio; the message says why, for a person to act on."""
+
+
+@dataclasses.dataclass
+class AudioSource:
+    """An opened input.
+
+    Attributes:
+      sample_rate: Hz.
+      channels: channel count.
+      codec: ``'<container>/<codec>'`` as decoded.
+      frames: exact length in samples when the container states it reliably, else None.
+      blocks: returns a fresh iterator over ``(n, channels)`` float32 blocks from the start.
+    """
+
+    sample_rate: int
+    channels: int
+    codec: str
+    frames: Optional[int]
+    blocks: Callable[[], Iterator[np.ndarray]]
+
+
+def _soundfile_source(f: BinaryIO) -> tuple[AudioSource, soundfile.SoundFile]:
+    sf = soundfile.SoundFile(f)
+
+    def blocks() -> Iterator[np.ndarray]:
+        sf.seek(0)
+        position = 0
+        while True:
+            try:
+                block = sf.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except soundfile.LibsndfileError as e:
+                where = f" after {position / sf.samplerate:.2f} s" if position else ""
+                raise DecodeError(f"the file is damaged or truncated{where} (libsndfile: "
+                                  f"{_reason(e)})") from e
+            if not len(block):
+                return
+            position += len(block)
+            yield block
+
+    exact = sf.format in EXACT_LENGTH_FORMATS
+    source = AudioSource(sf.samplerate, sf.channels, f"{sf.format}/{sf.subtype}",
+                         sf.frames if exact else None, blocks)
+    return source, sf
+
+
+def _pyav_source(f: BinaryIO) -> AudioSource:
+    import av  # imported here: only needed for what libsndfile cannot read
+
+    def open_stream():
+        f.seek(0)
+        container = av.open(f, mode="r")
+        if not container.streams.audio:
+            container.close()
+            raise DecodeError("the file has no audio stream")
+        return container, container.streams.audio[0]
+
+    container, stream = open_stream()
+    ctx = stream.codec_context
+    rate, channels = ctx.sample_rate, ctx.layout.nb_channels
+    codec = f"{container.format.name.split(',')[0]}/{ctx.name}"
+    container.close()
+    if not rate or not channels:
+        raise DecodeError(f"the audio stream ({codec}) states no sample rate or channel count")
+
+    def blocks() -> Iterator[np.ndarray]:
+        container, stream = open_stream()
+        resampler = av.AudioResampler(format="fltp")  # planar float32, same rate and layout
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    for out in resampler.resample(frame):
+                        yield out.to_ndarray().T.astype(np.float32, copy=False)
+            for out in resampler.resample(None):
+                yield out.to_ndarray().T.astype(np.float32, copy=False)
+        finally:
+            container.close()
+
+    return AudioSource(rate, channels, codec, None, blocks)
+
+
+def _reason(error: Exception) -> str:
+    """A decoder error's own words, without the file object's repr."""
+    text = getattr(error, "error_string", None) or getattr(error, "strerror", None)
+    return str(text or error).strip()
+
+
+@contextlib.contextmanager
+def open_audio(uri: str) -> Iterator[AudioSource]:
+    """Open ``uri`` for streaming decode; raises DecodeError when nothing can decode it."""
+    try:
+        f = storage.open_read(uri)
+    except Exception as e:
+        raise DecodeError(f"cannot open the file: {e}") from e
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(f)
+        try:
+            source, sf = _soundfile_source(f)
+            stack.enter_context(sf)
+        except (soundfile.LibsndfileError, RuntimeError) as sf_error:
+            try:
+                source = _pyav_source(f)
+            except DecodeError:
+                raise
+            except Exception as av_error:
+                raise DecodeError(
+                    "not a decodable audio file (empty, damaged or an unsupported format): "
+                    f"libsndfile: {_reason(sf_error)}; ffmpeg: {_reason(av_error)}") from av_error
+        yield source
+
+
+def to_stereo(block: np.ndarray) -> np.ndarray:
+    """``(n, C)`` -> ``(n, 2)``: mono is duplicated, 5.1 (L R C LFE Ls Rs) folded down per
+    ITU-R BS.775 (LFE dropped, normalised so a full-scale input stays within [-1, 1]), other
+    layouts average even channels into left and odd channels into right."""
+    channels = block.shape[1]
+    if channels == 2:
+        return block
+    if channels == 1:
+        return np.repeat(block, 2, axis=1)
+    if channels == 6:
+        left = block[:, 0] + _SURROUND_GAIN * (block[:, 2] + block[:, 4])
+        right = block[:, 1] + _SURROUND_GAIN * (block[:, 2] + block[:, 5])
+        return (np.stack([left, right], axis=1) / (1 + 2 * _SURROUND_GAIN)).astype(np.float32)
+    return np.stack([block[:, 0::2].mean(axis=1), block[:, 1::2].mean(axis=1)], axis=1)
+
+
+def _checked(blocks: Iterable[np.ndarray], sample_rate: int) -> Iterator[np.ndarray]:
+    """Pass blocks through, raising DecodeError at the first non-finite sample."""
+    position = 0
+    for block in blocks:
+        if not np.isfinite(block).all():
+            bad = position + int(np.argmin(np.isfinite(block).all(axis=1)))
+            raise DecodeError(f"the audio contains NaN or infinite samples (first at "
+                              f"{bad / sample_rate:.3f} s): the file is corrupt")
+        position += len(block)
+        yield block
+
+
+def _resampled(blocks: Iterable[np.ndarray], in_rate: int, out_rate: int) -> Iterator[np.ndarray]:
+    """Streaming resampling of ``(n, 2)`` float32 blocks (soxr, high quality)."""
+    if in_rate == out_rate:
+        yield from blocks
+        return
+    stream = soxr.ResampleStream(in_rate, out_rate, 2, dtype="float32", quality="HQ")
+    for block in blocks:
+        out = stream.resample_chunk(np.ascontiguousarray(block), last=False)
+        if len(out):
+            yield out
+    yield stream.resample_chunk(np.zeros((0, 2), np.float32), last=True)
+
+
+def _exact(blocks: Iterable[np.ndarray], length: int) -> Iterator[np.ndarray]:
+    """Crop or zero-pad the stream to exactly ``length`` samples."""
+    position = 0
+    for block in blocks:
+        block = block[: max(0, length - position)]
+        position += len(block)
+        if len(block):
+            yield block
+    if position < length:
+        yield np.zeros((length - position, 2), np.float32)
+
+
+def model_length(num_samples: int, in_rate: int, out_rate: int) -> int:
+    """Samples of a ``num_samples`` input once resampled from ``in_rate`` to ``out_rate``."""
+    return int(round(num_samples * out_rate / in_rate))
+
+
+class SampleWindow:
+    """Reads ranges ``[start, stop)`` of a block stream in increasing order; samples outside
+    the stream read as zeros. Holds only the samples not yet dropped."""
+
+    def __init__(self, blocks: Iterable[np.ndarray], channels: int = 2):
+        self._blocks = iter(blocks)
+        self._channels = channels
+        self._pending: list[np.ndarray] = []
+        self._buffer = np.zeros((0, channels), np.float32)
+        self._start = 0  # stream position of self._buffer[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """``(stop - start, C)`` float32; ``start`` must not precede an earlier ``drop``."""
+        end = self._start + len(self._buffer) + sum(len(b) for b in self._pending)
+        for block in self._blocks:
+            self._pending.append(block)
+            end += len(block)
+            if end >= stop:
+                break
+        if self._pending:
+            self._buffer = np.concatenate([self._buffer, *self._pending])
+            self._pending = []
+        out = np.zeros((stop - start, self._channels), np.float32)
+        lo, hi = max(start, self._start), min(stop, self._start + len(self._buffer))
+        if hi > lo:
+            out[lo - start: hi - start] = self._buffer[lo - self._start: hi - self._start]
+        return out
+
+    def drop(self, before: int) -> None:
+        """Forget samples before stream position ``before``."""
+        cut = min(max(0, before - self._start), len(self._buffer))
+        self._buffer = self._buffer[cut:].copy()
+        self._start += cut
+
+
+def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
+                    ) -> tuple[AudioInfo, int, Iterator[tuple[object, np.ndarray]]]:
+    """Open ``uri`` and plan its segments.
+
+    Returns ``(info, n_segments, segments)`` where ``segments`` lazily yields
+    ``(plan, samples (L_s, 2) float32)`` in plan order at ``cfg.sample_rate``. Raises DecodeError,
+    also while iterating (NaN samples, truncation).
+    """
+    stack = contextlib.ExitStack()
+    source = stack.enter_context(open_audio(uri))
+    try:
+        frames = source.frames
+        if frames is None:  # length not in the header: count by decoding once
+            frames = sum(len(b) for b in _checked(source.blocks(), source.sample_rate))
+        if frames <= 0:
+            raise DecodeError(f"the file holds no audio samples (zero-length {source.codec})")
+        samples = model_length(frames, source.sample_rate, cfg.sample_rate)
+        info = AudioInfo(source.sample_rate, source.channels, source.codec, frames, samples)
+        plans = plan_segments(frame_count(samples, cfg.frame_length, cfg.frame_step), cfg.T,
+                              mode=segmentation)
+    except BaseException:
+        stack.close()
+        raise
+
+    def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        n = 0
+        for block in blocks:
+            n += len(block)
+            yield block
+        if n < frames:
+            raise DecodeError(f"the file is truncated: its header states {frames} samples but "
+                              f"only {n} could be decoded")
+
+    def segments() -> Iterator[tuple[object, np.ndarray]]:
+        with stack:
+            stream = counted(_checked(source.blocks(), source.sample_rate))
+            stereo = (to_stereo(b) for b in stream)
+            window = SampleWindow(_exact(_resampled(stereo, source.sample_rate, cfg.sample_rate),
+                                         samples))
+            for plan in plans:
+                start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
+                yield plan, window.read(start, stop)
+                window.drop(start)
+            # Decode to the end so a truncated or corrupt tail is reported.
+            window.read(samples, samples + 1)
+
+    return info, len(plans), segments()
+
+
+def limit_heap_fragmentation() -> None:
+    """Keep glibc from growing the heap with every segment-sized array freed.
+
+    glibc raises its mmap threshold each time a large block is freed, after which segment-sized
+    arrays (0.3-20 MB) come from fragmenting heap arenas: peak RSS then grows by ~0.2 MB per
+    segment processed. A fixed threshold returns them to the system on free. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 256 * 1024)
+
+
+class _DecodeSegmentsFn(beam.DoFn):
+    def __init__(self, cfg: ModelConfig, segmentation: str):
+        self._cfg = cfg
+        self._segmentation = segmentation
+
+    def setup(self):
+        limit_heap_fragmentation()
+
+    def process(self, track: Track):
+        started = time.time()
+        info = None
+        try:
+            info, n_segments, segments = decode_segments(track.uri, self._cfg,
+                                                         self._segmentation)
+            for plan, samples in segments:
+                yield Segment(track=track, plan=plan, started_at=started, samples=samples)
+        except Exception as e:  # an unexpected decoder failure is still one track's failure
+            reason = str(e) if isinstance(e, DecodeError) else (
+                f"decoding failed: {type(e).__name__}: {e}")
+            beam.metrics.Metrics.counter("stembeam", "decode_failures").inc()
+            yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, info,
+                                                                      error=reason))
+            return
+        beam.metrics.Metrics.counter("stembeam", "segments").inc(n_segments)
+        yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, info, n_segments))
+
+
+class DecodeSegments(beam.PTransform):
+    """``Track`` -> main output ``Segment`` (with ``samples``), output ``summary``:
+    one ``DecodeSummary`` per track, emitted after its last segment."""
+
+    def __init__(self, cfg: ModelConfig, segmentation: str = "overlap"):
+        super().__init__()
+        self._cfg = cfg
+        self._segmentation = segmentation
+
+    def expand(self, tracks):
+        return tracks | beam.ParDo(_DecodeSegmentsFn(self._cfg, self._segmentation)).with_outputs(
+            SUMMARY_TAG, main="segments")

@@ -1,0 +1,155 @@
+"""Spectrogram and model inference: segments' STFT in, stem magnitude estimates out.
+
+``StemModelHandler`` is our own Beam ``ModelHandler`` (Beam's TensorFlow handlers import
+tensorflow_hub). RunInference loads the model once per worker process and shares it between
+the process's threads; it batches segments, also across tracks of one bundle, and reports
+``stembeam/load_model_latency_milli_secs``, ``inference_request_batch_size`` and
+``inference_batch_latency_micro_secs`` metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+from typing import Any, Iterable, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from model.config import ModelConfig
+from model.separate import segment_spectrogram
+from transforms import storage
+from transforms.records import Segment
+
+METRICS_NAMESPACE = "stembeam"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the launcher needs to know about a model without loading its weights.
+
+    Attributes:
+      spec: as given (``spleeter:2stems``, a folder, a gs:// folder).
+      config: the model's ModelConfig.
+      sha256: sha256 of its weights.
+    """
+
+    spec: str
+    config: ModelConfig
+    sha256: str
+
+    @property
+    def key(self) -> str:
+        """Filename-safe id of these weights, used for done-markers: ``<name>-<sha256[:12]>``."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.config.name}-{self.sha256[:12]}")
+
+
+def describe_model(spec: str, cache_dir: Optional[str] = None) -> ModelInfo:
+    """Read the model folder's ``model.json`` (config and weights sha256) for ``spec``."""
+    from model.registry import resolve_model_dir
+
+    folder = resolve_model_dir(spec, cache_dir)
+    meta = json.loads(storage.read_text(storage.join(folder, "model.json")))
+    config = ModelConfig.from_dict(meta)
+    return ModelInfo(spec, config, str(meta.get("sha256", "")))
+
+
+class _Predictor:
+    """The loaded model with a thread-safe first call (Keras builds its predict function then)."""
+
+    def __init__(self, loaded: Any):
+        self.loaded = loaded
+        self._lock = threading.Lock()
+        self._warm = False
+
+    def __call__(self, magnitudes: np.ndarray) -> np.ndarray:
+        """``(B, T, F, 2)`` float32 -> ``(B, T, F, 2, S)`` float32."""
+        if not self._warm:
+            with self._lock:
+                out = self.loaded.model.predict_on_batch(magnitudes)
+                self._warm = True
+                return np.asarray(out, dtype=np.float32)
+        return np.asarray(self.loaded.model.predict_on_batch(magnitudes), dtype=np.float32)
+
+
+class StemModelHandler(ModelHandler[Segment, Segment, _Predictor]):
+    """Runs a stembeam model on ``Segment`` batches (``magnitude`` in, ``estimates`` out).
+
+    A failing batch does not fail the job: its segments come out with ``error`` set.
+    """
+
+    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None,
+                 precision: str = "float32"):
+        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+        self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
+
+    def load_model(self) -> _Predictor:
+        from model.registry import load_model
+
+        loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
+        predictor = _Predictor(loaded)
+        cfg = loaded.config
+        predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # build + warm up
+        return predictor
+
+    def run_inference(self, batch: Sequence[Segment], model: _Predictor,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[Segment]:
+        todo = [s for s in batch if s.error is None]
+        if todo:
+            try:
+                estimates = model(np.stack([s.magnitude for s in todo]))
+                if not np.isfinite(estimates).all():
+                    raise ValueError("the model produced NaN or infinite values")
+                for segment, estimate in zip(todo, estimates):
+                    segment.estimates = estimate
+            except Exception as e:
+                Metrics = beam.metrics.Metrics
+                Metrics.counter(METRICS_NAMESPACE, "inference_failures").inc()
+                for segment in todo:
+                    segment.error = f"model inference failed: {type(e).__name__}: {e}"
+        for segment in batch:
+            segment.magnitude = None
+        return batch
+
+    def get_num_bytes(self, batch: Sequence[Segment]) -> int:
+        return sum(s.magnitude.nbytes for s in batch if s.magnitude is not None)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
+    """Adds ``mix_stft`` and ``magnitude``; drops ``samples``."""
+    if segment.error is None:
+        try:
+            segment.mix_stft, segment.magnitude = segment_spectrogram(segment.samples, cfg)
+        except Exception as e:
+            segment.error = f"spectrogram failed: {type(e).__name__}: {e}"
+    segment.samples = None
+    return segment
+
+
+class Spectrogram(beam.PTransform):
+    """``Segment`` with ``samples`` -> with ``mix_stft`` (T, n_bins, 2) and ``magnitude``
+    (T, F, 2)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self._cfg = cfg
+
+    def expand(self, segments):
+        return segments | beam.Map(_spectrogram, self._cfg)
+
+
+class Separate(beam.PTransform):
+    """``Segment`` (magnitude) -> ``Segment`` (estimates) through RunInference."""
+
+    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None,
+                 precision: str = "float32"):
+        super().__init__()
+        self._handler = StemModelHandler(spec, batch_size, cache_dir, precision)
+
+    def expand(self, segments):
+        return segments | RunInference(self._handler, metrics_namespace=METRICS_NAMESPACE)

@@ -1,0 +1,173 @@
+"""File access through Beam's FileSystems, so local paths, gs:// and s3:// behave the same.
+
+Every byte stembeam reads or writes goes through these helpers. Writes that other readers may
+see are atomic: the data goes to a hidden temporary name next to the target and is renamed
+into place (on object stores an object only becomes visible once complete, so the rename is the
+visibility step there too).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from typing import BinaryIO, Callable, Iterator
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+
+
+def use_anonymous_gcs_credentials() -> None:
+    """Make Beam's GCS client use anonymous access without its credential search.
+
+    Beam looks for Google credentials for ~24 s before falling back to anonymous access; against
+    a storage emulator there are none to find. Pre-seeding the cache skips the search. Must run in
+    every process that touches gs:// (this module calls it on import when STORAGE_EMULATOR_HOST
+    is set, and every worker imports this module).
+    """
+    from apache_beam.internal.gcp import auth
+
+    auth._Credentials._credentials_init = True
+    auth._Credentials._credentials = None
+
+
+if os.environ.get(EMULATOR_ENV):
+    use_anonymous_gcs_credentials()
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part1/part2`` for any scheme."""
+    return FileSystems.join(base, *parts)
+
+
+def parent(path: str) -> str:
+    """The folder holding ``path``."""
+    return FileSystems.split(path)[0]
+
+
+def basename(path: str) -> str:
+    return FileSystems.split(path)[1]
+
+
+def is_local(path: str) -> bool:
+    """True for plain filesystem paths (no ``scheme://``)."""
+    return "://" not in path
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def open_read(path: str) -> BinaryIO:
+    """A seekable binary reader; no decompression is guessed from the extension."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def temp_name(path: str) -> str:
+    """A hidden, unique sibling of ``path`` for an atomic write."""
+    folder, name = FileSystems.split(path)
+    return FileSystems.join(folder, f".{name}.partial-{uuid.uuid4().hex[:12]}")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[BinaryIO]:
+    """Context manager yielding a binary writer; ``path`` appears only if the block succeeds.
+
+    On error the temporary file is deleted and the exception propagates.
+    """
+    tmp = temp_name(path)
+    f = FileSystems.create(tmp, mime_type="application/octet-stream",
+                           compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        yield f
+        f.close()
+    except BaseException:
+        f.close()
+        delete([tmp])
+        raise
+    replace(tmp, path)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def write_with(path: str, writer: Callable[[BinaryIO], None]) -> None:
+    """Atomically write ``path`` with ``writer(file)``."""
+    with atomic_writer(path) as f:
+        writer(f)
+
+
+@contextlib.contextmanager
+def local_staging(path: str) -> Iterator[str]:
+    """A local file path to write (e.g. with a library that needs a seekable file); on success
+    its content appears at ``path`` atomically, on error nothing appears.
+
+    Local targets stage in a hidden sibling and are renamed; remote ones stage in the temp
+    folder and are uploaded.
+    """
+    if is_local(path):
+        os.makedirs(parent(path) or ".", exist_ok=True)
+        tmp = temp_name(path)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix="stembeam-", suffix=os.path.splitext(path)[1])
+        os.close(fd)
+    try:
+        yield tmp
+        if is_local(path):
+            os.replace(tmp, path)
+        else:
+            with open(tmp, "rb") as src, atomic_writer(path) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def replace(source: str, destination: str) -> None:
+    """Rename ``source`` to ``destination``, replacing an existing destination."""
+    if is_local(source) and is_local(destination):
+        os.replace(source, destination)  # atomic even when the destination exists
+        return
+    if exists(destination):
+        delete([destination])
+    FileSystems.rename([source], [destination])
+
+
+def delete(paths: list[str]) -> None:
+    """Delete files, ignoring ones that are already gone."""
+    existing = [p for p in paths if exists(p)]
+    if existing:
+        FileSystems.delete(existing)
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching ``pattern`` (``*``, ``**``, ``?``), sorted; empty list when none match."""
+    result = FileSystems.match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
+
+
+def remove_empty_folder(path: str) -> None:
+    """Remove a local folder if it is empty (object stores have no folders to remove)."""
+    if is_local(path):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def delete_matching(pattern: str) -> None:
+    """Delete every file matching ``pattern``."""
+    delete(glob(pattern))
