@@ -61,8 +61,9 @@ def main() -> None:
     fast, slow = statistics.median(ours_t), statistics.median(theirs_t)
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"4 stems x {args.seconds:.0f} s, win=hop=1 s, v4")
-    print(f"model.bsseval   median {fast:7.2f} s over {len(ours_t)} runs  {[round(t, 2) for t in ours_t]}")
-    print(f"museval         median {slow:7.2f} s over {len(theirs_t)} runs  {[round(t, 2) for t in theirs_t]}")
+    for name, median, times in (("model.bsseval", fast, ours_t), ("museval", slow, theirs_t)):
+        print(f"{name:15s} median {median:7.2f} s over {len(times)} runs  "
+              f"{[round(t, 2) for t in times]}")
     print(f"speed-up {slow / fast:.1f}x; real-time factor {args.seconds / fast:.0f}x (ours), "
           f"{args.seconds / slow:.1f}x (museval)")
     print(f"largest |difference| over SDR/ISR/SIR/SAR windows: {diff:.2e} dB")

@@ -149,7 +149,8 @@ def spleeter_cmd(files: list[str], out: str, model: str, wiener: bool) -> list[s
 
 def output_seconds(out: str) -> float:
     """Longest stem written under ``out``, seconds."""
-    lengths = [sf.info(f).duration for f in glob.glob(os.path.join(out, "**", "*.wav"), recursive=True)]
+    stems = glob.glob(os.path.join(out, "**", "*.wav"), recursive=True)
+    lengths = [sf.info(f).duration for f in stems]
     return max(lengths, default=0.0)
 
 
@@ -158,8 +159,10 @@ def compare(args: argparse.Namespace) -> None:
     short, short_s = catalog(5)
     files = sorted(glob.glob(os.path.join(folder, "*.ogg")))
     short_files = sorted(glob.glob(os.path.join(short, "*.ogg")))
-    print(f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; load {os.getloadavg()[0]:.2f}")
-    print("tool      model            mode    workers  wall s  start-up s  RTF(with)  RTF(steady)  peak GB")
+    print(f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; "
+          f"load {os.getloadavg()[0]:.2f}")
+    print("tool      model            mode    workers  wall s  start-up s  RTF(with)  "
+          "RTF(steady)  peak GB")
     rows = []
     for model in args.models:
         for postprocess in args.modes:
@@ -299,7 +302,8 @@ def profile(args: argparse.Namespace) -> None:
     for stage, seconds in timer.seconds.items():
         share = "" if "start-up" in stage else f"{100 * seconds / total:5.1f}%"
         print(f"  {stage:28s} {seconds:7.2f} s  {share}")
-    print(f"  total (excl. start-up)       {total:7.2f} s  -> {args.seconds / total:.1f}x real time")
+    print(f"  total (excl. start-up)       {total:7.2f} s  -> "
+          f"{args.seconds / total:.1f}x real time")
 
 
 def main() -> None:

@@ -90,7 +90,8 @@ def main() -> None:
         flops = sum(conv_flops(layer) for layer in layers)  # per segment, all stems
         print(f"\n[{precision}] {flops / 1e9:.2f} GFLOP per segment "
               f"({flops / len(cfg.stems) / 1e9:.2f} per stem), "
-              f"{flops / (cfg.T * cfg.frame_step / cfg.sample_rate) / 1e9:.2f} GFLOP per second of audio")
+              f"{flops / (cfg.T * cfg.frame_step / cfg.sample_rate) / 1e9:.2f} GFLOP per second "
+              "of audio")
         peak = matmul_gflops(tf.bfloat16 if precision == "bfloat16" else tf.float32, args.runs)
         stem_layers = [layer for layer in layers if layer.name.startswith(cfg.stems[0] + "_")]
         per_layer = []

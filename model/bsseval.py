@@ -79,7 +79,8 @@ def evaluate(
         ratios = _window_ratios(refs, ests, chunk, window, n_fft, responses, n_src, n_chan)
         for name, values in zip(METRICS, ratios):
             result[name][:, first:first + len(chunk)] = values
-    silent = _silent_windows(references, starts, window) | _silent_windows(estimates, starts, window)
+    silent = (_silent_windows(references, starts, window)
+              | _silent_windows(estimates, starts, window))
     for values in result.values():
         values[:, silent] = np.nan
     return result
@@ -175,7 +176,7 @@ def _validate(references: np.ndarray, estimates: np.ndarray) -> tuple[np.ndarray
 
 
 def _channels_first(sources: np.ndarray) -> np.ndarray:
-    """(S, N, C) -> (S*C, N) view-or-copy in the input dtype; row p = source p // C, channel p % C."""
+    """(S, N, C) -> (S*C, N) copy in the input dtype; row p = source p // C, channel p % C."""
     n_src, n_samples, n_chan = sources.shape
     return sources.transpose(0, 2, 1).reshape(n_src * n_chan, n_samples)
 

@@ -32,7 +32,7 @@ def _assert_agree(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) ->
 
 def _generated(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(3, N, 2) references (coloured noise, tones over a noise floor, a source with a silent
-    stretch) and estimates mixing filtered references, leakage and noise, shorter by 1000 samples."""
+    stretch) and estimates mixing filtered references, leakage and noise, 1000 samples short."""
     rng = np.random.default_rng(seed)
     n = int(seconds * RATE)
     t = np.arange(n)[:, None] / RATE
