@@ -13,8 +13,8 @@ audio in all, default 600). Long files loop those mixtures.
 profile  one track through the model-level path (model.separate.separate_waveform), each stage
          timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.bsseval)
          against the song/guitar references.
-compare  wall time of `stembeam separate` and `spleeter separate` (its own venv, same checkpoint,
-         same files) mode for mode: ratio masks vs Spleeter's default, Wiener vs --mwf;
+compare  wall time of `stembeam separate` and `spleeter separate -d 20000` (its own venv, same
+         checkpoint, same files) mode for mode: ratio masks vs Spleeter's default, Wiener vs --mwf;
          with start-up (whole command) and without (minus the same command on a 5 s file);
          stembeam with --direct_num_workers 1 and 2. Real-time factor = audio s / wall s.
 compare and long need the Spleeter venv (bench/spleeter_venv.sh) and, for 4stems, the seeded
@@ -143,7 +143,8 @@ def stembeam_cmd(inputs: str, out: str, model: str, postprocess: str, workers: i
 
 
 def spleeter_cmd(files: list[str], out: str, model: str, wiener: bool) -> list[str]:
-    cmd = [SPLEETER, "separate", "-p", model, "-o", out, "-d", "100000", *files]
+    # -d must stay below 2^31 / 44100 s: with -d 100000 Spleeter 2.4.2 writes empty stems
+    cmd = [SPLEETER, "separate", "-p", model, "-o", out, "-d", "20000", *files]
     return cmd + ["--mwf"] if wiener else cmd
 
 
