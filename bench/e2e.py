@@ -148,11 +148,20 @@ def spleeter_cmd(files: list[str], out: str, model: str, wiener: bool) -> list[s
     return cmd + ["--mwf"] if wiener else cmd
 
 
+def stem_seconds(out: str) -> list[float]:
+    """Durations of the stems written under ``out``, seconds."""
+    stems = glob.glob(os.path.join(out, "**", "*.wav"), recursive=True)
+    return [sf.info(f).duration for f in stems]
+
+
 def output_seconds(out: str) -> float:
     """Longest stem written under ``out``, seconds."""
-    stems = glob.glob(os.path.join(out, "**", "*.wav"), recursive=True)
-    lengths = [sf.info(f).duration for f in stems]
-    return max(lengths, default=0.0)
+    return max(stem_seconds(out), default=0.0)
+
+
+def shortest_stem_seconds(out: str) -> float:
+    """Shortest stem written under ``out``, seconds (0 when none): catches empty outputs."""
+    return min(stem_seconds(out), default=0.0)
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -163,32 +172,37 @@ def compare(args: argparse.Namespace) -> None:
     print(f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; "
           f"load {os.getloadavg()[0]:.2f}")
     print("tool      model            mode    workers  wall s  start-up s  RTF(with)  "
-          "RTF(steady)  peak GB")
+          "RTF(steady)  peak GB  shortest stem s")
     rows = []
     for model in args.models:
         for postprocess in args.modes:
             runs = [("spleeter", 1)] + [("stembeam", w) for w in args.workers]
             for tool, workers in runs:
-                def run(inputs: list[str], src: str) -> tuple[float, float]:
+                def run(inputs: list[str], src: str) -> tuple[float, float, float]:
+                    """(wall s, peak GB, shortest stem written s) of one command."""
                     with tempfile.TemporaryDirectory(dir=BENCH) as out:
                         if tool == "spleeter":
-                            return timed(spleeter_cmd(inputs, out, model, postprocess == "wiener"),
-                                         {"MODEL_PATH": SPLEETER_MODELS[model]})
-                        return timed(stembeam_cmd(src, out, stembeam_model(model), postprocess,
-                                                  workers))
+                            wall, peak = timed(
+                                spleeter_cmd(inputs, out, model, postprocess == "wiener"),
+                                {"MODEL_PATH": SPLEETER_MODELS[model]})
+                        else:
+                            wall, peak = timed(stembeam_cmd(src, out, stembeam_model(model),
+                                                            postprocess, workers))
+                        return wall, peak, shortest_stem_seconds(out)
                 startup = statistics.median(run(short_files, short)[0] for _ in range(args.runs))
-                walls, peaks = zip(*(run(files, folder) for _ in range(args.runs)))
+                walls, peaks, shortest = zip(*(run(files, folder) for _ in range(args.runs)))
                 wall = statistics.median(walls)
                 # wall = start-up + audio / steady-RTF, and the 5 s run gives start-up + 5 s / RTF
                 # (noise swamps it when start-up dominates the run: then it is not reported)
                 steady = ((audio_s - short_s) / (wall - startup) if wall - startup > 0.2 * wall
                           else float("nan"))
                 row = dict(tool=tool, model=model, mode=postprocess, workers=workers, wall=wall,
-                           startup=startup, rtf=audio_s / wall, rtf_steady=steady, peak=max(peaks))
+                           startup=startup, rtf=audio_s / wall, rtf_steady=steady, peak=max(peaks),
+                           shortest_stem=min(shortest))
                 rows.append(row)
                 print(f"{tool:9s} {model:16s} {postprocess:7s} {workers:7d}  {wall:6.1f}  "
-                      f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}",
-                      flush=True)
+                      f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}  "
+                      f"{min(shortest):9.1f}", flush=True)
     for model in args.models:
         for postprocess in args.modes:
             spl = next(r for r in rows if r["tool"] == "spleeter" and r["model"] == model
