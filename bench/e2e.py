@@ -1,0 +1,349 @@
+"""End-to-end speed: `stembeam separate` against `spleeter separate`, stage profile, long files.
+
+Catalog: the songs of the Debian package ``fretsonfire-songs-muldjord`` (real rock music, OGG,
+44.1 kHz stereo; each song ships as ``song.ogg`` + ``guitar.ogg``, which are also reference stems).
+Their sums are written as OGG mixtures under ~/.cache/stembeam/bench/catalog (``--seconds`` of
+audio in all, default 600). Long files loop those mixtures.
+
+    apt-get install -y fretsonfire-songs-muldjord
+    python3 -m bench.e2e profile [--seconds 60] [--model spleeter:2stems] [--postprocess ratio]
+    python3 -m bench.e2e compare [--seconds 600] [--runs 1] [--models spleeter:2stems ...]
+    python3 -m bench.e2e long [--minutes 20 120]
+
+profile  one track through the model-level path (model.separate.separate_waveform), each stage
+         timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.bsseval)
+         against the song/guitar references.
+compare  wall time of `stembeam separate` and `spleeter separate -d 20000` (its own venv, same
+         checkpoint, same files) mode for mode: ratio masks vs Spleeter's default, Wiener vs --mwf;
+         with start-up (whole command) and without (minus the same command on a 5 s file);
+         stembeam with --direct_num_workers 1 and 2. Real-time factor = audio s / wall s.
+compare and long need the Spleeter venv (bench/spleeter_venv.sh) and, for 4stems, the seeded
+random Spleeter-format checkpoint in ~/.cache/stembeam/spleeter-random-models/4stems.
+long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute and a 2-hour file.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile as sf
+
+RATE = 44100
+SONGS = "/usr/share/games/fretsonfire/data/songs/muldjord"
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "stembeam")
+BENCH = os.path.join(CACHE, "bench")
+SPLEETER = os.path.join(CACHE, "spleeter-venv", "bin", "spleeter")
+SPLEETER_MODELS = {  # MODEL_PATH per preset: real 2stems weights, seeded random 4stems
+    "spleeter:2stems": os.path.join(CACHE, "spleeter-models"),
+    "spleeter:4stems": os.path.join(CACHE, "spleeter-random-models"),
+}
+
+
+def songs() -> list[str]:
+    folders = sorted(glob.glob(os.path.join(SONGS, "*", "song.ogg")))
+    if not folders:
+        sys.exit(f"no songs in {SONGS}: apt-get install -y fretsonfire-songs-muldjord")
+    return [os.path.dirname(f) for f in folders]
+
+
+def read_song(folder: str, frames: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) float32 mixture and (2, N, 2) references (guitar, song); N <= frames if given."""
+    guitar, rate = sf.read(os.path.join(folder, "guitar.ogg"), frames, dtype="float32")
+    rest, _ = sf.read(os.path.join(folder, "song.ogg"), frames, dtype="float32")
+    assert rate == RATE
+    n = min(len(guitar), len(rest))
+    refs = np.stack([guitar[:n], rest[:n]])
+    return refs.sum(axis=0), refs
+
+
+def catalog(seconds: float) -> tuple[str, float]:
+    """A folder of OGG mixtures holding about ``seconds`` of audio (whole songs, the last cut)."""
+    folder = os.path.join(BENCH, f"catalog-{int(seconds)}s")
+    if not os.path.isdir(folder):
+        total = 0.0
+        tmp = tempfile.mkdtemp(dir=BENCH)
+        for song in songs():
+            if total >= seconds:
+                break
+            mix, _ = read_song(song)
+            mix = mix[: int((seconds - total) * RATE)]
+            # libsndfile's Vorbis encoder crashes on long single writes: write in blocks
+            with sf.SoundFile(os.path.join(tmp, os.path.basename(song) + ".ogg"), "w", RATE, 2,
+                              format="OGG", subtype="VORBIS") as out:
+                for start in range(0, len(mix), 1 << 16):
+                    out.write(mix[start:start + (1 << 16)])
+            total += len(mix) / RATE
+        os.rename(tmp, folder)
+    total = sum(sf.info(f).duration for f in glob.glob(os.path.join(folder, "*.ogg")))
+    return folder, total
+
+
+def long_file(minutes: float) -> str:
+    """A WAV of ``minutes`` minutes looping the catalog's mixtures."""
+    path = os.path.join(BENCH, f"long-{int(minutes)}min.wav")
+    if not os.path.exists(path):
+        n = int(minutes * 60 * RATE)
+        mixes = [read_song(s)[0] for s in songs()]
+        with sf.SoundFile(path + ".tmp", "w", RATE, 2, format="WAV", subtype="FLOAT") as out:
+            written = 0
+            while written < n:
+                for mix in mixes:
+                    piece = mix[: n - written]
+                    out.write(piece)
+                    written += len(piece)
+        os.rename(path + ".tmp", path)
+    return path
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS GB); raises on failure."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd],
+                              env={**os.environ, **(env or {})}, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        peak_kb = float(report.read().strip().splitlines()[-1])
+    return wall, peak_kb / 1e6
+
+
+def stembeam_model(preset: str) -> str:
+    """stembeam's model spec for a preset: the registry name for the real 2stems weights, a model
+    folder imported from the seeded random Spleeter checkpoint for the others (no real weights
+    are reachable here)."""
+    if preset == "spleeter:2stems":
+        return preset
+    from model.checkpoint import SPLEETER_INSTRUMENT_ORDER, import_spleeter_checkpoint
+    from model.checkpoint import write_model_folder
+    from model.config import spleeter_config
+
+    name = preset.split(":")[1]
+    folder = os.path.join(BENCH, f"random-{name}")
+    if not os.path.exists(os.path.join(folder, "model.json")):
+        cfg = spleeter_config(preset)
+        ckpt = os.path.join(SPLEETER_MODELS[preset], name)
+        model = import_spleeter_checkpoint(ckpt, cfg, SPLEETER_INSTRUMENT_ORDER[name])
+        write_model_folder(model, cfg, folder, f"seeded random Spleeter checkpoint {ckpt}")
+    return folder
+
+
+def stembeam_cmd(inputs: str, out: str, model: str, postprocess: str, workers: int) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "separate", "--input", inputs, "--output", out,
+            "--model", model, "--postprocess", postprocess, "--force",
+            "--direct_num_workers", str(workers), "--results", f"sqlite:///{out}/results.db"]
+
+
+def spleeter_cmd(files: list[str], out: str, model: str, wiener: bool) -> list[str]:
+    # -d must stay below 2^31 / 44100 s: with -d 100000 Spleeter 2.4.2 writes empty stems
+    cmd = [SPLEETER, "separate", "-p", model, "-o", out, "-d", "20000", *files]
+    return cmd + ["--mwf"] if wiener else cmd
+
+
+def stem_seconds(out: str) -> list[float]:
+    """Durations of the stems written under ``out``, seconds."""
+    stems = glob.glob(os.path.join(out, "**", "*.wav"), recursive=True)
+    return [sf.info(f).duration for f in stems]
+
+
+def output_seconds(out: str) -> float:
+    """Longest stem written under ``out``, seconds."""
+    return max(stem_seconds(out), default=0.0)
+
+
+def shortest_stem_seconds(out: str) -> float:
+    """Shortest stem written under ``out``, seconds (0 when none): catches empty outputs."""
+    return min(stem_seconds(out), default=0.0)
+
+
+def compare(args: argparse.Namespace) -> None:
+    folder, audio_s = catalog(args.seconds)
+    short, short_s = catalog(5)
+    files = sorted(glob.glob(os.path.join(folder, "*.ogg")))
+    short_files = sorted(glob.glob(os.path.join(short, "*.ogg")))
+    print(f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; "
+          f"load {os.getloadavg()[0]:.2f}")
+    print("tool      model            mode    workers  wall s  start-up s  RTF(with)  "
+          "RTF(steady)  peak GB  shortest stem s")
+    rows = []
+    for model in args.models:
+        for postprocess in args.modes:
+            runs = [("spleeter", 1)] + [("stembeam", w) for w in args.workers]
+            for tool, workers in runs:
+                def run(inputs: list[str], src: str) -> tuple[float, float, float]:
+                    """(wall s, peak GB, shortest stem written s) of one command."""
+                    with tempfile.TemporaryDirectory(dir=BENCH) as out:
+                        if tool == "spleeter":
+                            wall, peak = timed(
+                                spleeter_cmd(inputs, out, model, postprocess == "wiener"),
+                                {"MODEL_PATH": SPLEETER_MODELS[model]})
+                        else:
+                            wall, peak = timed(stembeam_cmd(src, out, stembeam_model(model),
+                                                            postprocess, workers))
+                        return wall, peak, shortest_stem_seconds(out)
+                startup = statistics.median(run(short_files, short)[0] for _ in range(args.runs))
+                walls, peaks, shortest = zip(*(run(files, folder) for _ in range(args.runs)))
+                wall = statistics.median(walls)
+                # wall = start-up + audio / steady-RTF, and the 5 s run gives start-up + 5 s / RTF
+                # (noise swamps it when start-up dominates the run: then it is not reported)
+                steady = ((audio_s - short_s) / (wall - startup) if wall - startup > 0.2 * wall
+                          else float("nan"))
+                row = dict(tool=tool, model=model, mode=postprocess, workers=workers, wall=wall,
+                           startup=startup, rtf=audio_s / wall, rtf_steady=steady, peak=max(peaks),
+                           shortest_stem=min(shortest))
+                rows.append(row)
+                print(f"{tool:9s} {model:16s} {postprocess:7s} {workers:7d}  {wall:6.1f}  "
+                      f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}  "
+                      f"{min(shortest):9.1f}", flush=True)
+    for model in args.models:
+        for postprocess in args.modes:
+            spl = next(r for r in rows if r["tool"] == "spleeter" and r["model"] == model
+                       and r["mode"] == postprocess)
+            for r in rows:
+                if r["tool"] == "stembeam" and r["model"] == model and r["mode"] == postprocess:
+                    print(f"ratio stembeam/spleeter {model} {postprocess} workers={r['workers']}: "
+                          f"{r['rtf'] / spl['rtf']:.2f}x with start-up, "
+                          f"{r['rtf_steady'] / spl['rtf_steady']:.2f}x steady")
+    with open(os.path.join(BENCH, "compare.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+def long_files(args: argparse.Namespace) -> None:
+    print("file     tool      wall s  peak GB  output s")
+    for minutes in args.minutes:
+        path = long_file(minutes)
+        for tool in ("stembeam", "spleeter", "spleeter -d 600"):
+            with tempfile.TemporaryDirectory(dir=BENCH) as out:
+                if tool == "stembeam":
+                    inputs = tempfile.mkdtemp(dir=BENCH)
+                    os.symlink(path, os.path.join(inputs, os.path.basename(path)))
+                    cmd, env = stembeam_cmd(inputs, out, args.model, "ratio", 1), None
+                else:
+                    cmd = spleeter_cmd([path], out, args.model, False)
+                    if tool.endswith("600"):
+                        cmd[cmd.index("-d") + 1] = "600"
+                    env = {"MODEL_PATH": SPLEETER_MODELS[args.model]}
+                try:
+                    wall, peak = timed(cmd, env)
+                    print(f"{minutes:4.0f} min {tool:16s} {wall:6.0f}  {peak:7.2f}  "
+                          f"{output_seconds(out):8.0f}", flush=True)
+                except RuntimeError as e:
+                    print(f"{minutes:4.0f} min {tool:16s} failed: {str(e).splitlines()[-1]}",
+                          flush=True)
+
+
+class StageTimer:
+    """Accumulates wall seconds per stage; ``wrap`` times every call of a function."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def wrap(self, stage: str, fn):
+        def timed_fn(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.add(stage, time.perf_counter() - t0)
+        return timed_fn
+
+
+def profile(args: argparse.Namespace) -> None:
+    """Stage profile of the model-level path on the first song, cut to ``--seconds``."""
+    import tensorflow as tf
+
+    from model import bsseval
+    from model import separate as sep
+    from model.registry import load_model
+
+    timer = StageTimer()
+    t0 = time.perf_counter()
+    loaded = load_model(stembeam_model(args.model), precision=args.precision)
+    timer.add("model load (start-up)", time.perf_counter() - t0)
+    cfg = loaded.config
+    forward = tf.function(lambda x: loaded.model(x, training=False))
+    predict = timer.wrap("U-Net", lambda x: forward(tf.constant(x)).numpy())
+    predict(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # trace outside the timings
+    timer.seconds.pop("U-Net")
+
+    song = songs()[0]
+    n = int(args.seconds * RATE)
+    t0 = time.perf_counter()
+    mix, refs = read_song(song, n)  # decoding two OGG files
+    timer.add("decode (2 OGG)", time.perf_counter() - t0)
+
+    # Time the stages inside separate_waveform by wrapping the functions it looks up.
+    originals = {name: getattr(sep, name) for name in ("segment_spectrogram", "overlap_add",
+                                                       "reconstruct_segment")}
+    sep.segment_spectrogram = timer.wrap("STFT", originals["segment_spectrogram"])
+    sep.overlap_add = timer.wrap("iSTFT", originals["overlap_add"])
+    sep.reconstruct_segment = timer.wrap("masks+iSTFT", originals["reconstruct_segment"])
+    try:
+        t0 = time.perf_counter()
+        stems = sep.separate_waveform(mix, predict, cfg, postprocess=args.postprocess,
+                                      batch_size=args.batch_size)
+        separate_s = time.perf_counter() - t0
+    finally:
+        for name, fn in originals.items():
+            setattr(sep, name, fn)
+    timer.seconds["masks/Wiener"] = timer.seconds.pop("masks+iSTFT") - timer.seconds["iSTFT"]
+
+    with tempfile.TemporaryDirectory(dir=BENCH) as out:
+        t0 = time.perf_counter()
+        for i, stem in enumerate(cfg.stems):
+            sf.write(os.path.join(out, f"{stem}.wav"), stems[..., i], RATE, subtype="PCM_16")
+        timer.add("write WAV", time.perf_counter() - t0)
+    if len(cfg.stems) == 2:  # guitar/rest references: evaluation cost, not separation quality
+        t0 = time.perf_counter()
+        bsseval.evaluate(refs, np.moveaxis(stems, 2, 0))
+        timer.add("evaluate (BSSEval v4)", time.perf_counter() - t0)
+
+    timer.add("other (separate_waveform)", separate_s - sum(
+        timer.seconds[k] for k in ("STFT", "U-Net", "masks/Wiener", "iSTFT")))
+    total = sum(v for k, v in timer.seconds.items() if "start-up" not in k)
+    print(f"{args.model} {args.postprocess} {args.precision}, {args.seconds:.0f} s of "
+          f"{os.path.basename(song)}, batch {args.batch_size}; load {os.getloadavg()[0]:.2f}")
+    for stage, seconds in timer.seconds.items():
+        share = "" if "start-up" in stage else f"{100 * seconds / total:5.1f}%"
+        print(f"  {stage:28s} {seconds:7.2f} s  {share}")
+    print(f"  total (excl. start-up)       {total:7.2f} s  -> "
+          f"{args.seconds / total:.1f}x real time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("profile")
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--model", default="spleeter:2stems")
+    p.add_argument("--postprocess", default="ratio", choices=("ratio", "wiener"))
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--batch-size", type=int, default=4)
+    c = sub.add_parser("compare")
+    c.add_argument("--seconds", type=float, default=600)
+    c.add_argument("--runs", type=int, default=1)
+    c.add_argument("--models", nargs="+", default=["spleeter:2stems", "spleeter:4stems"])
+    c.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    c.add_argument("--modes", nargs="+", default=["ratio", "wiener"], choices=("ratio", "wiener"),
+                   help="stembeam --postprocess; Spleeter's default / --mwf respectively")
+    g = sub.add_parser("long")
+    g.add_argument("--minutes", type=float, nargs="+", default=[20, 120])
+    g.add_argument("--model", default="spleeter:2stems")
+    args = parser.parse_args()
+    os.makedirs(BENCH, exist_ok=True)
+    {"profile": profile, "compare": compare, "long": long_files}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

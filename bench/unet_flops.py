@@ -1,0 +1,120 @@
+"""U-Net efficiency: achieved GFLOP/s of the model's forward pass against this machine's peak.
+
+FLOPs are counted analytically from the layer shapes, one multiply-add = 2 FLOPs:
+  Conv2D           2 * H_out * W_out * C_out * (k_h * k_w * C_in)
+  Conv2DTranspose  2 * H_in  * W_in  * C_in  * (k_h * k_w * C_out)
+('same' padding counted as full kernels; BatchNorm, activations, masks are not counted: they are
+<1% of the FLOPs but memory bound). Spleeter's U-Net on one (512, 1024, 2) segment: 12.4 GFLOP
+per stem.
+
+Two ceilings, both measured here in the same run:
+  conv peak    every Conv2D / Conv2DTranspose of the model timed in isolation at batch
+               ``--peak-batch``; ceiling = sum of their FLOPs / sum of their times, i.e. the speed
+               the whole model would reach if every conv ran as fast as it does alone;
+  matmul peak  a 4096^3 matmul, the machine's arithmetic ceiling for the dtype.
+
+    python3 -m bench.unet_flops [--preset spleeter:2stems] [--batches 1 2 4 8] [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import tensorflow as tf
+import keras
+
+from model.config import spleeter_config
+from model.unet import build_unet
+
+CONV_TYPES = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
+
+
+def conv_flops(layer: keras.layers.Layer) -> int:
+    """FLOPs of one sample through ``layer`` (formulas in the module docstring)."""
+    k_h, k_w = layer.kernel_size
+    _, h_in, w_in, c_in = layer.input.shape
+    _, h_out, w_out, c_out = layer.output.shape
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return 2 * h_in * w_in * c_in * k_h * k_w * c_out
+    return 2 * h_out * w_out * c_out * k_h * k_w * c_in
+
+
+def convs(model: keras.Model) -> list[keras.layers.Layer]:
+    return [layer for layer in model.layers if isinstance(layer, CONV_TYPES)]
+
+
+def median_seconds(fn, arg, runs: int) -> float:
+    """Median wall time of ``fn(arg)`` over ``runs`` calls after one warm-up call."""
+    fn(arg).numpy()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(arg).numpy()  # .numpy() waits for the result
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def isolated_conv_seconds(layer: keras.layers.Layer, batch: int, runs: int) -> float:
+    """Median seconds of a fresh copy of ``layer`` (same config and dtype policy) on a batch."""
+    clone = layer.__class__.from_config(layer.get_config())
+    shape = (batch, *layer.input.shape[1:])
+    x = tf.random.normal(shape, dtype=tf.float32)
+    x = tf.cast(x, clone.compute_dtype)
+    clone.build(shape)
+    return median_seconds(tf.function(clone), x, runs)
+
+
+def matmul_gflops(dtype: tf.DType, runs: int, n: int = 4096) -> float:
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    seconds = median_seconds(tf.function(lambda m: tf.matmul(m, m)), a, runs)
+    return 2 * n**3 / seconds / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="spleeter:2stems")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--peak-batch", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    cfg = spleeter_config(args.preset)
+    print(f"{cfg.name}: {len(cfg.stems)} U-Nets, segment ({cfg.T}, {cfg.F}, {cfg.channels}); "
+          f"TF {tf.__version__}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    for precision in args.precisions:
+        model = build_unet(cfg, precision=precision)
+        layers = convs(model)
+        flops = sum(conv_flops(layer) for layer in layers)  # per segment, all stems
+        print(f"\n[{precision}] {flops / 1e9:.2f} GFLOP per segment "
+              f"({flops / len(cfg.stems) / 1e9:.2f} per stem), "
+              f"{flops / (cfg.T * cfg.frame_step / cfg.sample_rate) / 1e9:.2f} GFLOP per second "
+              "of audio")
+        peak = matmul_gflops(tf.bfloat16 if precision == "bfloat16" else tf.float32, args.runs)
+        stem_layers = [layer for layer in layers if layer.name.startswith(cfg.stems[0] + "_")]
+        per_layer = []
+        for layer in stem_layers:
+            seconds = isolated_conv_seconds(layer, args.peak_batch, args.runs) / args.peak_batch
+            per_layer.append((layer.name, conv_flops(layer), seconds))
+        stem_flops = sum(f for _, f, _ in per_layer)
+        conv_peak = stem_flops / sum(s for _, _, s in per_layer) / 1e9
+        print(f"matmul peak {peak:.0f} GFLOP/s; conv peak (isolated layers, batch "
+              f"{args.peak_batch}) {conv_peak:.0f} GFLOP/s")
+        for name, f, s in per_layer:
+            print(f"  {name:28s} {f / 1e9:6.2f} GFLOP  {f / s / 1e9:6.0f} GFLOP/s  "
+                  f"{100 * s / sum(x for _, _, x in per_layer):4.1f}% of conv time")
+        forward = tf.function(lambda x: model(x, training=False))
+        print("batch  s/call   GFLOP/s  % conv peak  % matmul peak  audio s per s")
+        for batch in args.batches:
+            x = tf.random.uniform((batch, cfg.T, cfg.F, cfg.channels))
+            seconds = median_seconds(forward, x, args.runs)
+            rate = batch * flops / seconds / 1e9
+            audio = batch * cfg.T * cfg.frame_step / cfg.sample_rate / seconds
+            print(f"{batch:5d}  {seconds:6.2f}  {rate:8.0f}  {100 * rate / conv_peak:10.0f}%"
+                  f"  {100 * rate / peak:12.0f}%  {audio:12.1f}")
+
+
+if __name__ == "__main__":
+    main()
