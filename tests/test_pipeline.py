@@ -128,7 +128,7 @@ def test_resampled_and_downmixed_stems_keep_input_length_and_rate(first_run):
 
 
 def test_museval_metrics_where_references_exist(first_run):
-    _, output, _ = first_run
+    manifest, output, _ = first_run
     rows = rows_of(output, "run1")
     for metric in ("sdr", "sir", "sar", "isr"):
         for stem in TINY.stems:
@@ -140,6 +140,19 @@ def test_museval_metrics_where_references_exist(first_run):
     assert len(frames) == 4 and frames[0]["duration"] == 1.0
     median = np.median([f["metrics"]["SDR"] for f in frames])
     assert median == pytest.approx(rows["good"]["sdr_vocals"], abs=1e-3)
+
+    # museval itself on the written stems and the manifest's references: the independent figure
+    import museval
+
+    good = next(line.strip().split(",") for line in open(manifest) if line.startswith("good,"))
+    references = dict(zip(["vocals", "accompaniment"], good[2:4]))
+    refs = np.stack([soundfile.read(references[s], dtype="float32")[0] for s in TINY.stems])
+    ests = np.stack([soundfile.read(os.path.join(output, "good", f"{s}.wav"), dtype="float32")[0]
+                     for s in TINY.stems])
+    sdr, isr, sir, sar = museval.evaluate(refs, ests, win=44100, hop=44100)
+    for metric, values in zip(("sdr", "isr", "sir", "sar"), (sdr, isr, sir, sar)):
+        for i, stem in enumerate(TINY.stems):
+            assert rows["good"][f"{metric}_{stem}"] == pytest.approx(np.nanmedian(values[i]), abs=0.01)
 
 
 def test_no_temporary_files_left(first_run):

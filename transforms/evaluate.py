@@ -1,4 +1,5 @@
-"""Evaluate: BSSEval v4 metrics of written stems against reference stems.
+"""Evaluate: BSSEval v4 metrics (model.bsseval, museval's figures) of written stems against
+reference stems.
 
 Runs after a Reshuffle so slow evaluation never holds up separation. Reads the stems back and the
 references (whole tracks: evaluation needs them), computes framewise SDR/SIR/SAR/ISR over 1 s
@@ -13,37 +14,11 @@ import apache_beam as beam
 import numpy as np
 import soundfile
 
+from model import bsseval
 from transforms import storage
 from transforms.records import Track
 
-METRICS = ("SDR", "SIR", "SAR", "ISR")
 MUSEVAL_JSON = "museval.json"
-
-
-def bss_eval(references: np.ndarray, estimates: np.ndarray, sample_rate: int
-             ) -> dict[str, np.ndarray]:
-    """BSSEval v4 framewise metrics, 1 s windows and hops.
-
-    Args:
-      references, estimates: ``(S, N, C)`` float arrays, same shape.
-      sample_rate: Hz (sets the window length).
-    Returns:
-      ``{'SDR'|'SIR'|'SAR'|'ISR': (S, n_windows) float64}`` in dB (NaN for silent windows).
-    """
-    import museval  # heavy import (pulls musdb/stempeg); only evaluating workers pay it
-
-    sdr, isr, sir, sar = museval.evaluate(references, estimates, win=sample_rate, hop=sample_rate)
-    return {"SDR": sdr, "SIR": sir, "SAR": sar, "ISR": isr}
-
-
-def museval_json(track_id: str, stems: list[str], scores: dict[str, np.ndarray]) -> str:
-    """museval's per-track JSON (its ``TrackStore`` schema) for ``scores`` from ``bss_eval``."""
-    import museval
-
-    store = museval.TrackStore(track_name=track_id, win=1.0, hop=1.0)
-    for s, stem in enumerate(stems):
-        store.add_target(stem, {m: scores[m][s].tolist() for m in METRICS})
-    return store.json
 
 
 def _read(uri: str) -> tuple[np.ndarray, int]:
@@ -72,17 +47,16 @@ def evaluate_track(track: Track, row: dict[str, Any], output: str) -> dict[str, 
         estimates.append(estimate[:n])
         refs.append(reference[:n])
     n = min(len(e) for e in estimates)
-    scores = bss_eval(np.stack([r[:n] for r in refs]), np.stack([e[:n] for e in estimates]), rate)
+    scores = bsseval.evaluate(np.stack([r[:n] for r in refs]), np.stack([e[:n] for e in estimates]),
+                              win=rate, hop=rate)
     storage.write_atomic(storage.join(output, track.track_id, MUSEVAL_JSON),
-                         museval_json(track.track_id, names, scores).encode())
+                         bsseval.museval_json(scores, names).encode())
     row = dict(row)
-    for s, name in enumerate(names):
-        for metric in METRICS:
-            values = scores[metric][s]
-            finite = values[np.isfinite(values)]
-            column = f"{metric.lower()}_{name}"
+    for metric, medians in bsseval.median_metrics(scores).items():
+        for name, median in zip(names, medians):
+            column = f"{metric}_{name}"
             if column in row:
-                row[column] = float(np.median(finite)) if len(finite) else None
+                row[column] = float(median) if np.isfinite(median) else None
     return row
 
 
@@ -102,7 +76,7 @@ class _EvaluateFn(beam.DoFn):
 
 
 class Evaluate(beam.PTransform):
-    """``(Track, row)`` -> row, with museval medians where the track has references."""
+    """``(Track, row)`` -> row, with BSSEval v4 medians where the track has references."""
 
     def __init__(self, output: str):
         super().__init__()
