@@ -144,9 +144,10 @@ def test_real_2stems_weights():
 
 
 @pytest.fixture()
-def gcs_emulator(monkeypatch):
-    """gcp-storage-emulator on 127.0.0.1 with a bucket ``models``; Beam's GCS client pointed at
-    it with anonymous credentials (GCS itself cannot run here)."""
+def private_gcs_emulator(monkeypatch):
+    """A gcp-storage-emulator of this test's own (in this process, with a bucket ``models``),
+    so the test can stop it to prove the cache serves later loads; the shared session emulator of
+    tests/services.py must stay up for other tests. GCS itself cannot run here."""
     import socket
 
     from apache_beam.internal.gcp import auth
@@ -164,7 +165,7 @@ def gcs_emulator(monkeypatch):
     server.stop()
 
 
-def test_gs_folder_is_copied_to_the_cache(gcs_emulator, tmp_path):
+def test_gs_folder_is_copied_to_the_cache(private_gcs_emulator, tmp_path):
     from apache_beam.io.filesystems import FileSystems
 
     values = spleeter_variables(TINY.stems, seed=9)
@@ -180,13 +181,13 @@ def test_gs_folder_is_copied_to_the_cache(gcs_emulator, tmp_path):
     assert loaded.sha256 == sha256 and loaded.config == TINY
     folder = resolve_model_dir("gs://models/tiny", cache_dir=cache)
     assert folder.startswith(os.path.join(cache, "models"))
-    gcs_emulator.stop()  # the cached copy serves later loads
+    private_gcs_emulator.stop()  # the cached copy serves later loads
     x = np.random.default_rng(1).uniform(0, 2, (1, 64, 64, 2)).astype("float32")
     again = load_model("gs://models/tiny", cache_dir=cache)
     np.testing.assert_array_equal(again.model(x, training=False).numpy(),
                                   model(x, training=False).numpy())
 
 
-def test_gs_folder_missing_is_a_fetch_error(gcs_emulator, tmp_path):
+def test_gs_folder_missing_is_a_fetch_error(private_gcs_emulator, tmp_path):
     with pytest.raises(ModelFetchError, match="could not copy gs://models/absent/model.keras"):
         resolve_model_dir("gs://models/absent", cache_dir=str(tmp_path))
