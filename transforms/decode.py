@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import logging
 import time
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
@@ -27,6 +28,7 @@ from transforms.records import AudioInfo, DecodeSummary, Segment
 
 BLOCK_FRAMES = 1 << 16
 SUMMARY_TAG = "summary"
+log = logging.getLogger("stembeam")
 # Containers whose header states the exact length; others are counted by decoding once.
 EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"})
 # ITU-R BS.775 fold-down weight of centre and surround channels.
@@ -328,6 +330,11 @@ class _DecodeSegmentsFn(beam.DoFn):
                                                                       error=reason))
             return
         beam.metrics.Metrics.counter("stembeam", "segments").inc(n_segments)
+        # Downstream stages are fused with this one, so by now the segments are (nearly all)
+        # separated; the stems are assembled once every track of the batch is (GroupByKey).
+        log.info("track %s: %.1f s of audio separated in %d segments (%.1f s), awaiting assembly",
+                 track.track_id, info.model_samples / self._cfg.sample_rate, n_segments,
+                 time.time() - started)
         yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, info, n_segments))
 
 
