@@ -8,7 +8,7 @@ audio in all, default 600). Long files loop those mixtures.
     apt-get install -y fretsonfire-songs-muldjord
     python3 -m bench.e2e profile [--seconds 60] [--model spleeter:2stems] [--postprocess ratio]
     python3 -m bench.e2e compare [--seconds 600] [--runs 1] [--models spleeter:2stems ...]
-    python3 -m bench.e2e long [--minutes 20 120]
+    python3 -m bench.e2e long [--minutes 20 120] [--tools stembeam spleeter spleeter-d600]
 
 profile  one track through the model-level path (model.separate.separate_waveform), each stage
          timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.bsseval)
@@ -19,7 +19,9 @@ compare  wall time of `stembeam separate` and `spleeter separate -d 20000` (its 
          stembeam with --direct_num_workers 1 and 2. Real-time factor = audio s / wall s.
 compare and long need the Spleeter venv (bench/spleeter_venv.sh) and, for 4stems, the seeded
 random Spleeter-format checkpoint in ~/.cache/stembeam/spleeter-random-models/4stems.
-long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute and a 2-hour file.
+long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute and a 2-hour file
+         (Spleeter with -d 20000 and with its default 600 s); Spleeter is killed past
+         --spleeter-timeout s or --spleeter-max-gb GB resident, so it cannot take the machine down.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def catalog(seconds: float) -> tuple[str, float]:
         total = 0.0
         tmp = tempfile.mkdtemp(dir=BENCH)
         for song in songs():
-            if total >= seconds:
+            if seconds - total < 1:  # float sums fall short of whole seconds: no 1-sample tracks
                 break
             mix, _ = read_song(song)
             mix = mix[: int((seconds - total) * RATE)]
@@ -103,15 +105,72 @@ def long_file(minutes: float) -> str:
     return path
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS GB); raises on failure."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+def _tree_rss_gb(root: int) -> float:
+    """Resident memory of process ``root`` and all its descendants, GB (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total_kb, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total_kb += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total_kb / 1e6
+
+
+def _available_gb() -> float:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 1e6
+
+
+class Stopped(RuntimeError):
+    """A command killed by ``timed`` for running past its time or memory limit."""
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float | None = None,
+          max_rss_gb: float | None = None, min_available_gb: float = 1.5) -> tuple[float, float]:
+    """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS GB); raises on failure.
+
+    The command (its whole process group) is killed, raising ``Stopped``, when it runs longer
+    than ``timeout_s``, when its process tree holds more than ``max_rss_gb`` resident, or when
+    the machine's available memory falls below ``min_available_gb`` while ``max_rss_gb`` is set.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report, \
+            tempfile.TemporaryFile("w+") as stderr:
         t0 = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd],
-                              env={**os.environ, **(env or {})}, capture_output=True, text=True)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd],
+                                env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                                stderr=stderr, text=True, start_new_session=True)
+        seen_gb, reason = 0.0, ""
+        while proc.poll() is None:
+            time.sleep(0.5)
+            wall = time.perf_counter() - t0
+            if max_rss_gb is not None:
+                seen_gb = max(seen_gb, _tree_rss_gb(proc.pid))
+                if seen_gb > max_rss_gb:
+                    reason = f"resident memory above {max_rss_gb:g} GB"
+                elif _available_gb() < min_available_gb:
+                    reason = f"machine's available memory below {min_available_gb} GB"
+            if timeout_s is not None and wall > timeout_s:
+                reason = f"still running after {timeout_s:.0f} s"
+            if reason:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                raise Stopped(f"stopped after {wall:.0f} s at {seen_gb:.2f} GB resident: {reason}")
         wall = time.perf_counter() - t0
         if proc.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr.read()[-3000:]}")
         peak_kb = float(report.read().strip().splitlines()[-1])
     return wall, peak_kb / 1e6
 
@@ -217,26 +276,30 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def long_files(args: argparse.Namespace) -> None:
-    print("file     tool      wall s  peak GB  output s")
+    """Peak RSS and output length of each tool on looped files of ``args.minutes`` minutes."""
+    print(f"Spleeter stopped beyond {args.spleeter_max_gb:g} GB resident or "
+          f"{args.spleeter_timeout:.0f} s")
+    print("file     tool              wall s  peak GB  output s  load")
     for minutes in args.minutes:
         path = long_file(minutes)
-        for tool in ("stembeam", "spleeter", "spleeter -d 600"):
+        for tool in args.tools:
             with tempfile.TemporaryDirectory(dir=BENCH) as out:
+                limits = {}
                 if tool == "stembeam":
-                    inputs = tempfile.mkdtemp(dir=BENCH)
-                    os.symlink(path, os.path.join(inputs, os.path.basename(path)))
-                    cmd, env = stembeam_cmd(inputs, out, args.model, "ratio", 1), None
+                    cmd, env = stembeam_cmd(path, out, args.model, "ratio", 1), None
                 else:
                     cmd = spleeter_cmd([path], out, args.model, False)
-                    if tool.endswith("600"):
+                    if tool == "spleeter-d600":  # Spleeter's default duration
                         cmd[cmd.index("-d") + 1] = "600"
                     env = {"MODEL_PATH": SPLEETER_MODELS[args.model]}
+                    limits = dict(timeout_s=args.spleeter_timeout, max_rss_gb=args.spleeter_max_gb)
+                label = f"{minutes:4.0f} min {tool:16s}"
                 try:
-                    wall, peak = timed(cmd, env)
-                    print(f"{minutes:4.0f} min {tool:16s} {wall:6.0f}  {peak:7.2f}  "
-                          f"{output_seconds(out):8.0f}", flush=True)
+                    wall, peak = timed(cmd, env, **limits)
+                    print(f"{label} {wall:6.0f}  {peak:7.2f}  {output_seconds(out):8.0f}  "
+                          f"{os.getloadavg()[0]:.2f}", flush=True)
                 except RuntimeError as e:
-                    print(f"{minutes:4.0f} min {tool:16s} failed: {str(e).splitlines()[-1]}",
+                    print(f"{label} {str(e).splitlines()[-1]}; load {os.getloadavg()[0]:.2f}",
                           flush=True)
 
 
@@ -340,6 +403,11 @@ def main() -> None:
     g = sub.add_parser("long")
     g.add_argument("--minutes", type=float, nargs="+", default=[20, 120])
     g.add_argument("--model", default="spleeter:2stems")
+    g.add_argument("--tools", nargs="+", default=["stembeam", "spleeter", "spleeter-d600"],
+                   choices=("stembeam", "spleeter", "spleeter-d600"),
+                   help="spleeter: -d 20000 (whole file); spleeter-d600: its default 600 s")
+    g.add_argument("--spleeter-timeout", type=float, default=900, help="seconds")
+    g.add_argument("--spleeter-max-gb", type=float, default=18, help="resident GB")
     args = parser.parse_args()
     os.makedirs(BENCH, exist_ok=True)
     {"profile": profile, "compare": compare, "long": long_files}[args.command](args)
