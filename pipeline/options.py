@@ -11,6 +11,8 @@ from typing import Optional
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions)
 
+from model.masks import POSTPROCESS_MODES
+from model.segmentation import SEGMENTATION_MODES
 from transforms import storage
 
 DEFAULT_MODEL = "spleeter:2stems"
@@ -33,10 +35,10 @@ class SeparateOptions(PipelineOptions):
         parser.add_argument("--results", default=None,
                             help="results table: a SQLAlchemy URL or bigquery:PROJECT.DATASET.TABLE"
                                  " (default sqlite:///OUTPUT/results.sqlite)")
-        parser.add_argument("--segmentation", default="overlap", choices=("overlap", "spleeter"),
+        parser.add_argument("--segmentation", default="overlap", choices=SEGMENTATION_MODES,
                             help="overlap: overlapping segments, keep their centres (no clicks); "
                                  "spleeter: Spleeter's exact cut (default %(default)s)")
-        parser.add_argument("--postprocess", default="ratio", choices=("ratio", "wiener"),
+        parser.add_argument("--postprocess", default="ratio", choices=POSTPROCESS_MODES,
                             help="ratio masks or norbert Wiener filtering (default %(default)s)")
         parser.add_argument("--format", default="wav", choices=("wav", "flac"),
                             help="stem file format (default %(default)s)")
