@@ -179,8 +179,9 @@ def load_model_folder(path: str, precision: str = "float32"
     if sha256 != meta["sha256"]:
         raise ValueError(f"{path}: weights sha256 {sha256} differs from {meta['sha256']} "
                          f"recorded in {META_FILE}; the folder is corrupt")
-    if precision != "float32":
-        weights = model.get_weights()
-        model = build_unet(cfg, precision)
-        model.set_weights(weights)
+    # Rebuilt by this version's builder (same weights): folders written before a layer got a
+    # faster implementation run with it too, and the precision applies.
+    weights = model.get_weights()
+    model = build_unet(cfg, precision)
+    model.set_weights(weights)
     return model, cfg, meta
