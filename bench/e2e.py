@@ -7,7 +7,7 @@ audio in all, default 600). Long files loop those mixtures.
 
     apt-get install -y fretsonfire-songs-muldjord
     python3 -m bench.e2e profile [--seconds 60] [--model spleeter:2stems] [--postprocess ratio]
-    python3 -m bench.e2e compare [--seconds 600] [--runs 1] [--models spleeter:2stems ...]
+    python3 -m bench.e2e compare [--seconds 600] [--runs 3] [--models spleeter:2stems ...]
     python3 -m bench.e2e long [--minutes 20 120] [--tools stembeam spleeter spleeter-d600]
 
 profile  one track through the model-level path (model.separate.separate_waveform), each stage
@@ -17,6 +17,9 @@ compare  wall time of `stembeam separate` and `spleeter separate -d 20000` (its 
          checkpoint, same files) mode for mode: ratio masks vs Spleeter's default, Wiener vs --mwf;
          with start-up (whole command) and without (minus the same command on a 5 s file);
          stembeam with --direct_num_workers 1 and 2. Real-time factor = audio s / wall s.
+         Every configuration runs once per round (medians over --runs rounds), and each round
+         also times the U-Net alone (Spleeter's cut, batch 4): the ceiling for any tool doing
+         the same arithmetic here, printed as a multiple of Spleeter's steady figure.
 compare and long need the Spleeter venv (bench/spleeter_venv.sh) and, for 4stems, the seeded
 random Spleeter-format checkpoint in ~/.cache/stembeam/spleeter-random-models/4stems.
 long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute and a 2-hour file
@@ -223,46 +226,84 @@ def shortest_stem_seconds(out: str) -> float:
     return min(stem_seconds(out), default=0.0)
 
 
+def unet_audio_rate(model: str, batch: int = 4, runs: int = 3) -> float:
+    """Seconds of audio per wall second of the U-Net alone on random segments at ``batch``
+    (median of ``runs`` calls after a warm-up): Spleeter's cut, no decode, STFT, masks, iSTFT or
+    writing. No tool running these weights with the same arithmetic can be faster."""
+    import tensorflow as tf
+
+    from model.registry import load_model
+
+    loaded = load_model(stembeam_model(model))
+    cfg = loaded.config
+    forward = tf.function(lambda x: loaded.model(x, training=False))
+    x = tf.random.uniform((batch, cfg.T, cfg.F, cfg.channels))
+    forward(x).numpy()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        forward(x).numpy()
+        times.append(time.perf_counter() - t0)
+    return batch * cfg.T * cfg.frame_step / cfg.sample_rate / statistics.median(times)
+
+
 def compare(args: argparse.Namespace) -> None:
+    """Every configuration once per round, ``--runs`` rounds (so load drift hits all alike);
+    medians over the rounds; the U-Net-alone rate is measured in every round too."""
     folder, audio_s = catalog(args.seconds)
     short, short_s = catalog(5)
     files = sorted(glob.glob(os.path.join(folder, "*.ogg")))
     short_files = sorted(glob.glob(os.path.join(short, "*.ogg")))
     print(f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; "
           f"load {os.getloadavg()[0]:.2f}")
+    configs = [(model, postprocess, tool, workers) for model in args.models
+               for postprocess in args.modes
+               for tool, workers in [("spleeter", 1)] + [("stembeam", w) for w in args.workers]]
+
+    def run(config: tuple, inputs: list[str], src: str) -> tuple[float, float, float]:
+        """(wall s, peak GB, shortest stem written s) of one command."""
+        model, postprocess, tool, workers = config
+        with tempfile.TemporaryDirectory(dir=BENCH) as out:
+            if tool == "spleeter":
+                wall, peak = timed(spleeter_cmd(inputs, out, model, postprocess == "wiener"),
+                                   {"MODEL_PATH": SPLEETER_MODELS[model]})
+            else:
+                wall, peak = timed(stembeam_cmd(src, out, stembeam_model(model), postprocess,
+                                                workers))
+            return wall, peak, shortest_stem_seconds(out)
+
+    measured: dict[tuple, list[tuple]] = {c: [] for c in configs}
+    unet_rates: dict[str, list[float]] = {m: [] for m in args.models}
+    for round_ in range(1, args.runs + 1):
+        for config in configs:
+            startup = run(config, short_files, short)[0]
+            measured[config].append((startup, *run(config, files, folder)))
+            print(f"round {round_}: {' '.join(map(str, config))}: start-up {startup:.1f} s, "
+                  f"wall {measured[config][-1][1]:.1f} s; load {os.getloadavg()[0]:.2f}",
+                  flush=True)
+        for model in args.models:
+            unet_rates[model].append(unet_audio_rate(model))
+
     print("tool      model            mode    workers  wall s  start-up s  RTF(with)  "
           "RTF(steady)  peak GB  shortest stem s")
     rows = []
+    for config, results in measured.items():
+        model, postprocess, tool, workers = config
+        startups, walls, peaks, shortest = zip(*results)
+        startup, wall = statistics.median(startups), statistics.median(walls)
+        # wall = start-up + audio / steady-RTF, and the 5 s run gives start-up + 5 s / RTF
+        # (noise swamps it when start-up dominates the run: then it is not reported)
+        steady = ((audio_s - short_s) / (wall - startup) if wall - startup > 0.2 * wall
+                  else float("nan"))
+        row = dict(tool=tool, model=model, mode=postprocess, workers=workers, wall=wall,
+                   walls=walls, startup=startup, startups=startups, rtf=audio_s / wall,
+                   rtf_steady=steady, peak=max(peaks), shortest_stem=min(shortest))
+        rows.append(row)
+        print(f"{tool:9s} {model:16s} {postprocess:7s} {workers:7d}  {wall:6.1f}  "
+              f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}  "
+              f"{min(shortest):9.1f}")
     for model in args.models:
-        for postprocess in args.modes:
-            runs = [("spleeter", 1)] + [("stembeam", w) for w in args.workers]
-            for tool, workers in runs:
-                def run(inputs: list[str], src: str) -> tuple[float, float, float]:
-                    """(wall s, peak GB, shortest stem written s) of one command."""
-                    with tempfile.TemporaryDirectory(dir=BENCH) as out:
-                        if tool == "spleeter":
-                            wall, peak = timed(
-                                spleeter_cmd(inputs, out, model, postprocess == "wiener"),
-                                {"MODEL_PATH": SPLEETER_MODELS[model]})
-                        else:
-                            wall, peak = timed(stembeam_cmd(src, out, stembeam_model(model),
-                                                            postprocess, workers))
-                        return wall, peak, shortest_stem_seconds(out)
-                startup = statistics.median(run(short_files, short)[0] for _ in range(args.runs))
-                walls, peaks, shortest = zip(*(run(files, folder) for _ in range(args.runs)))
-                wall = statistics.median(walls)
-                # wall = start-up + audio / steady-RTF, and the 5 s run gives start-up + 5 s / RTF
-                # (noise swamps it when start-up dominates the run: then it is not reported)
-                steady = ((audio_s - short_s) / (wall - startup) if wall - startup > 0.2 * wall
-                          else float("nan"))
-                row = dict(tool=tool, model=model, mode=postprocess, workers=workers, wall=wall,
-                           startup=startup, rtf=audio_s / wall, rtf_steady=steady, peak=max(peaks),
-                           shortest_stem=min(shortest))
-                rows.append(row)
-                print(f"{tool:9s} {model:16s} {postprocess:7s} {workers:7d}  {wall:6.1f}  "
-                      f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}  "
-                      f"{min(shortest):9.1f}", flush=True)
-    for model in args.models:
+        unet = statistics.median(unet_rates[model])
         for postprocess in args.modes:
             spl = next(r for r in rows if r["tool"] == "spleeter" and r["model"] == model
                        and r["mode"] == postprocess)
@@ -271,6 +312,12 @@ def compare(args: argparse.Namespace) -> None:
                     print(f"ratio stembeam/spleeter {model} {postprocess} workers={r['workers']}: "
                           f"{r['rtf'] / spl['rtf']:.2f}x with start-up, "
                           f"{r['rtf_steady'] / spl['rtf_steady']:.2f}x steady")
+            print(f"U-Net alone {model}: {unet:.1f}x real time (rounds: "
+                  f"{', '.join(f'{u:.1f}' for u in unet_rates[model])}) = "
+                  f"{unet / spl['rtf_steady']:.2f}x Spleeter's steady {postprocess} figure: the "
+                  "ceiling for any tool doing this U-Net's arithmetic here")
+        rows.append(dict(tool="unet-alone", model=model, rtf_steady=unet,
+                         rounds=unet_rates[model]))
     with open(os.path.join(BENCH, "compare.json"), "w") as f:
         json.dump(rows, f, indent=1)
 
@@ -395,7 +442,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     c = sub.add_parser("compare")
     c.add_argument("--seconds", type=float, default=600)
-    c.add_argument("--runs", type=int, default=1)
+    c.add_argument("--runs", type=int, default=3)
     c.add_argument("--models", nargs="+", default=["spleeter:2stems", "spleeter:4stems"])
     c.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     c.add_argument("--modes", nargs="+", default=["ratio", "wiener"], choices=("ratio", "wiener"),

@@ -16,16 +16,10 @@ Each stem's U-Net follows Spleeter's graph:
   convolution, output of ``dec_k``], in that order.
 - ``mask`` : Conv2D 2 filters 4x4 dilation 2 'same' giving mask logits, one per channel.
 
-Two layers are computed another way than Keras would, with the same weights and the same result
-up to float round-off, because TensorFlow's CPU kernels are slow on their shapes
-(``python3 -m bench.unet_flops`` prints the per-layer figures):
-
-- ``SubPixelConv2DTranspose`` (decoders ``SUBPIXEL_DECODERS``): the stride-2 5x5 transposed
-  convolution as one 3x3 convolution giving the four output phases, then depth-to-space. It does
-  1.44x the multiply-adds but runs 1.2-2.4x faster where the transposed kernel is slow (little
-  spatial extent, or few output channels); elsewhere the plain transposed convolution is kept.
-- ``DilatedMaskConv``: the 1-channel, 4x4 dilation-2 mask convolution as 16 shifted
-  multiply-adds fused by XLA, about 15x faster than the dilated convolution kernel.
+The mask convolution (``DilatedMaskConv``) is computed another way than Keras would, with the
+same weights and the same result up to float round-off: as 16 shifted multiply-adds fused by XLA.
+TensorFlow's CPU kernel for a 1-channel dilated convolution runs at about 1 GFLOP/s; this makes
+the whole 2stems model 1.09x faster at batch 4 (``python3 -m bench.unet_flops`` for the layers).
 
 Masks are per-stem sigmoids, or (``cfg.softmax``, 5stems) a softmax across the stems' logits.
 Layer names are ``<stem>_enc<i>_conv``, ``<stem>_enc<i>_bn``, ``<stem>_dec<i>_deconv``,
@@ -47,44 +41,6 @@ BN_EPSILON = 1e-3
 DROPOUT_RATE = 0.5
 DROPOUT_LAYERS = 3
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-SUBPIXEL_DECODERS = (1, 2, 5, 6)  # 1-based decoder indices computed by SubPixelConv2DTranspose
-# Tap of the 5x5 stride-2 'same' transposed kernel feeding output phase p (0 even, 1 odd) from
-# input offset a - 1 (a = 0, 1, 2) along one axis; 5 = no tap (a zero row is appended).
-_PHASE_TAPS = ((3, 1, 5), (4, 2, 0))
-
-
-@keras.saving.register_keras_serializable(package="stembeam")
-class SubPixelConv2DTranspose(layers.Conv2DTranspose):
-    """``Conv2DTranspose(filters, (5, 5), strides=(2, 2), padding='same')`` with the same kernel
-    (5, 5, C_out, C_in) and bias, computed as a 3x3 'same' convolution to (H, W, 4 * C_out)
-    followed by depth-to-space: output (2H, 2W, C_out), the transposed convolution's result.
-    """
-
-    def build(self, input_shape):
-        if tuple(self.kernel_size) != KERNEL_SIZE or tuple(self.strides) != STRIDES \
-                or self.padding != "same" or tuple(self.dilation_rate) != (1, 1):
-            raise ValueError("SubPixelConv2DTranspose supports only 5x5, stride 2, 'same'")
-        super().build(input_shape)
-
-    def phase_kernel(self) -> tf.Tensor:
-        """The (3, 3, C_in, 4 * C_out) kernel, channels ordered (row phase, column phase,
-        C_out) as ``tf.nn.depth_to_space`` reads them."""
-        kernel = ops.cast(self.kernel, self.compute_dtype)  # (5, 5, C_out, C_in)
-        padded = tf.pad(kernel, [[0, 1], [0, 1], [0, 0], [0, 0]])  # tap 5 = zeros
-        taps = tf.constant(_PHASE_TAPS)
-        rows = tf.gather(padded, tf.reshape(taps, [-1]), axis=0)  # (2 * 3, 6, C_out, C_in)
-        both = tf.gather(rows, tf.reshape(taps, [-1]), axis=1)  # (2 * 3, 2 * 3, C_out, C_in)
-        c_out, c_in = kernel.shape[2], kernel.shape[3]
-        both = tf.reshape(both, [2, 3, 2, 3, c_out, c_in])  # (p_row, a, p_col, b, out, in)
-        both = tf.transpose(both, [1, 3, 5, 0, 2, 4])  # (a, b, in, p_row, p_col, out)
-        return tf.reshape(both, [3, 3, c_in, 4 * c_out])
-
-    def call(self, inputs):
-        phases = tf.nn.conv2d(inputs, self.phase_kernel(), strides=1, padding="SAME")
-        outputs = tf.nn.depth_to_space(phases, 2)
-        if self.use_bias:
-            outputs = outputs + ops.cast(self.bias, self.compute_dtype)
-        return self.activation(outputs) if self.activation is not None else outputs
 
 
 @tf.function(jit_compile=True)
@@ -171,9 +127,8 @@ def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype) -> "keras.KerasTensor"
             x = _activation(cfg.encoder_activation, f"{stem}_enc{i}_act", dtype)(x)
     x = raw_convs[-1]
     for i, filters in enumerate(DECODER_FILTERS, start=1):
-        deconv = SubPixelConv2DTranspose if i in SUBPIXEL_DECODERS else layers.Conv2DTranspose
-        x = deconv(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
-                   name=f"{stem}_dec{i}_deconv", dtype=dtype)(x)
+        x = layers.Conv2DTranspose(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
+                                   name=f"{stem}_dec{i}_deconv", dtype=dtype)(x)
         x = _activation(cfg.decoder_activation, f"{stem}_dec{i}_act", dtype)(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{stem}_dec{i}_bn",
                                       dtype=dtype)(x)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
-from model.unet import DilatedMaskConv, SubPixelConv2DTranspose, build_unet
+from model.unet import DilatedMaskConv, build_unet
 
 ENC = (16, 32, 64, 128, 256, 512)
 DEC = (256, 128, 64, 32, 16, 1)
@@ -115,43 +115,6 @@ def test_rejects_bad_sizes_and_precision():
         build_unet(ModelConfig(name="x", stems=("a",), T=64, F=64), precision="float16")
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 16, 12, 5), (1, 5, 7, 3, 1), (3, 4, 4, 6, 16)])
-def test_subpixel_deconv_equals_keras_transposed_conv(shape):
-    # Keras' own Conv2DTranspose with the same weights is the reference, odd sizes included
-    batch, h, w, c_in, c_out = shape
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(batch, h, w, c_in)).astype("float32")
-    reference = keras.layers.Conv2DTranspose(c_out, (5, 5), strides=(2, 2), padding="same")
-    fast = SubPixelConv2DTranspose(c_out, (5, 5), strides=(2, 2), padding="same")
-    reference.build(x.shape)
-    fast.build(x.shape)
-    reference.set_weights([rng.normal(size=v.shape).astype("float32")
-                           for v in reference.get_weights()])
-    fast.set_weights(reference.get_weights())
-    expected = reference(x).numpy()
-    got = fast(x).numpy()
-    assert got.shape == expected.shape == (batch, 2 * h, 2 * w, c_out)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
-
-
-def test_subpixel_deconv_gradients_equal_keras():
-    # training goes through the fast layer: its kernel gradient must be the transposed conv's
-    import tensorflow as tf
-    rng = np.random.default_rng(12)
-    x = tf.constant(rng.normal(size=(2, 6, 10, 4)).astype("float32"))
-    grads = []
-    for cls in (keras.layers.Conv2DTranspose, SubPixelConv2DTranspose):
-        layer = cls(3, (5, 5), strides=(2, 2), padding="same")
-        layer.build(x.shape)
-        layer.set_weights([np.random.default_rng(13).normal(size=v.shape).astype("float32")
-                           for v in layer.get_weights()])
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.sin(layer(x)))
-        grads.append([g.numpy() for g in tape.gradient(loss, layer.trainable_variables)])
-    for got, expected in zip(grads[1], grads[0]):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("shape", [(2, 16, 24, 2), (1, 9, 5, 3)])
 def test_dilated_mask_conv_equals_keras_conv(shape):
     batch, t, f, c_out = shape
@@ -167,8 +130,24 @@ def test_dilated_mask_conv_equals_keras_conv(shape):
     np.testing.assert_allclose(fast(x).numpy(), reference(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_fast_layers_refuse_other_geometries():
-    with pytest.raises(ValueError, match="5x5, stride 2"):
-        SubPixelConv2DTranspose(4, (3, 3), strides=(2, 2), padding="same").build((1, 8, 8, 2))
+def test_dilated_mask_conv_gradients_equal_keras():
+    # training goes through the fast layer: its gradients must be the dilated convolution's
+    import tensorflow as tf
+    x = tf.constant(np.random.default_rng(15).normal(size=(2, 12, 10, 1)).astype("float32"))
+    grads = []
+    for cls in (keras.layers.Conv2D, DilatedMaskConv):
+        layer = cls(2, (4, 4), dilation_rate=(2, 2), padding="same")
+        layer.build(x.shape)
+        layer.set_weights([np.random.default_rng(16).normal(size=v.shape).astype("float32")
+                           for v in layer.get_weights()])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x)))
+        grads.append([g.numpy() for g in tape.gradient(loss, [x, *layer.trainable_variables])])
+    for got, expected in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dilated_mask_conv_refuses_other_geometries():
     with pytest.raises(ValueError, match="one input channel"):
         DilatedMaskConv(2, (4, 4), dilation_rate=(2, 2), padding="same").build((1, 8, 8, 2))
