@@ -59,18 +59,16 @@ def main() -> None:
     parser.add_argument("--model", default="spleeter:2stems")
     args = parser.parse_args()
 
-    import tensorflow as tf
-
     from model.registry import load_model
     from model.separate import separate_waveform
+    from model.unet import batch_predictor
 
     tracks = [t for split in ("train", "test")
               for t in find_tracks(args.data, split, ("mixture", "vocals"))][:args.songs]
     mix, refs = read_concatenated(tracks)
     loaded = load_model(args.model)
     cfg = loaded.config
-    forward = tf.function(lambda x: loaded.model(x, training=False))
-    predict = lambda x: forward(tf.constant(x)).numpy()  # noqa: E731
+    predict = batch_predictor(loaded.model)
     segment = cfg.T * cfg.frame_step
     boundaries = list(range(segment, len(mix) - segment, segment))
     n_frames = len(mix) // cfg.frame_step

@@ -230,19 +230,18 @@ def unet_audio_rate(model: str, batch: int = 4, runs: int = 3) -> float:
     """Seconds of audio per wall second of the U-Net alone on random segments at ``batch``
     (median of ``runs`` calls after a warm-up): Spleeter's cut, no decode, STFT, masks, iSTFT or
     writing. No tool running these weights with the same arithmetic can be faster."""
-    import tensorflow as tf
-
     from model.registry import load_model
+    from model.unet import batch_predictor
 
     loaded = load_model(stembeam_model(model))
     cfg = loaded.config
-    forward = tf.function(lambda x: loaded.model(x, training=False))
-    x = tf.random.uniform((batch, cfg.T, cfg.F, cfg.channels))
-    forward(x).numpy()
+    predict = batch_predictor(loaded.model)
+    x = np.random.default_rng(0).uniform(0, 1, (batch, cfg.T, cfg.F, cfg.channels))
+    predict(x)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        forward(x).numpy()
+        predict(x)
         times.append(time.perf_counter() - t0)
     return batch * cfg.T * cfg.frame_step / cfg.sample_rate / statistics.median(times)
 
@@ -371,19 +370,17 @@ class StageTimer:
 
 def profile(args: argparse.Namespace) -> None:
     """Stage profile of the model-level path on the first song, cut to ``--seconds``."""
-    import tensorflow as tf
-
     from model import bsseval
     from model import separate as sep
     from model.registry import load_model
+    from model.unet import batch_predictor
 
     timer = StageTimer()
     t0 = time.perf_counter()
     loaded = load_model(stembeam_model(args.model), precision=args.precision)
     timer.add("model load (start-up)", time.perf_counter() - t0)
     cfg = loaded.config
-    forward = tf.function(lambda x: loaded.model(x, training=False))
-    predict = timer.wrap("U-Net", lambda x: forward(tf.constant(x)).numpy())
+    predict = timer.wrap("U-Net", batch_predictor(loaded.model))
     predict(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # trace outside the timings
     timer.seconds.pop("U-Net")
 

@@ -94,12 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model:
         from model.registry import load_model
         from model.separate import separate_waveform
+        from model.unet import batch_predictor
 
         loaded = load_model(args.model)
         if tuple(loaded.config.stems) != MUSDB_STEMS:
             raise SystemExit(f"{args.model} has stems {loaded.config.stems}, not {MUSDB_STEMS}")
-        methods["model"] = lambda mix, refs: separate_waveform(
-            mix, loaded.model.predict_on_batch, loaded.config)
+        predict = batch_predictor(loaded.model)
+        methods["model"] = lambda mix, refs: separate_waveform(mix, predict, loaded.config)
     scores: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     bss: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for track in tracks:

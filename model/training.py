@@ -32,7 +32,7 @@ from model.config import ModelConfig
 from model.registry import load_model
 from model.separate import separate_waveform
 from model.spectral import stft_frames
-from model.unet import build_unet
+from model.unet import batch_predictor, build_unet
 
 MUSDB_STEMS = ("vocals", "drums", "bass", "other")
 # Stems a model may have that MUSDB-style folders hold as a sum of their files.
@@ -253,7 +253,7 @@ def validate(model: keras.Model, cfg: ModelConfig, tracks: Sequence[Track],
              seconds: float) -> dict[str, float]:
     """Median SDR per stem (dB) of the model on the middle ``seconds`` of each track, separated
     with ``separate_waveform`` (overlapping segments, ratio masks) as the pipeline does."""
-    predict = lambda batch: model.predict_on_batch(batch)  # noqa: E731
+    predict = batch_predictor(model)
     results = []
     for track in tracks:
         mixture, references = evaluation_excerpt(track, cfg.stems, seconds)

@@ -57,10 +57,13 @@ def describe_model(spec: str, cache_dir: Optional[str] = None) -> ModelInfo:
 
 
 class _Predictor:
-    """The loaded model with a thread-safe first call (Keras builds its predict function then)."""
+    """The loaded model as a batch function (``model.unet.batch_predictor``), with a
+    thread-safe first call (the forward pass is traced then)."""
 
     def __init__(self, loaded: Any):
-        self.loaded = loaded
+        from model.unet import batch_predictor  # lazy: building the pipeline needs no TensorFlow
+
+        self._predict = batch_predictor(loaded.model)
         self._lock = threading.Lock()
         self._warm = False
 
@@ -68,10 +71,10 @@ class _Predictor:
         """``(B, T, F, 2)`` float32 -> ``(B, T, F, 2, S)`` float32."""
         if not self._warm:
             with self._lock:
-                out = self.loaded.model.predict_on_batch(magnitudes)
+                out = self._predict(magnitudes)
                 self._warm = True
-                return np.asarray(out, dtype=np.float32)
-        return np.asarray(self.loaded.model.predict_on_batch(magnitudes), dtype=np.float32)
+                return out
+        return self._predict(magnitudes)
 
 
 class StemModelHandler(ModelHandler[Segment, Segment, _Predictor]):
