@@ -70,14 +70,20 @@ def results_url(options: SeparateOptions) -> str:
     return "sqlite:///" + os.path.abspath("results.sqlite")
 
 
-def apply_local_defaults(options: PipelineOptions) -> None:
-    """No --runner given: run on the Python FnApiRunner on all cores (never the DirectRunner's
-    Prism download), threads sharing one model."""
+def _given(argv: list[str], flag: str) -> bool:
+    """Whether ``--flag`` appears in ``argv`` (as ``--flag value`` or ``--flag=value``)."""
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def apply_local_defaults(options: PipelineOptions, argv: list[str]) -> None:
+    """No --runner given: run on the Python FnApiRunner, threads sharing one model, one worker
+    per core unless ``--direct_num_workers`` is given (never the DirectRunner's Prism download).
+    """
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
         standard.runner = LOCAL_RUNNER
         direct = options.view_as(DirectOptions)
-        if not direct.direct_num_workers or direct.direct_num_workers == 1:
+        if not _given(argv, "--direct_num_workers"):
             direct.direct_num_workers = os.cpu_count() or 1
         if direct.direct_running_mode == "in_memory":
             direct.direct_running_mode = "multi_threading"
@@ -90,5 +96,5 @@ def parse_options(argv: Optional[list[str]] = None) -> SeparateOptions:
     missing = [f"--{name}" for name in ("input", "output") if not getattr(separate, name)]
     if missing:
         raise ValueError(f"stembeam separate needs {' and '.join(missing)}")
-    apply_local_defaults(options)
+    apply_local_defaults(options, argv or [])
     return separate

@@ -91,6 +91,9 @@ def test_cli_entry_point_and_option_checks():
     options = parse_options(["--input", "a", "--output", "/tmp/o"])
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     assert options.view_as(DirectOptions).direct_num_workers == (os.cpu_count() or 1)
+    for given in (["--direct_num_workers", "1"], ["--direct_num_workers=1"]):  # kept when given
+        options = parse_options(["--input", "a", "--output", "/tmp/o", *given])
+        assert options.view_as(DirectOptions).direct_num_workers == 1
     assert results_url(options) == "sqlite:////tmp/o/results.sqlite"
     assert results_url(parse_options(["--input", "a", "--output", "gs://b/o", "--results",
                                       "postgresql://h/db"])) == "postgresql://h/db"
