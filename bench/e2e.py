@@ -7,12 +7,18 @@ audio in all, default 600). Long files loop those mixtures.
 
     apt-get install -y fretsonfire-songs-muldjord
     python3 -m bench.e2e profile [--seconds 60] [--model spleeter:2stems] [--postprocess ratio]
+    python3 -m bench.e2e pipeline-profile [--seconds 180] [--model spleeter:2stems]
     python3 -m bench.e2e compare [--seconds 600] [--runs 3] [--models spleeter:2stems ...]
     python3 -m bench.e2e long [--minutes 20 120] [--tools stembeam spleeter spleeter-d600]
 
 profile  one track through the model-level path (model.separate.separate_waveform), each stage
          timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.bsseval)
          against the song/guitar references.
+pipeline-profile
+         `stembeam separate` itself (in this process, 1 worker) on ``--seconds`` of the catalog,
+         each stage timed inside the running pipeline: model load (with its warm-up call),
+         decode, STFT, U-Net, masks+iSTFT, chunk and marker writes, assembly + stem writing;
+         "other" is the rest of the run's wall time (runner, catalog, results, report).
 compare  wall time of `stembeam separate` and `spleeter separate -d 20000` (its own venv, same
          checkpoint, same files) mode for mode: ratio masks vs Spleeter's default, Wiener vs --mwf;
          with start-up (whole command) and without (minus the same command on a 5 s file);
@@ -428,6 +434,68 @@ def profile(args: argparse.Namespace) -> None:
           f"{args.seconds / total:.1f}x real time")
 
 
+def pipeline_profile(args: argparse.Namespace) -> None:
+    """Stage times inside a real `stembeam separate` run on ``args.seconds`` of the catalog."""
+    from pipeline import separate as job
+    from transforms import assemble, decode, inference, storage
+
+    folder, audio_s = catalog(args.seconds)
+    timer = StageTimer()
+    patches = [(inference, "segment_spectrogram", "STFT"),
+               (assemble, "reconstruct_segment", "masks+iSTFT"),
+               (storage, "write_atomic", "chunk + marker writes"),
+               (assemble, "write_stems", "assembly: read chunks, overlap-add, write stems")]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    predictor_call = inference._Predictor.__call__
+    load_model = inference.StemModelHandler.load_model
+    decode_process = decode._DecodeSegmentsFn.process
+    unet_calls = []
+
+    def timed_predict(self, magnitudes):
+        t0 = time.perf_counter()
+        try:
+            return predictor_call(self, magnitudes)
+        finally:
+            unet_calls.append(time.perf_counter() - t0)
+
+    def timed_decode(self, track):
+        generator = decode_process(self, track)
+        while True:  # time spent inside the generator only, not downstream of its yields
+            t0 = time.perf_counter()
+            try:
+                item = next(generator)
+            except StopIteration:
+                timer.add("decode", time.perf_counter() - t0)
+                return
+            timer.add("decode", time.perf_counter() - t0)
+            yield item
+
+    for module, name, stage in patches:
+        setattr(module, name, timer.wrap(stage, getattr(module, name)))
+    inference._Predictor.__call__ = timed_predict
+    inference.StemModelHandler.load_model = timer.wrap("model load (incl. warm-up call)",
+                                                       load_model)
+    decode._DecodeSegmentsFn.process = timed_decode
+    try:
+        with tempfile.TemporaryDirectory(dir=BENCH) as out:
+            t0 = time.perf_counter()
+            job.run(["--input", folder, "--output", out, "--model", stembeam_model(args.model),
+                     "--force", "--direct_num_workers", "1"])
+            wall = time.perf_counter() - t0
+    finally:
+        for module, name, fn in originals:
+            setattr(module, name, fn)
+        inference._Predictor.__call__ = predictor_call
+        inference.StemModelHandler.load_model = load_model
+        decode._DecodeSegmentsFn.process = decode_process
+    timer.add("U-Net", sum(unet_calls[1:]))  # the first call is the warm-up, inside model load
+    timer.add("other (runner, catalog, results, report)", wall - sum(timer.seconds.values()))
+    print(f"stembeam separate, {args.model}, {audio_s:.0f} s of audio, 1 worker; "
+          f"load {os.getloadavg()[0]:.2f}; wall {wall:.1f} s = {audio_s / wall:.1f}x real time")
+    for stage, seconds in timer.seconds.items():
+        print(f"  {stage:52s} {seconds:7.2f} s  {100 * seconds / wall:5.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -437,6 +505,9 @@ def main() -> None:
     p.add_argument("--postprocess", default="ratio", choices=("ratio", "wiener"))
     p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--batch-size", type=int, default=4)
+    pp = sub.add_parser("pipeline-profile")
+    pp.add_argument("--seconds", type=float, default=180)
+    pp.add_argument("--model", default="spleeter:2stems")
     c = sub.add_parser("compare")
     c.add_argument("--seconds", type=float, default=600)
     c.add_argument("--runs", type=int, default=3)
@@ -454,7 +525,8 @@ def main() -> None:
     g.add_argument("--spleeter-max-gb", type=float, default=18, help="resident GB")
     args = parser.parse_args()
     os.makedirs(BENCH, exist_ok=True)
-    {"profile": profile, "compare": compare, "long": long_files}[args.command](args)
+    {"profile": profile, "pipeline-profile": pipeline_profile, "compare": compare,
+     "long": long_files}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Two ceilings, both measured here in the same run:
                the whole model would reach if every conv ran as fast as it does alone;
   matmul peak  a 4096^3 matmul, the machine's arithmetic ceiling for the dtype.
 
+A/B of the mask convolution: the same model with Keras' own dilated Conv2D as the mask layer
+instead of ``model.unet.DilatedMaskConv`` (same weights), both timed in alternation, ``--runs``
+calls each at ``--ab-batch``.
+
     python3 -m bench.unet_flops [--preset spleeter:2stems] [--batches 1 2 4 8] [--runs 3]
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ import tensorflow as tf
 import keras
 
 from model.config import spleeter_config
-from model.unet import build_unet
+from model.unet import DilatedMaskConv, batch_predictor, build_unet
 
 CONV_TYPES = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
 
@@ -72,6 +76,35 @@ def matmul_gflops(dtype: tf.DType, runs: int, n: int = 4096) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
+def with_keras_mask_conv(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` whose mask layers are Keras' dilated Conv2D, same weights."""
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        cls = keras.layers.Conv2D if isinstance(layer, DilatedMaskConv) else layer.__class__
+        return cls.from_config(layer.get_config())
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def mask_conv_ab(model: keras.Model, batch: int, runs: int) -> None:
+    """Prints the median forward time with DilatedMaskConv and with Keras' Conv2D masks."""
+    cfg_shape = model.input.shape[1:]
+    x = tf.random.uniform((batch, *cfg_shape)).numpy()
+    predictors = {"DilatedMaskConv": batch_predictor(model),
+                  "keras Conv2D": batch_predictor(with_keras_mask_conv(model))}
+    difference = abs(predictors["DilatedMaskConv"](x) - predictors["keras Conv2D"](x)).max()
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(runs):
+        for name, predict in predictors.items():
+            t0 = time.perf_counter()
+            predict(x)
+            times[name].append(time.perf_counter() - t0)
+    fast, slow = (statistics.median(times[k]) for k in predictors)
+    print(f"mask conv A/B at batch {batch}, {runs} alternating calls each (largest output "
+          f"difference {difference:.1e}): DilatedMaskConv {fast:.2f} s, Keras Conv2D {slow:.2f} s "
+          f"per call: {slow / fast:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="spleeter:2stems")
@@ -79,6 +112,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--peak-batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--ab-batch", type=int, default=4)
     args = parser.parse_args()
 
     cfg = spleeter_config(args.preset)
@@ -114,6 +148,8 @@ def main() -> None:
             audio = batch * cfg.T * cfg.frame_step / cfg.sample_rate / seconds
             print(f"{batch:5d}  {seconds:6.2f}  {rate:8.0f}  {100 * rate / conv_peak:10.0f}%"
                   f"  {100 * rate / peak:12.0f}%  {audio:12.1f}")
+        if precision == "float32":
+            mask_conv_ab(model, args.ab_batch, max(args.runs, 5))
 
 
 if __name__ == "__main__":
