@@ -186,3 +186,24 @@ def test_concurrent_writer_processes_lose_nothing(results_url):
     for (_, track), row in table.items():
         assert row["wall_s"] in writers_of[track]
         assert row["duration_s"] == 5.0  # every writer's last round wins over its earlier ones
+
+
+def test_create_tables_when_another_worker_wins_every_race(tmp_path):
+    """Between this worker's existence check and its CREATE, another worker creates each table
+    (a DDL hook runs exactly there): create_tables must still succeed and leave both tables."""
+    url = f"sqlite:///{tmp_path}/race.sqlite"
+    other_worker = create_engine(url)
+    raced: list[str] = []
+
+    def other_worker_creates_it_first(table, connection, **kw):
+        if table.name not in raced:  # the other worker's own CREATE fires this hook too
+            raced.append(table.name)
+            next(t for t in sql_tables(sa.MetaData()) if t.name == table.name).create(other_worker)
+
+    sa.event.listen(sa.Table, "before_create", other_worker_creates_it_first)
+    try:
+        create_tables(create_engine(url))
+    finally:
+        sa.event.remove(sa.Table, "before_create", other_worker_creates_it_first)
+    assert sorted(raced) == sorted([RESULTS_TABLE, RUNS_TABLE])
+    assert set(sa.inspect(other_worker).get_table_names()) == {RESULTS_TABLE, RUNS_TABLE}

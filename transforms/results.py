@@ -50,12 +50,13 @@ def create_engine(url: str) -> sa.Engine:
 
 def create_tables(engine: sa.Engine) -> tuple[sa.Table, sa.Table]:
     """Create the tables if missing (safe when several workers race to do it)."""
-    metadata = sa.MetaData()
-    tables = sql_tables(metadata)
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except sa.exc.DBAPIError:  # another worker created them between check and create
-        metadata.create_all(engine, checkfirst=True)
+    tables = sql_tables(sa.MetaData())
+    for table in tables:  # one at a time: any number of workers may race on each
+        try:
+            table.create(engine, checkfirst=True)
+        except sa.exc.DBAPIError:  # another worker created it between check and create
+            if not sa.inspect(engine).has_table(table.name):
+                raise
     return tables
 
 
