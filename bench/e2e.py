@@ -436,6 +436,7 @@ def profile(args: argparse.Namespace) -> None:
 
 def pipeline_profile(args: argparse.Namespace) -> None:
     """Stage times inside a real `stembeam separate` run on ``args.seconds`` of the catalog."""
+    from model import unet
     from pipeline import separate as job
     from transforms import assemble, decode, inference, storage
 
@@ -446,17 +447,21 @@ def pipeline_profile(args: argparse.Namespace) -> None:
                (storage, "write_atomic", "chunk + marker writes"),
                (assemble, "write_stems", "assembly: read chunks, overlap-add, write stems")]
     originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    predictor_call = inference._Predictor.__call__
+    batch_predictor = unet.batch_predictor
     load_model = inference.StemModelHandler.load_model
     decode_process = decode._DecodeSegmentsFn.process
     unet_calls = []
 
-    def timed_predict(self, magnitudes):
-        t0 = time.perf_counter()
-        try:
-            return predictor_call(self, magnitudes)
-        finally:
-            unet_calls.append(time.perf_counter() - t0)
+    def timed_batch_predictor(model):
+        predict = batch_predictor(model)
+
+        def timed_predict(magnitudes):
+            t0 = time.perf_counter()
+            try:
+                return predict(magnitudes)
+            finally:
+                unet_calls.append(time.perf_counter() - t0)
+        return timed_predict
 
     def timed_decode(self, track):
         generator = decode_process(self, track)
@@ -472,7 +477,7 @@ def pipeline_profile(args: argparse.Namespace) -> None:
 
     for module, name, stage in patches:
         setattr(module, name, timer.wrap(stage, getattr(module, name)))
-    inference._Predictor.__call__ = timed_predict
+    unet.batch_predictor = timed_batch_predictor  # the handler imports it when loading
     inference.StemModelHandler.load_model = timer.wrap("model load (incl. warm-up call)",
                                                        load_model)
     decode._DecodeSegmentsFn.process = timed_decode
@@ -485,7 +490,7 @@ def pipeline_profile(args: argparse.Namespace) -> None:
     finally:
         for module, name, fn in originals:
             setattr(module, name, fn)
-        inference._Predictor.__call__ = predictor_call
+        unet.batch_predictor = batch_predictor
         inference.StemModelHandler.load_model = load_model
         decode._DecodeSegmentsFn.process = decode_process
     timer.add("U-Net", sum(unet_calls[1:]))  # the first call is the warm-up, inside model load

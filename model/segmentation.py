@@ -41,10 +41,10 @@ class SegmentPlan:
 
 def default_context(T: int) -> int:
     """Frames discarded at each side of an overlap segment by default: T / 16 (32 for T = 512,
-    0.74 s at 44.1 kHz), so the U-Net does 1.14x the work of Spleeter's cut. On 240 s of rendered
-    songs with true stems (2stems weights) T / 16 and T / 8 give the same median SDR within
-    0.05 dB and the same SDR around Spleeter's cut points, where both beat the plain cut; T / 32
-    loses 0.3 dB on vocals (BENCHMARKS.md, section 3)."""
+    0.74 s at 44.1 kHz), so the U-Net sees 1.12-1.14x the frames of Spleeter's cut instead of
+    1.31-1.33x with T / 8. On 560 s of rendered songs with true stems (2stems weights) T / 16 and
+    T / 8 give the same median SDR within 0.02 dB and within 0.1 dB around Spleeter's cut points;
+    T / 32 is worse (``bench/context_sdr.py``, BENCHMARKS.md section 3)."""
     return T // 16
 
 

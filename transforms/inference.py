@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import threading
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -56,28 +55,10 @@ def describe_model(spec: str, cache_dir: Optional[str] = None) -> ModelInfo:
     return ModelInfo(spec, config, str(meta.get("sha256", "")))
 
 
-class _Predictor:
-    """The loaded model as a batch function (``model.unet.batch_predictor``), with a
-    thread-safe first call (the forward pass is traced then)."""
-
-    def __init__(self, loaded: Any):
-        from model.unet import batch_predictor  # lazy: building the pipeline needs no TensorFlow
-
-        self._predict = batch_predictor(loaded.model)
-        self._lock = threading.Lock()
-        self._warm = False
-
-    def __call__(self, magnitudes: np.ndarray) -> np.ndarray:
-        """``(B, T, F, 2)`` float32 -> ``(B, T, F, 2, S)`` float32."""
-        if not self._warm:
-            with self._lock:
-                out = self._predict(magnitudes)
-                self._warm = True
-                return out
-        return self._predict(magnitudes)
+Predictor = Callable[[np.ndarray], np.ndarray]  # (B, T, F, 2) -> (B, T, F, 2, S), float32
 
 
-class StemModelHandler(ModelHandler[Segment, Segment, _Predictor]):
+class StemModelHandler(ModelHandler[Segment, Segment, Predictor]):
     """Runs a stembeam model on ``Segment`` batches (``magnitude`` in, ``estimates`` out).
 
     A failing batch does not fail the job: its segments come out with ``error`` set.
@@ -88,16 +69,17 @@ class StemModelHandler(ModelHandler[Segment, Segment, _Predictor]):
         super().__init__(min_batch_size=1, max_batch_size=batch_size)
         self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
 
-    def load_model(self) -> _Predictor:
+    def load_model(self) -> Predictor:
         from model.registry import load_model
+        from model.unet import batch_predictor
 
         loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
-        predictor = _Predictor(loaded)
+        predictor = batch_predictor(loaded.model)
         cfg = loaded.config
-        predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # build + warm up
+        predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # trace + warm up
         return predictor
 
-    def run_inference(self, batch: Sequence[Segment], model: _Predictor,
+    def run_inference(self, batch: Sequence[Segment], model: Predictor,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Segment]:
         todo = [s for s in batch if s.error is None]
         if todo:
