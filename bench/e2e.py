@@ -438,14 +438,15 @@ def pipeline_profile(args: argparse.Namespace) -> None:
     """Stage times inside a real `stembeam separate` run on ``args.seconds`` of the catalog."""
     from model import unet
     from pipeline import separate as job
-    from transforms import assemble, decode, inference, storage
+    from transforms import decode, inference, storage, write_stems
 
     folder, audio_s = catalog(args.seconds)
     timer = StageTimer()
     patches = [(inference, "segment_spectrogram", "STFT"),
-               (assemble, "reconstruct_segment", "masks+iSTFT"),
-               (storage, "write_atomic", "chunk + marker writes"),
-               (assemble, "write_stems", "assembly: read chunks, overlap-add, write stems")]
+               (write_stems, "reconstruct_segment", "masks+iSTFT"),
+               (write_stems._TrackWriter, "_write_model_rate", "overlap-add tail, resample, write"),
+               (write_stems._TrackWriter, "publish", "publish stems"),
+               (storage, "write_atomic", "marker writes")]
     originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
     batch_predictor = unet.batch_predictor
     load_model = inference.StemModelHandler.load_model

@@ -1,11 +1,12 @@
 """The separate job: a catalog in, stems and a results table out.
 
-    ListCatalog -> SkipDone -> Reshuffle -> DecodeSegments -> Spectrogram -> RunInference
-    -> Reconstruct + WriteChunks -> GroupByKey (ChunkRefs) -> AssembleStems -> Reshuffle
-    -> Evaluate -> WriteResults (+ one runs row)
+    ListCatalog -> SkipDone -> Reshuffle (tracks) -> DecodeSegments -> Spectrogram -> RunModel
+    -> WriteStems -> Evaluate -> CommitRows (+ done-markers) ; all rows -> the run's row
 
-Audio stays inside the fused decode..chunk-write stage; only tracks, chunk references and result
-rows cross shuffles.
+Everything after the Reshuffle is one fused stage with no shuffle: each track goes from its first
+decoded sample to published stems, a committed row and a done-marker on its own, so stems and
+rows arrive track by track and a killed job keeps every track finished before the kill. Only
+tracks (small records) cross the one shuffle.
 """
 from __future__ import annotations
 
@@ -21,14 +22,18 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.options import SeparateOptions, parse_options, results_url
-from transforms import storage
-from transforms.assemble import AssembleStems, ReconstructAndWriteChunks
-from transforms.catalog import SKIPPED_TAG, ListCatalog, SkipDone, check_source
-from transforms.decode import SUMMARY_TAG, DecodeSegments
+from transforms import metrics, storage
+from transforms.catalog import ListCatalog, check_source
+from transforms.decode import DecodeSegments
 from transforms.evaluate import Evaluate
-from transforms.inference import ModelInfo, Separate, Spectrogram, describe_model
-from transforms.results import BIGQUERY_PREFIX, WriteResults
+from transforms.inference import ModelInfo, RunModel, Spectrogram, describe_model
+from transforms.output_state import (MarkDone, RunLock, clean_dead_runs, remove_run_temp_dir,
+                                     signature)
+from transforms.records import Track
+from transforms.results import BIGQUERY_PREFIX, CommitRows
 from transforms.results_schema import RUNS_TABLE
+from transforms.skip_done import ROWS_TAG, RunSettings, SkipDone
+from transforms.write_stems import StemSettings, WriteStems
 
 log = logging.getLogger("stembeam")
 
@@ -39,15 +44,16 @@ def new_run_id() -> str:
         uuid.uuid4().hex[:6]
 
 
-def log_progress(row: dict[str, Any]) -> dict[str, Any]:
-    """Logs one line per finished track and passes the row on."""
+def log_progress(pair: tuple[Track, dict[str, Any]]) -> tuple[Track, dict[str, Any]]:
+    """Logs one line per finished track and passes the pair on."""
+    row = pair[1]
     audio = row.get("duration_s") or 0.0
     rtf = row.get("realtime_factor")
     detail = f", {rtf:.2f}x real time" if rtf else ""
     reason = f": {row['error']}" if row["status"] == "failed" else ""
     log.info("track %s: %s, %.1f s of audio%s%s", row["track_id"], row["status"], audio, detail,
              reason)
-    return row
+    return pair
 
 
 class RunSummary(beam.CombineFn):
@@ -80,30 +86,38 @@ class RunSummary(beam.CombineFn):
                     finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat())
 
 
+def run_settings(options: SeparateOptions, model: ModelInfo) -> dict[str, Any]:
+    """Everything that determines a track's stem files (hashed into the run's signature)."""
+    return {"model": model.spec, "model_sha256": model.sha256, "model_config": model.config.name,
+            "stems": list(model.config.stems), "format": options.format,
+            "segmentation": options.segmentation, "postprocess": options.postprocess}
+
+
 def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: str,
           results: str, started: float) -> beam.PCollection:
     """Adds the separate job to ``p``; returns the PCollection of result rows."""
-    output, cfg = options.output.rstrip("/"), model.config
+    output, cfg = storage.absolute(options.output), model.config
+    settings = run_settings(options, model)
+    run = RunSettings(output, run_id, model.spec, model.sha256, signature(settings), settings,
+                      options.force)
     split = (p
              | "ListCatalog" >> ListCatalog(options.input)
-             | "SkipDone" >> SkipDone(output, model.key, run_id, model.spec, model.sha256,
-                                      options.force))
-    decoded = (split["todo"]
-               | "SpreadTracks" >> beam.Reshuffle()
-               | "DecodeSegments" >> DecodeSegments(cfg, options.segmentation))
-    chunks = (decoded.segments
-              | "Spectrogram" >> Spectrogram(cfg)
-              | "RunInference" >> Separate(model.spec, options.batch_size, options.model_cache,
-                                                   options.precision)
-              | "ReconstructAndWriteChunks" >> ReconstructAndWriteChunks(
-                  cfg, options.postprocess, output))
-    separated = ({"summary": decoded[SUMMARY_TAG], "chunks": chunks}
-                 | "AssembleStems" >> AssembleStems(model, output, options.format, run_id)
+             | "SkipDone" >> SkipDone(run))
+    separated = (split["todo"]
+                 | "SpreadTracks" >> beam.Reshuffle()
+                 | "DecodeSegments" >> DecodeSegments(cfg, options.segmentation)
+                 | "Spectrogram" >> Spectrogram(cfg)
+                 | "RunModel" >> RunModel(model.spec, options.batch_size, options.model_cache,
+                                          options.precision)
+                 | "WriteStems" >> WriteStems(StemSettings(
+                     output, run_id, model.spec, model.sha256, cfg, options.postprocess,
+                     options.format))
                  | "Evaluate" >> Evaluate(output))
-    rows = ((separated, split[SKIPPED_TAG])
+    rows = ((separated, split[ROWS_TAG])
             | "AllTracks" >> beam.Flatten()
-            | "LogProgress" >> beam.Map(log_progress))
-    rows | "WriteResults" >> WriteResults(results)
+            | "LogProgress" >> beam.Map(log_progress)
+            | "CommitRows" >> CommitRows(results, after_commit=MarkDone(
+                output, run.signature, settings)))
     run_row = {
         "run_id": run_id, "input": options.input, "output": output, "model": model.spec,
         "model_sha256": model.sha256,
@@ -115,12 +129,14 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
     }
     (rows
      | "SummarizeRun" >> beam.CombineGlobally(RunSummary(run_row, started))
-     | "WriteRun" >> WriteResults(results, table=RUNS_TABLE))
+     | "KeyRunRow" >> beam.Map(lambda row: (None, row))
+     | "CommitRunRow" >> CommitRows(results, table=RUNS_TABLE))
     return rows
 
 
 def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
-    counters = result.metrics().query(MetricsFilter().with_namespace("stembeam").with_name(name))
+    query = MetricsFilter().with_namespace(metrics.METRICS_NAMESPACE).with_name(name)
+    counters = result.metrics().query(query)
     total = 0
     for counter in counters["counters"]:
         total += counter.committed if counter.committed is not None else counter.attempted
@@ -129,7 +145,7 @@ def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
 
 def _distribution_mean(result, name: str) -> Optional[float]:
     """Mean of a Beam distribution metric of namespace stembeam, None when never updated."""
-    query = MetricsFilter().with_namespace("stembeam").with_name(name)
+    query = MetricsFilter().with_namespace(metrics.METRICS_NAMESPACE).with_name(name)
     total = count = 0
     for dist in result.metrics().query(query)["distributions"]:
         value = dist.committed if dist.committed is not None else dist.attempted
@@ -139,11 +155,11 @@ def _distribution_mean(result, name: str) -> Optional[float]:
 
 def summarize(result, wall_s: float) -> dict[str, float]:
     """Tracks ok/skipped/failed, audio hours, wall time and real-time factor from Beam metrics."""
-    audio_s = _counter(result, "audio_ms") / 1e3
+    audio_s = _counter(result, metrics.AUDIO_MS) / 1e3
     summary = {
-        "tracks_ok": _counter(result, "tracks_ok"),
-        "tracks_skipped": _counter(result, "tracks_skipped"),
-        "tracks_failed": _counter(result, "tracks_failed"),
+        "tracks_ok": _counter(result, metrics.TRACKS_OK),
+        "tracks_skipped": _counter(result, metrics.TRACKS_SKIPPED),
+        "tracks_failed": _counter(result, metrics.TRACKS_FAILED),
         "audio_hours": audio_s / 3600, "wall_s": wall_s,
         "realtime_factor": audio_s / wall_s if wall_s > 0 else 0.0,
         "model_load_ms": _distribution_mean(result, "load_model_latency_milli_secs"),
@@ -172,29 +188,42 @@ def _write_report(results: str, path: str, run_id: str) -> None:
 
 
 def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
-    """Runs ``stembeam separate`` with ``argv``; returns the run id, results URL and summary."""
+    """Runs ``stembeam separate`` with ``argv``; returns the run id, results URL and summary.
+
+    Raises ValueError (bad options or inputs) and RunConflict (another live run writes to the
+    same output with other settings) before any work starts.
+    """
     options = parse_options(argv)
     started = time.time()
     run_id = options.run_id or new_run_id()
     results = results_url(options)
     check_source(options.input)
-    if storage.is_local(options.output):
-        os.makedirs(options.output, exist_ok=True)
+    output = storage.absolute(options.output)
     model = describe_model(options.model, options.model_cache)
-    log.info("run %s: %s -> %s with %s (%s), results in %s", run_id, options.input,
-             options.output, model.spec, model.key, results)
-    p = beam.Pipeline(options=options)
-    build(p, options, model, run_id, results, started)
-    result = p.run()
-    out: dict[str, Any] = {"run_id": run_id, "results": results}
-    if not wait:
-        return out
-    result.wait_until_finish()
+    settings = run_settings(options, model)
+    lock = RunLock(output, run_id, signature(settings), settings).acquire()
+    try:
+        cleaned = clean_dead_runs(output, run_id)
+        if cleaned:
+            log.info("deleted %d temporary files that earlier runs left in %s", cleaned, output)
+        log.info("run %s: %s -> %s with %s (%s), results in %s", run_id, options.input, output,
+                 model.spec, model.key, results)
+        p = beam.Pipeline(options=options)
+        build(p, options, model, run_id, results, started)
+        result = p.run()
+        out: dict[str, Any] = {"run_id": run_id, "results": results}
+        if not wait:
+            return out
+        result.wait_until_finish()
+    finally:
+        if wait:
+            remove_run_temp_dir(output, run_id)
+            lock.release()
     out["summary"] = summarize(result, time.time() - started)
     report = options.report
     if report != "none" and not results.startswith(BIGQUERY_PREFIX):
-        if report is None and storage.is_local(options.output):
-            report = os.path.join(options.output, "report.html")
+        if report is None and storage.is_local(output):
+            report = os.path.join(output, "report.html")
         if report:
             _write_report(results, report, run_id)
     return out

@@ -1,12 +1,12 @@
 """Results sinks: SQL upserts (SQLite here; the same code path serves PostgreSQL) and the
-BigQuery schema/row conversion (WriteToBigQuery itself needs Google Cloud and is not run)."""
+BigQuery schema/row conversion (BigQuery itself needs Google Cloud and is not run)."""
 import sqlite3
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from transforms.records import Track, result_row
-from transforms.results import WriteResults
+from transforms.results import CommitRows
 from transforms.results_schema import RESULT_COLUMNS
 
 
@@ -17,7 +17,8 @@ def row(track_id, status, run_id="r", **columns):
 
 def write(url, rows, table="results"):
     with BeamTestPipeline(runner="FnApiRunner") as p:
-        _ = p | beam.Create(rows) | WriteResults(url, table=table, batch_size=2)
+        _ = (p | beam.Create(rows) | beam.Map(lambda r: (None, r))
+             | CommitRows(url, table=table, max_rows=2))
 
 
 def test_sql_upsert_is_idempotent_and_keeps_ok_over_skipped(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.results import (WriteResults, create_engine, create_tables, sql_tables,
+from transforms.results import (CommitRows, create_engine, create_tables, sql_tables,
                                 upsert)
 from transforms.results_schema import (RESULT_COLUMNS, RESULTS_TABLE, RUN_COLUMNS, RUNS_TABLE,
                                        column_names)
@@ -90,9 +90,10 @@ def read_table(url: str, table: str, columns) -> dict[tuple[str, ...], dict[str,
 
 
 def run_write(url: str, rows: list[dict[str, Any]], table: str = RESULTS_TABLE) -> None:
-    """WriteResults in a real pipeline on the FnApiRunner."""
+    """CommitRows in a real pipeline on the FnApiRunner."""
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
-        _ = pipeline | beam.Create(rows, reshuffle=False) | WriteResults(url, table, batch_size=7)
+        _ = (pipeline | beam.Create(rows, reshuffle=False) | beam.Map(lambda r: (None, r))
+             | CommitRows(url, table, max_rows=7))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,4 +1,4 @@
-"""ListCatalog and SkipDone: what to separate.
+"""ListCatalog: what to separate.
 
 A catalog source is one of
 - a glob (``gs://bucket/masters/**.flac``, ``/data/*.wav``): track id = path below the glob's
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 
 from transforms import storage
-from transforms.records import Track, result_row
+from transforms.records import Track
 
 AUDIO_EXTENSIONS = frozenset({
     ".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc", ".mp3", ".ogg", ".oga", ".opus",
@@ -34,7 +34,6 @@ MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 MIXTURE = "mixture.wav"
 _WILDCARDS = re.compile(r"[*?\[]")
 _UNSAFE = re.compile(r"[^\w\-+=,.()&' ]", re.UNICODE)
-SKIPPED_TAG = "skipped"
 
 
 def safe_track_id(raw: str) -> str:
@@ -178,50 +177,3 @@ class ListCatalog(beam.PTransform):
         return (pbegin
                 | "Source" >> beam.Create([self._source])
                 | "List" >> beam.FlatMap(list_catalog))
-
-
-def done_marker(output: str, track_id: str, model_key: str) -> str:
-    """The file whose presence says ``track_id`` was separated by model ``model_key``."""
-    return storage.join(output, track_id, f".done-{model_key}.json")
-
-
-class _SkipDoneFn(beam.DoFn):
-    def __init__(self, output: str, model_key: str, run_id: str, model: str, model_sha256: str):
-        self._output, self._model_key = output, model_key
-        self._run_id, self._model, self._sha = run_id, model, model_sha256
-
-    def process(self, track):
-        marker = done_marker(self._output, track.track_id, self._model_key)
-        if not storage.exists(marker):
-            yield track
-            return
-        try:
-            done = json.loads(storage.read_text(marker))
-        except (OSError, ValueError):
-            done = {}
-        beam.metrics.Metrics.counter("stembeam", "tracks_skipped").inc()
-        yield beam.pvalue.TaggedOutput(SKIPPED_TAG, result_row(
-            track, self._run_id, self._model, self._sha, "skipped",
-            error=f"already separated (done-marker {marker}); use --force to redo",
-            stems=done.get("stems"), duration_s=done.get("duration_s"),
-            sample_rate=done.get("sample_rate"), channels=done.get("channels"),
-            codec=done.get("codec")))
-
-
-class SkipDone(beam.PTransform):
-    """``Track`` -> main output: tracks to separate; ``skipped``: result rows of tracks whose
-    done-marker exists. With ``force`` every track goes to the main output."""
-
-    def __init__(self, output: str, model_key: str, run_id: str, model: str, model_sha256: str,
-                 force: bool = False):
-        super().__init__()
-        self._args = (output, model_key, run_id, model, model_sha256)
-        self._force = force
-
-    def expand(self, tracks):
-        if self._force:
-            return {"todo": tracks,
-                    SKIPPED_TAG: tracks.pipeline | "NoneSkipped" >> beam.Create([])}
-        outputs = tracks | beam.ParDo(_SkipDoneFn(*self._args)).with_outputs(
-            SKIPPED_TAG, main="todo")
-        return {"todo": outputs.todo, SKIPPED_TAG: outputs[SKIPPED_TAG]}

@@ -4,7 +4,7 @@ The track is never held in memory: blocks flow from the decoder through a stream
 into a sliding window that cuts the samples each segment's STFT needs
 (``model.segmentation.segment_sample_range``). Decoding uses soundfile (libsndfile: WAV, FLAC,
 AIFF, OGG/Vorbis/Opus, MP3) and falls back to PyAV (ffmpeg's decoders: AAC/M4A, ALAC, anything
-libsndfile rejects). Every problem becomes a ``DecodeSummary`` with an error a person can act on.
+libsndfile rejects). Every problem ends the track with an error a person can act on.
 """
 from __future__ import annotations
 
@@ -21,13 +21,12 @@ import soundfile
 import soxr
 
 from model.config import ModelConfig
-from model.segmentation import plan_segments, segment_sample_range
+from model.segmentation import SegmentPlan, plan_segments, segment_sample_range
 from model.spectral import frame_count
-from transforms import storage
-from transforms.records import AudioInfo, DecodeSummary, Segment
+from transforms import metrics, storage
+from transforms.records import AudioInfo, Segment
 
 BLOCK_FRAMES = 1 << 16
-SUMMARY_TAG = "summary"
 log = logging.getLogger("stembeam")
 # Containers whose header states the exact length; others are counted by decoding once.
 EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"})
@@ -281,10 +280,12 @@ def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
                                          samples))
             for plan in plans:
                 start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
-                yield plan, window.read(start, stop)
+                if plan is plans[-1]:  # decode to the end first: a bad tail fails the track
+                    segment = window.read(start, max(stop, samples + 1))[: stop - start]
+                else:
+                    segment = window.read(start, stop)
+                yield plan, segment
                 window.drop(start)
-            # Decode to the end so a truncated or corrupt tail is reported.
-            window.read(samples, samples + 1)
 
     return info, len(plans), segments()
 
@@ -316,31 +317,26 @@ class _DecodeSegmentsFn(beam.DoFn):
 
     def process(self, track):
         started = time.time()
-        info = None
+        info, n_segments, index = None, 0, 0
         try:
             info, n_segments, segments = decode_segments(track.uri, self._cfg,
                                                          self._segmentation)
             for plan, samples in segments:
-                yield Segment(track=track, plan=plan, started_at=started, samples=samples)
+                index = plan.index + 1
+                yield Segment(track, plan, n_segments, info, started, samples=samples)
         except Exception as e:  # an unexpected decoder failure is still one track's failure
             reason = str(e) if isinstance(e, DecodeError) else (
                 f"decoding failed: {type(e).__name__}: {e}")
-            beam.metrics.Metrics.counter("stembeam", "decode_failures").inc()
-            yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, info,
-                                                                      error=reason))
+            metrics.count(metrics.DECODE_FAILURES)
+            plan = SegmentPlan(index, 0, 0, 0) if index else None
+            yield Segment(track, plan, n_segments, info, started, error=reason)
             return
-        beam.metrics.Metrics.counter("stembeam", "segments").inc(n_segments)
-        # Downstream stages are fused with this one, so by now the segments are (nearly all)
-        # separated; the stems are assembled once every track of the batch is (GroupByKey).
-        log.info("track %s: %.1f s of audio separated in %d segments (%.1f s), awaiting assembly",
-                 track.track_id, info.model_samples / self._cfg.sample_rate, n_segments,
-                 time.time() - started)
-        yield beam.pvalue.TaggedOutput(SUMMARY_TAG, DecodeSummary(track, started, info, n_segments))
+        metrics.count(metrics.SEGMENTS, n_segments)
 
 
 class DecodeSegments(beam.PTransform):
-    """``Track`` -> main output ``Segment`` (with ``samples``), output ``summary``:
-    one ``DecodeSummary`` per track, emitted after its last segment."""
+    """``Track`` -> its ``Segment`` records (with ``samples``) in order; a track that cannot be
+    decoded (or fails part-way) ends with one ``Segment`` whose ``error`` says why."""
 
     def __init__(self, cfg: ModelConfig, segmentation: str = "overlap"):
         super().__init__()
@@ -348,5 +344,4 @@ class DecodeSegments(beam.PTransform):
         self._segmentation = segmentation
 
     def expand(self, tracks):
-        return tracks | beam.ParDo(_DecodeSegmentsFn(self._cfg, self._segmentation)).with_outputs(
-            SUMMARY_TAG, main="segments")
+        return tracks | beam.ParDo(_DecodeSegmentsFn(self._cfg, self._segmentation))

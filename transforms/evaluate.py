@@ -1,8 +1,8 @@
 """Evaluate: BSSEval v4 metrics (model.bsseval, museval's figures) of written stems against
 reference stems.
 
-Runs after a Reshuffle so slow evaluation never holds up separation. Reads the stems back and the
-references (whole tracks: evaluation needs them), computes framewise SDR/SIR/SAR/ISR over 1 s
+Runs right after the stems are written, in the same fused stage (BSSEval v4 costs far less than
+separation: ~0.07 CPU s per audio s for 4 stems). Reads the stems back and the references (whole tracks: evaluation needs them), computes framewise SDR/SIR/SAR/ISR over 1 s
 windows, writes museval's per-track JSON next to the stems and puts the medians into the row.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import soundfile
 
 from model import bsseval
-from transforms import storage
+from transforms import metrics, storage
 from transforms.records import Track
 
 MUSEVAL_JSON = "museval.json"
@@ -64,23 +64,24 @@ class _EvaluateFn(beam.DoFn):
     def __init__(self, output: str):
         self._output = output
 
-    def process(self, element):
-        track, row = element
+    def process(self, pair):
+        track, row = pair
         if row["status"] == "ok" and track.references:
             try:
                 row = evaluate_track(track, row, self._output)
-                beam.metrics.Metrics.counter("stembeam", "tracks_evaluated").inc()
+                metrics.count(metrics.TRACKS_EVALUATED)
             except Exception as e:  # separation succeeded; say why the metrics are missing
                 row = dict(row, error=f"evaluation failed: {type(e).__name__}: {e}")
-        yield row
+        yield track, row
 
 
 class Evaluate(beam.PTransform):
-    """``(Track, row)`` -> row, with BSSEval v4 medians where the track has references."""
+    """``(Track, row)`` -> ``(Track, row)`` with BSSEval v4 medians where the track has
+    references. Fused with the stem writer: a track's metrics follow its stems at once."""
 
     def __init__(self, output: str):
         super().__init__()
         self._output = output
 
     def expand(self, pairs):
-        return pairs | "Reshuffle" >> beam.Reshuffle() | beam.ParDo(_EvaluateFn(self._output))
+        return pairs | beam.ParDo(_EvaluateFn(self._output))

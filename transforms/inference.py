@@ -19,10 +19,10 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from model.config import ModelConfig
 from model.separate import segment_spectrogram
-from transforms import storage
+from transforms import metrics, storage
+from transforms.metrics import METRICS_NAMESPACE
 from transforms.records import Segment
 
-METRICS_NAMESPACE = "stembeam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,22 +81,22 @@ class StemModelHandler(ModelHandler[Segment, Segment, Predictor]):
 
     def run_inference(self, batch: Sequence[Segment], model: Predictor,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Segment]:
-        todo = [s for s in batch if s.error is None]
-        if todo:
-            try:
-                estimates = model(np.stack([s.magnitude for s in todo]))
-                if not np.isfinite(estimates).all():
-                    raise ValueError("the model produced NaN or infinite values")
-                for segment, estimate in zip(todo, estimates):
-                    segment.estimates = estimate
-            except Exception as e:
-                Metrics = beam.metrics.Metrics
-                Metrics.counter(METRICS_NAMESPACE, "inference_failures").inc()
-                for segment in todo:
-                    segment.error = f"model inference failed: {type(e).__name__}: {e}"
-        for segment in batch:
-            segment.magnitude = None
-        return batch
+        todo = [i for i, s in enumerate(batch) if s.error is None]
+        out = [dataclasses.replace(s, magnitude=None) for s in batch]
+        if not todo:
+            return out
+        try:
+            estimates = model(np.stack([batch[i].magnitude for i in todo]))
+            if not np.isfinite(estimates).all():
+                raise ValueError("the model produced NaN or infinite values")
+            for i, estimate in zip(todo, estimates):
+                out[i] = dataclasses.replace(out[i], estimates=estimate)
+        except Exception as e:
+            metrics.count(metrics.INFERENCE_FAILURES)
+            error = f"model inference failed: {type(e).__name__}: {e}"
+            for i in todo:
+                out[i] = dataclasses.replace(out[i], mix_stft=None, error=error)
+        return out
 
     def get_num_bytes(self, batch: Sequence[Segment]) -> int:
         return sum(s.magnitude.nbytes for s in batch if s.magnitude is not None)
@@ -106,14 +106,15 @@ class StemModelHandler(ModelHandler[Segment, Segment, Predictor]):
 
 
 def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
-    """Adds ``mix_stft`` and ``magnitude``; drops ``samples``."""
-    if segment.error is None:
-        try:
-            segment.mix_stft, segment.magnitude = segment_spectrogram(segment.samples, cfg)
-        except Exception as e:
-            segment.error = f"spectrogram failed: {type(e).__name__}: {e}"
-    segment.samples = None
-    return segment
+    """A copy with ``mix_stft`` and ``magnitude`` and without ``samples``."""
+    if segment.error is not None:
+        return dataclasses.replace(segment, samples=None)
+    try:
+        mix_stft, magnitude = segment_spectrogram(segment.samples, cfg)
+    except Exception as e:
+        return dataclasses.replace(segment, samples=None,
+                                   error=f"spectrogram failed: {type(e).__name__}: {e}")
+    return dataclasses.replace(segment, samples=None, mix_stft=mix_stft, magnitude=magnitude)
 
 
 class Spectrogram(beam.PTransform):
@@ -128,8 +129,8 @@ class Spectrogram(beam.PTransform):
         return segments | beam.Map(_spectrogram, self._cfg)
 
 
-class Separate(beam.PTransform):
-    """``Segment`` (magnitude) -> ``Segment`` (estimates) through RunInference."""
+class RunModel(beam.PTransform):
+    """``Segment`` (magnitude) -> ``Segment`` (estimates) through Beam's RunInference."""
 
     def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None,
                  precision: str = "float32"):

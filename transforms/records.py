@@ -1,8 +1,8 @@
 """The records that flow between stages.
 
-Only ``Track``, ``DecodeSummary``, ``ChunkRef`` and result rows (plain dicts, see
-``results_schema``) ever cross a shuffle; ``Segment`` carries audio and stays inside one fused
-stage (decode -> spectrogram -> inference -> reconstruct -> chunk write).
+Only ``Track`` and result rows (plain dicts, see ``results_schema``) ever cross a shuffle;
+``Segment`` carries audio and stays inside the one fused stage that takes a track from decoding
+to its committed result row.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from model.segmentation import SegmentPlan
 from transforms.results_schema import RESULT_COLUMNS, column_names
 
 
@@ -24,11 +25,14 @@ class Track:
       track_id: safe relative id (``a/b/c``); stems go to ``OUT/<track_id>/``.
       uri: the audio to separate.
       references: ``(stem, uri)`` pairs of reference stems, for evaluation.
+      fingerprint: the source file's ``<size>:<mtime>`` when known (set by SkipDone); a done
+        track whose source changed is separated again.
     """
 
     track_id: str
     uri: str
     references: tuple[tuple[str, str], ...] = ()
+    fingerprint: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,23 +58,28 @@ class AudioInfo:
         return self.num_samples / self.sample_rate
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Segment:
-    """One segment of one track on its way through the model (never shuffled).
+    """One segment of one track on its way through the model (never shuffled). Immutable:
+    each stage returns a ``dataclasses.replace`` copy sharing the arrays it does not change.
 
     Attributes:
       track: the track.
-      plan: the ``model.segmentation.SegmentPlan`` of this segment.
+      plan: where the segment sits in the track; None for a track that failed before any segment.
+      n_segments: segments of the whole track (the last one has ``plan.index == n_segments - 1``).
+      info: what decoding learnt about the track.
       started_at: UNIX time the track's decode started, s.
       samples: ``(L_s, 2)`` float32 model-rate audio the segment's STFT needs.
       mix_stft: ``(T, n_bins, 2)`` complex64 mixture STFT (after Spectrogram).
       magnitude: ``(T, F, 2)`` float32 model input (after Spectrogram).
       estimates: ``(T, F, 2, S)`` float32 model output (after RunInference).
-      error: set when a stage failed for this segment; later stages pass it through.
+      error: set when a stage failed for this segment's track; the track ends there.
     """
 
     track: Track
-    plan: Any
+    plan: Optional[SegmentPlan]
+    n_segments: int
+    info: Optional[AudioInfo]
     started_at: float
     samples: Optional[np.ndarray] = None
     mix_stft: Optional[np.ndarray] = None
@@ -78,35 +87,13 @@ class Segment:
     estimates: Optional[np.ndarray] = None
     error: Optional[str] = None
 
+    @property
+    def index(self) -> int:
+        return self.plan.index if self.plan is not None else -1
 
-@dataclasses.dataclass(frozen=True)
-class DecodeSummary:
-    """How decoding a track ended: ``info`` and ``n_segments`` on success, else ``error``."""
-
-    track: Track
-    started_at: float
-    info: Optional[AudioInfo] = None
-    n_segments: int = 0
-    error: Optional[str] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkRef:
-    """A segment's separated audio written to a temporary chunk file.
-
-    Attributes:
-      track_id: the track.
-      index: segment index (chunks are overlap-added in index order).
-      uri: the chunk file (``.npy``, ``(n, 2, S)`` float32), or ``''`` when ``error`` is set.
-      start: model-rate sample of the track where the chunk starts (may be negative).
-      error: why this segment could not be separated.
-    """
-
-    track_id: str
-    index: int
-    uri: str
-    start: int
-    error: Optional[str] = None
+    @property
+    def is_last(self) -> bool:
+        return self.plan is not None and self.plan.index == self.n_segments - 1
 
 
 RESULT_NAMES = frozenset(column_names(RESULT_COLUMNS))

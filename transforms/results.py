@@ -1,24 +1,29 @@
-"""WriteResults: result rows into a SQL database (SQLAlchemy) or BigQuery.
+"""CommitRows: result rows committed to a SQL database (SQLAlchemy) or BigQuery as tracks finish.
 
 SQL: tables ``results`` and ``runs`` per ``results_schema``, created when missing; rows are
 upserted on (run_id, track_id), so re-running a catalog never duplicates rows, and a ``skipped``
 row never replaces an ``ok`` row of the same run (a re-run after a crash keeps what the crashed
-run recorded). BigQuery (``bigquery:PROJECT.DATASET.TABLE``): WriteToBigQuery appends to TABLE and
+run recorded). BigQuery (``bigquery:PROJECT.DATASET.TABLE``): streaming inserts into TABLE and
 ``TABLE_runs``; BigQuery has no upsert, so re-runs with the same run_id append again.
+Rows are committed in small batches (by count, by age, at bundle end), so a job killed at any
+moment keeps the row of every track that finished a few seconds before.
 """
 from __future__ import annotations
 
 import datetime
 import math
 import threading
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 import numpy as np
 import sqlalchemy as sa
+from apache_beam.utils import shared
 from sqlalchemy.dialects import postgresql, sqlite
 
-from transforms.bigquery import bigquery_row, table_schema
+from transforms import metrics
+from transforms.bigquery import BIGQUERY_TYPES, bigquery_row
 from transforms.results_schema import (RESULT_COLUMNS, RESULT_KEY, RESULTS_TABLE, RUN_COLUMNS,
                                        RUN_KEY, RUNS_TABLE)
 
@@ -116,63 +121,155 @@ def upsert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]
         connection.execute(table.insert(), [row])
 
 
-class _WriteSqlFn(beam.DoFn):
-    """Upserts batches of rows; one engine per worker process, shared by its threads."""
-
-    _engines: dict[str, tuple[sa.Engine, sa.Table, sa.Table]] = {}
-    _lock = threading.Lock()
+class SqlSink:
+    """Upserts rows into one SQL table; one engine per worker process and URL, shared by the
+    process's threads through Beam's ``Shared``."""
 
     def __init__(self, url: str, table: str):
         self._url, self._table = url, table
+        self._shared = shared.Shared()
+
+    def open(self) -> None:
+        self._handle = self._shared.acquire(lambda: _Engine(self._url), tag=self._url)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        target = self._handle.tables[self._table]
+        with self._handle.engine.begin() as connection:
+            upsert(connection, target, rows)
+
+    def close(self) -> None:
+        self._handle = None
+
+
+class _Engine:
+    """A SQLAlchemy engine with the results tables created (weak-referenceable for Shared)."""
+
+    def __init__(self, url: str):
+        self.engine = create_engine(url)
+        results, runs = create_tables(self.engine)
+        self.tables = {RESULTS_TABLE: results, RUNS_TABLE: runs}
+
+
+class BigQuerySink:
+    """Appends rows to a BigQuery table with streaming inserts (google-cloud-bigquery), so each
+    committed batch is visible at once; the table is created from ``results_schema`` when
+    missing. BigQuery has no upsert: ``insertId`` ``run_id/track_id`` de-duplicates retries
+    (best effort, about a minute)."""
+
+    def __init__(self, table: str, columns):
+        self._table = table.replace(":", ".", 1)
+        self._columns = list(columns)
+
+    def open(self) -> None:
+        from google.cloud import bigquery
+
+        self._client = bigquery.Client(project=self._table.split(".")[0])
+        schema = [bigquery.SchemaField(name, BIGQUERY_TYPES[kind], mode="NULLABLE",
+                                       description=doc) for name, kind, doc in self._columns]
+        self._client.create_table(bigquery.Table(self._table, schema=schema), exists_ok=True)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        key = [c for c in ("run_id", "track_id") if any(c == n for n, _, _ in self._columns)]
+        errors = self._client.insert_rows_json(
+            self._table, [bigquery_row(row, self._columns) for row in rows],
+            row_ids=["/".join(str(row.get(k)) for k in key) for row in rows])
+        if errors:
+            raise RuntimeError(f"BigQuery refused rows of {self._table}: {errors[:3]}")
+
+    def close(self) -> None:
+        self._client = None
+
+
+def open_sink(url: str, table: str = RESULTS_TABLE):
+    """The sink for ``url``: any SQLAlchemy URL, or ``bigquery:PROJECT.DATASET.TABLE`` (the runs
+    table is then ``TABLE_runs``)."""
+    if table not in (RESULTS_TABLE, RUNS_TABLE):
+        raise ValueError(f"unknown results table {table!r}")
+    if url.startswith(BIGQUERY_PREFIX):
+        name = url[len(BIGQUERY_PREFIX):] + ("_runs" if table == RUNS_TABLE else "")
+        return BigQuerySink(name, RESULT_COLUMNS if table == RESULTS_TABLE else RUN_COLUMNS)
+    return SqlSink(url, table)
+
+
+class _CommitRowsFn(beam.DoFn):
+    """Commits ``(Track, row)`` pairs in small batches: when ``max_rows`` are buffered, when the
+    oldest has waited ``max_delay_s`` (a background thread watches the clock, so a row never
+    waits for the next track) and at the end of each bundle. After each commit, ``after_commit``
+    runs on the committed pairs (the done-markers). Passes the rows on at once."""
+
+    def __init__(self, url: str, table: str, after_commit: Optional[Callable] = None,
+                 max_rows: int = 25, max_delay_s: float = 5.0):
+        self._sink = open_sink(url, table)
+        self._after_commit = after_commit
+        self._max_rows, self._max_delay_s = max_rows, max_delay_s
 
     def setup(self):
+        self._sink.open()
+        self._lock = threading.Lock()
+        self._buffer: list[tuple[Any, dict[str, Any]]] = []
+        self._oldest = 0.0
+        self._error: Optional[BaseException] = None
+        self._stop = threading.Event()
+        self._clock = threading.Thread(target=self._watch, daemon=True,
+                                       name="stembeam-commit-rows")
+        self._clock.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self._max_delay_s / 2)):
+            if self._buffer and time.time() - self._oldest >= self._max_delay_s:
+                try:
+                    self._flush()
+                except Exception as e:  # re-raised in the bundle's thread
+                    self._error = e
+
+    def _flush(self) -> None:
         with self._lock:
-            if self._url not in self._engines:
-                engine = create_engine(self._url)
-                self._engines[self._url] = (engine, *create_tables(engine))
-        engine, results, runs = self._engines[self._url]
-        self._engine = engine
-        self._target = results if self._table == RESULTS_TABLE else runs
+            pairs, self._buffer = self._buffer, []
+            if not pairs:
+                return
+            try:
+                self._sink.write([row for _, row in pairs])
+            except BaseException:
+                self._buffer = pairs + self._buffer  # kept for the retry of the bundle's end
+                raise
+            metrics.count(metrics.ROWS_COMMITTED, len(pairs))
+            if self._after_commit is not None:
+                self._after_commit(pairs)
 
-    def process(self, rows):
-        with self._engine.begin() as connection:
-            upsert(connection, self._target, rows)
-        beam.metrics.Metrics.counter("stembeam", f"{self._target.name}_rows_written").inc(
-            len(rows))
-        yield from rows
+    def _raise_pending(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def process(self, pair):
+        self._raise_pending()
+        with self._lock:
+            if not self._buffer:
+                self._oldest = time.time()
+            self._buffer.append(pair)
+            full = len(self._buffer) >= self._max_rows
+        if full:
+            self._flush()
+        yield pair[1]
+
+    def finish_bundle(self):
+        self._raise_pending()
+        self._flush()
+
+    def teardown(self):
+        self._stop.set()
+        self._sink.close()
 
 
-def _bigquery_sink(table: str, columns):
-    from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+class CommitRows(beam.PTransform):
+    """``(Track, row)`` pairs -> rows, each committed to ``url`` (table ``results`` or ``runs``)
+    within ``max_delay_s`` of arriving; ``after_commit(pairs)`` runs after each commit."""
 
-    return WriteToBigQuery(
-        table, schema=table_schema(columns),
-        create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-        write_disposition=BigQueryDisposition.WRITE_APPEND)
-
-
-class WriteResults(beam.PTransform):
-    """Rows of table ``results`` (default) or ``runs`` -> ``url``.
-
-    ``url``: any SQLAlchemy URL, or ``bigquery:PROJECT.DATASET.TABLE`` (the runs table is then
-    ``TABLE_runs``). Returns the rows written (SQL) so later stages can follow them.
-    """
-
-    def __init__(self, url: str, table: str = RESULTS_TABLE, batch_size: int = 50):
+    def __init__(self, url: str, table: str = RESULTS_TABLE,
+                 after_commit: Optional[Callable] = None, max_rows: int = 25,
+                 max_delay_s: float = 5.0):
         super().__init__()
-        if table not in (RESULTS_TABLE, RUNS_TABLE):
-            raise ValueError(f"unknown results table {table!r}")
-        self._url, self._table, self._batch_size = url, table, batch_size
+        self._fn = _CommitRowsFn(url, table, after_commit, max_rows, max_delay_s)
 
-    def expand(self, rows):
-        columns = RESULT_COLUMNS if self._table == RESULTS_TABLE else RUN_COLUMNS
-        if self._url.startswith(BIGQUERY_PREFIX):
-            table = self._url[len(BIGQUERY_PREFIX):]
-            if self._table == RUNS_TABLE:
-                table += "_runs"
-            return (rows
-                    | "ToBigQueryRow" >> beam.Map(bigquery_row, columns)
-                    | "WriteToBigQuery" >> _bigquery_sink(table, columns))
-        return (rows
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
-                | "Upsert" >> beam.ParDo(_WriteSqlFn(self._url, self._table)))
+    def expand(self, pairs):
+        return pairs | beam.ParDo(self._fn)

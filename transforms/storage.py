@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -106,12 +106,6 @@ def write_atomic(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def write_with(path: str, writer: Callable[[BinaryIO], None]) -> None:
-    """Atomically write ``path`` with ``writer(file)``."""
-    with atomic_writer(path) as f:
-        writer(f)
-
-
 @contextlib.contextmanager
 def local_staging(path: str) -> Iterator[str]:
     """A local file path to write (e.g. with a library that needs a seekable file); on success
@@ -155,6 +149,28 @@ def delete(paths: list[str]) -> None:
         FileSystems.delete(existing)
 
 
+def stat(path: str) -> tuple[int, float]:
+    """``(size in bytes, modification time in UNIX seconds)`` of a file."""
+    if is_local(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime
+    metadata = FileSystems.match([path])[0].metadata_list
+    if not metadata:
+        raise FileNotFoundError(path)
+    return metadata[0].size_in_bytes, float(metadata[0].last_updated_in_seconds or 0.0)
+
+
+def absolute(path: str) -> str:
+    """Local paths made absolute (so URIs in the results table work from any folder)."""
+    return os.path.abspath(path) if is_local(path) else path.rstrip("/")
+
+
+def relative_parts(root: str, path: str) -> list[str]:
+    """The parts of ``path`` below ``root`` (``root/a/b`` -> ``['a', 'b']``)."""
+    rest = path[len(root.rstrip("/")):].lstrip("/")
+    return rest.split("/") if rest else []
+
+
 def glob(pattern: str) -> list[str]:
     """Paths matching ``pattern`` (``*``, ``**``, ``?``), sorted; empty list when none match."""
     result = FileSystems.match([pattern])[0]
@@ -171,3 +187,9 @@ def remove_empty_folder(path: str) -> None:
 def delete_matching(pattern: str) -> None:
     """Delete every file matching ``pattern``."""
     delete(glob(pattern))
+
+
+def remove_empty_folders(root: str) -> None:
+    """Remove the empty folders below local ``root`` (deepest first), and ``root`` if empty."""
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        remove_empty_folder(folder)
