@@ -113,11 +113,14 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
                      output, run_id, model.spec, model.sha256, cfg, options.postprocess,
                      options.format))
                  | "Evaluate" >> Evaluate(output))
-    rows = ((separated, split[ROWS_TAG])
-            | "AllTracks" >> beam.Flatten()
-            | "LogProgress" >> beam.Map(log_progress)
-            | "CommitRows" >> CommitRows(results, after_commit=MarkDone(
-                output, run.signature, settings)))
+    mark_done = MarkDone(output, run.signature, settings)
+    # Each branch commits on its own: a Flatten in front of the commit would let a runner
+    # (the FnApiRunner does) materialise the separated rows until the whole stage is done.
+    committed = [
+        pairs | f"LogProgress{name}" >> beam.Map(log_progress)
+        | f"Commit{name}" >> CommitRows(results, after_commit=mark_done)
+        for name, pairs in (("Separated", separated), ("Skipped", split[ROWS_TAG]))]
+    rows = committed | "AllRows" >> beam.Flatten()
     run_row = {
         "run_id": run_id, "input": options.input, "output": output, "model": model.spec,
         "model_sha256": model.sha256,
