@@ -34,7 +34,8 @@ class SeparateOptions(PipelineOptions):
                                  "gs:// model folder (default %(default)s)")
         parser.add_argument("--results", default=None,
                             help="results table: a SQLAlchemy URL or bigquery:PROJECT.DATASET.TABLE"
-                                 " (default sqlite:///OUTPUT/results.sqlite)")
+                                 " (default sqlite:///OUTPUT/results.sqlite; required when "
+                                 "OUTPUT is remote)")
         parser.add_argument("--segmentation", default="overlap", choices=SEGMENTATION_MODES,
                             help="overlap: overlapping segments, keep their centres (no clicks); "
                                  "spleeter: Spleeter's exact cut (default %(default)s)")
@@ -60,14 +61,18 @@ class SeparateOptions(PipelineOptions):
 
 
 def results_url(options: SeparateOptions) -> str:
-    """``--results``, or the SQLite file next to the stems (local OUTPUT) / in the working
-    folder (remote OUTPUT)."""
+    """``--results``, or the SQLite file next to the stems when OUTPUT is local.
+
+    A remote OUTPUT (gs://, s3://) needs ``--results``: workers on other machines would each
+    write a SQLite file of their own that the launcher never sees.
+    """
     if options.results:
         return options.results
     output = options.output
     if storage.is_local(output):
         return "sqlite:///" + os.path.abspath(os.path.join(output, "results.sqlite"))
-    return "sqlite:///" + os.path.abspath("results.sqlite")
+    raise ValueError(f"--output {output} is remote: pass --results (a postgresql:// URL or "
+                     "bigquery:PROJECT.DATASET.TABLE) that the workers can reach")
 
 
 def _given(argv: list[str], flag: str) -> bool:

@@ -4,9 +4,14 @@
   options parser (stembeam's SeparateOptions + all of Beam's PipelineOptions), and the Flex
   Template's parameters are option names too. The launch script is executed by bash with a stub
   `stembeam` on PATH that records its arguments, so shell quoting is what the real run would see.
-- The image's pinned versions equal requirements.txt; the files it copies exist.
-- The compose file parses and its Beam/Flink versions match; shell scripts pass bash -n (and
-  shellcheck where installed).
+- The image's pinned versions equal requirements.txt, it runs Beam's boot in its own venv
+  (RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT), and the files it copies exist.
+- The file handed to `gcloud dataflow flex-template build --metadata-file` is a template metadata
+  file (name, description, parameters), not a template spec.
+- The Flink compose file pairs every task manager with its own worker pool (same container, so
+  scaling keeps pairs) and pins one Flink minor for job manager, task manager image and job
+  server; the task manager entry script really starts deploy/boot.py's pool beside a (stub) Flink
+  task manager. Shell scripts pass bash -n (and shellcheck where installed).
 """
 from __future__ import annotations
 
@@ -15,18 +20,29 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
+import sys
 
 import pytest
 import yaml
 from apache_beam.options import pipeline_options as beam_options
 
 import pipeline.options  # noqa: F401  (registers SeparateOptions with Beam's parser)
+from tests.services import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")
+FLINK_DOCKERFILE = os.path.join(DEPLOY, "flink", "Dockerfile")
 SCRIPTS = [os.path.join(DEPLOY, "dataflow", "launch.sh"),
+           os.path.join(DEPLOY, "flink", "taskmanager.sh"),
            os.path.join(REPO, ".ci", "start-postgres.sh")]
+# Template metadata file keys (Dataflow "Flex Template metadata"), top level and per parameter.
+METADATA_KEYS = {"name", "description", "streaming", "supportsAtLeastOnce",
+                 "supportsExactlyOnce", "defaultStreamingMode", "parameters"}
+PARAMETER_KEYS = {"name", "label", "helpText", "isOptional", "regexes", "paramType",
+                  "parentName", "parentTriggerValues", "groupName", "defaultValue", "enumOptions",
+                  "hiddenUi", "customMetadata"}
 
 
 def options_parser():
@@ -56,9 +72,34 @@ def requirement_pins() -> dict[str, str]:
     return pins
 
 
-def dockerfile_args() -> dict[str, str]:
-    with open(os.path.join(DEPLOY, "Dockerfile")) as handle:
+def dockerfile_args(path: str = os.path.join(DEPLOY, "Dockerfile")) -> dict[str, str]:
+    with open(path) as handle:
         return dict(re.findall(r"^ARG (\w+)=(\S+)", handle.read(), re.M))
+
+
+def dockerfile_env(path: str) -> dict[str, str]:
+    """``ENV k=v [k=v ...]`` settings of a Dockerfile, continuation lines joined."""
+    with open(path) as handle:
+        text = handle.read().replace("\\\n", " ")
+    env = {}
+    for line in re.findall(r"^ENV (.*)$", text, re.M):
+        env.update(item.split("=", 1) for item in shlex.split(line))
+    return env
+
+
+def compose() -> dict:
+    with open(os.path.join(DEPLOY, "flink", "docker-compose.yml")) as handle:
+        return yaml.safe_load(handle)
+
+
+def flink_submit_args() -> list[str]:
+    """The `stembeam separate` arguments of deploy/flink/README.md's submit command."""
+    with open(os.path.join(DEPLOY, "flink", "README.md")) as handle:
+        blocks = re.findall(r"```sh\n(.*?)```", handle.read(), re.S)
+    command = next(b for b in blocks if "stembeam separate" in b)
+    args = shlex.split(command.replace("\\\n", " "))
+    assert args[:2] == ["stembeam", "separate"]
+    return args[2:]
 
 
 def test_dataflow_launch_script_flags(tmp_path):
@@ -88,31 +129,35 @@ def test_dataflow_launch_script_flags(tmp_path):
 
 
 def test_flink_submit_command_flags():
-    with open(os.path.join(DEPLOY, "flink", "README.md")) as handle:
-        blocks = re.findall(r"```sh\n(.*?)```", handle.read(), re.S)
-    command = next(b for b in blocks if "stembeam separate" in b)
-    args = shlex.split(command.replace("\\\n", " "))
-    assert args[:2] == ["stembeam", "separate"]
-    assert_all_flags_known(args[2:])
-    parsed = beam_options.PipelineOptions(args[2:])
+    args = flink_submit_args()
+    assert_all_flags_known(args)
+    parsed = beam_options.PipelineOptions(args)
     portable = parsed.view_as(beam_options.PortableOptions)
-    assert (portable.environment_type, portable.environment_config) == ("EXTERNAL",
-                                                                        "localhost:50000")
+    assert portable.environment_type == "EXTERNAL"
     assert parsed.view_as(beam_options.StandardOptions).runner == "PortableRunner"
 
 
-def test_flex_template_parameters_are_options():
-    with open(os.path.join(DEPLOY, "dataflow", "flex-template.json")) as handle:
-        spec = json.load(handle)
-    parser = options_parser()
-    dests = {action.dest for action in parser._actions}
-    names = [p["name"] for p in spec["metadata"]["parameters"]]
-    assert set(names) <= dests, set(names) - dests
-    assert {"input", "output"} <= {p["name"] for p in spec["metadata"]["parameters"]
-                                   if not p["isOptional"]}
-    for param in spec["metadata"]["parameters"]:
-        for regex in param.get("regexes", []):
-            re.compile(regex)
+def test_flex_template_metadata_file():
+    with open(os.path.join(DEPLOY, "dataflow", "metadata.json")) as handle:
+        metadata = json.load(handle)
+    assert set(metadata) <= METADATA_KEYS, set(metadata) - METADATA_KEYS
+    assert metadata["name"] and metadata["description"] and metadata["parameters"]
+    dests = {action.dest for action in options_parser()._actions}
+    for param in metadata["parameters"]:
+        assert set(param) <= PARAMETER_KEYS, (param["name"], set(param) - PARAMETER_KEYS)
+        assert param["name"] in dests, f"{param['name']} is no pipeline option"
+        assert param["label"] and param["helpText"] and isinstance(param["isOptional"], bool)
+        assert all(isinstance(r, str) and re.compile(r) for r in param.get("regexes", []))
+    required = {p["name"] for p in metadata["parameters"] if not p["isOptional"]}
+    assert required == {"input", "output", "results"}  # remote output: --results is required
+    regexes = {p["name"]: p["regexes"] for p in metadata["parameters"] if "regexes" in p}
+    for name, good, bad in [("results", "bigquery:p.stembeam.results", "results.sqlite"),
+                            ("results", "postgresql://u:p@h/db", "bigquery:p.table"),
+                            ("segmentation", "spleeter", "spleeterx"), ("batch_size", "16", "1a")]:
+        assert all(re.match(r, good) for r in regexes[name]), (name, good)
+        assert not all(re.match(r, bad) for r in regexes[name]), (name, bad)
+    with open(os.path.join(DEPLOY, "README.md")) as handle:
+        assert "--metadata-file deploy/dataflow/metadata.json" in handle.read()
 
 
 def test_image_pins_match_requirements():
@@ -123,28 +168,78 @@ def test_image_pins_match_requirements():
     assert args["PYTHON_VERSION"] == "3.11"
     with open(os.path.join(DEPLOY, "Dockerfile")) as handle:
         text = handle.read()
-    for source in re.findall(r"^COPY (?!--from)(\S+) ", text, re.M):
-        assert os.path.exists(os.path.join(REPO, source)), f"Dockerfile copies missing {source}"
+    for path in (os.path.join(DEPLOY, "Dockerfile"), FLINK_DOCKERFILE):
+        with open(path) as handle:
+            for source in re.findall(r"^COPY (?!--from)(\S+) ", handle.read(), re.M):
+                assert os.path.exists(os.path.join(REPO, source)), f"{path} copies {source}"
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
+    env = dockerfile_env(os.path.join(DEPLOY, "Dockerfile"))
+    assert env["RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT"] == "1"
+    venv = env["VIRTUAL_ENV"]
+    assert f'-m venv {venv}' in text and env["PATH"].split(":")[0] == f"{venv}/bin"
+    assert f"COPY deploy/boot.py {dockerfile_env(FLINK_DOCKERFILE)['BOOT']}" in text
     assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in text
 
 
-def test_compose_file_parses_and_matches_beam():
-    with open(os.path.join(DEPLOY, "flink", "docker-compose.yml")) as handle:
-        compose = yaml.safe_load(handle)
-    services = compose["services"]
-    beam_version = requirement_pins()["apache-beam"]
+def test_compose_pairs_each_task_manager_with_its_worker_pool():
+    services = compose()["services"]
+    assert all("network_mode" not in s for s in services.values())  # cannot be scaled
+    assert set(services) == {"jobmanager", "taskmanager", "job-server", "postgres"}
+    taskmanager = services["taskmanager"]
+    assert "container_name" not in taskmanager and "ports" not in taskmanager  # scalable
+    assert taskmanager["image"].split(":-")[-1].startswith("stembeam-taskmanager:")
+    with open(os.path.join(DEPLOY, "flink", "README.md")) as handle:
+        assert "-f deploy/flink/Dockerfile" in handle.read()
+    image_env = dockerfile_env(FLINK_DOCKERFILE)
+    pool = taskmanager["environment"]["POOL_ADDRESS"]
+    assert pool == image_env["POOL_ADDRESS"] and pool.startswith("127.0.0.1:")
+    # the pipeline's EXTERNAL address is the pool inside the same container
+    portable = beam_options.PipelineOptions(flink_submit_args()).view_as(
+        beam_options.PortableOptions)
+    host, port = portable.environment_config.rsplit(":", 1)
+    assert host in ("localhost", "127.0.0.1") and port == pool.rsplit(":", 1)[1]
+    devices = taskmanager["deploy"]["resources"]["reservations"]["devices"]
+    assert [(d["count"], d["capabilities"]) for d in devices] == [(1, ["gpu"])]
+    assert "-Djobmanager.rpc.address=jobmanager" in taskmanager["command"]
+    for service in services.values():  # published ports stay on the host's loopback
+        assert all(p.startswith("127.0.0.1:") for p in service.get("ports", []))
+
+
+def test_flink_versions_match_beam():
+    services = compose()["services"]
     job_server = re.fullmatch(r"apache/beam_flink([\d.]+)_job_server:(\S+)",
                               services["job-server"]["image"])
-    assert job_server and job_server.group(2) == beam_version
-    flink_version = job_server.group(1)
-    assert flink_version in beam_options.FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
-    for name in ("jobmanager", "taskmanager"):
-        assert services[name]["image"].startswith(f"flink:{flink_version}-")
-    pool = services["worker-pool"]
-    assert pool["command"] == ["--worker_pool"]
-    assert pool["network_mode"] == "service:taskmanager"
-    assert pool["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert job_server and job_server.group(2) == requirement_pins()["apache-beam"]
+    minor = job_server.group(1)
+    assert minor in beam_options.FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
+    flink = dockerfile_args(FLINK_DOCKERFILE)["FLINK_VERSION"]
+    assert re.fullmatch(rf"{re.escape(minor)}\.\d+", flink)
+    assert services["jobmanager"]["image"] == f"flink:{flink}-scala_2.12-java17"
+    with open(FLINK_DOCKERFILE) as handle:
+        assert "FROM flink:${FLINK_VERSION}-scala_2.12-java17 AS flink" in handle.read()
+
+
+def test_taskmanager_entry_starts_the_worker_pool(tmp_path):
+    """deploy/flink/taskmanager.sh with the real deploy/boot.py and a stub Flink whose
+    taskmanager.sh succeeds only once the pool answers on POOL_ADDRESS."""
+    stub = tmp_path / "flink" / "bin" / "taskmanager.sh"
+    stub.parent.mkdir(parents=True)
+    stub.write_text('#!/usr/bin/env bash\nfor _ in $(seq 300); do\n'
+                    '  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then\n'
+                    '    printf "%s\\n" "$@" > "$ARGS_FILE"; exit 0\n  fi\n  sleep 0.1\n'
+                    'done\nexit 3\n')
+    stub.chmod(0o755)
+    port = free_port()
+    env = dict(os.environ, FLINK_HOME=str(tmp_path / "flink"), PORT=str(port),
+               BOOT=os.path.join(DEPLOY, "boot.py"), POOL_ADDRESS=f"127.0.0.1:{port}",
+               ARGS_FILE=str(tmp_path / "args"),
+               PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    command = compose()["services"]["taskmanager"]["command"]
+    subprocess.run([os.path.join(DEPLOY, "flink", "taskmanager.sh"), *command], env=env,
+                   check=True, timeout=120)
+    assert (tmp_path / "args").read_text().split("\n")[:-1] == ["start-foreground", *command]
+    with pytest.raises(OSError):  # the pool stopped with its task manager
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)

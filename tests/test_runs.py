@@ -97,3 +97,6 @@ def test_cli_entry_point_and_option_checks():
     assert results_url(options) == "sqlite:////tmp/o/results.sqlite"
     assert results_url(parse_options(["--input", "a", "--output", "gs://b/o", "--results",
                                       "postgresql://h/db"])) == "postgresql://h/db"
+    for remote in ("gs://b/o", "s3://b/o"):  # no SQLite file on the launcher for remote runs
+        with pytest.raises(ValueError, match="pass --results"):
+            results_url(parse_options(["--input", "a", "--output", remote]))
