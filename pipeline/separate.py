@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.options import SeparateOptions, parse_options, results_url
+from pipeline.validate import redact_url, validate_run
 from transforms import storage
 from transforms.assemble import AssembleStems, ReconstructAndWriteChunks
 from transforms.catalog import SKIPPED_TAG, ListCatalog, SkipDone, check_source
@@ -180,9 +181,10 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
     check_source(options.input)
     if storage.is_local(options.output):
         os.makedirs(options.output, exist_ok=True)
+    validate_run(options, results)
     model = describe_model(options.model, options.model_cache)
     log.info("run %s: %s -> %s with %s (%s), results in %s", run_id, options.input,
-             options.output, model.spec, model.key, results)
+             options.output, model.spec, model.key, redact_url(results))
     p = beam.Pipeline(options=options)
     build(p, options, model, run_id, results, started)
     result = p.run()
