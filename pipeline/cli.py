@@ -44,6 +44,7 @@ def separate(argv: list[str]) -> int:
         print(_separate_help())
         return 0
     from pipeline.separate import run
+    from pipeline.validate import redact_url
     from transforms.decode import limit_heap_fragmentation
 
     limit_heap_fragmentation()
@@ -54,7 +55,7 @@ def separate(argv: list[str]) -> int:
         return 2
     summary = out["summary"]
     print(f"run {out['run_id']}: {summary['tracks_ok']} ok, {summary['tracks_skipped']} skipped, "
-          f"{summary['tracks_failed']} failed; results in {out['results']}")
+          f"{summary['tracks_failed']} failed; results in {redact_url(out['results'])}")
     return 0
 
 

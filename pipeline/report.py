@@ -166,12 +166,14 @@ def load_run(results_url: str, run_id: str | None) -> tuple[str, dict[str, Any] 
     """Read one run: (run_id, its `runs` row or None, its `results` rows sorted by track_id)."""
     import sqlalchemy as sa
 
+    from pipeline.validate import redact_url
+
     if results_url.startswith("bigquery:"):
         raise ValueError("the report reads SQL results tables; export the BigQuery table to SQL first")
     try:
         url = sa.engine.make_url(results_url)
     except sa.exc.ArgumentError:
-        raise ValueError(f"not a SQLAlchemy URL: {results_url!r} (e.g. sqlite:///out/results.sqlite)") from None
+        raise ValueError(f"not a SQLAlchemy URL: {redact_url(results_url)!r} (e.g. sqlite:///out/results.sqlite)") from None
     where = url.render_as_string(hide_password=True)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
             and not os.path.isfile(url.database):

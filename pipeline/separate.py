@@ -22,8 +22,9 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.options import SeparateOptions, parse_options, results_url
+from pipeline.validate import redact_url, validate_run
 from transforms import metrics, storage
-from transforms.catalog import ListCatalog, check_source
+from transforms.catalog import ListCatalog
 from transforms.decode import DecodeSegments
 from transforms.evaluate import Evaluate
 from transforms.inference import ModelInfo, RunModel, Spectrogram, describe_model
@@ -200,8 +201,8 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
     started = time.time()
     run_id = options.run_id or new_run_id()
     results = results_url(options)
-    check_source(options.input)
     output = storage.absolute(options.output)
+    validate_run(options, results)
     model = describe_model(options.model, options.model_cache)
     settings = run_settings(options, model)
     lock = RunLock(output, run_id, signature(settings), settings).acquire()
@@ -210,7 +211,7 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
         if cleaned:
             log.info("deleted %d temporary files that earlier runs left in %s", cleaned, output)
         log.info("run %s: %s -> %s with %s (%s), results in %s", run_id, options.input, output,
-                 model.spec, model.key, results)
+                 model.spec, model.key, redact_url(results))
         p = beam.Pipeline(options=options)
         build(p, options, model, run_id, results, started)
         result = p.run()

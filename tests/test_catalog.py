@@ -69,7 +69,8 @@ def test_csv_and_jsonl_manifests(tmp_path):
         "../evil,/abs/two.wav,,\n"
         "t1,audio/dup.wav,,\n")
     tracks = list_catalog(str(tmp_path / "cat.csv"))
-    assert [t.track_id for t in tracks] == ["t1", "__/evil", "t1~2"]
+    # repeated ids are numbered in uri order (audio/dup.wav < audio/one.wav), not row order
+    assert [t.track_id for t in tracks] == ["t1~2", "__/evil", "t1"]
     assert tracks[0].uri == str(tmp_path / "audio" / "one.wav")
     assert dict(tracks[0].references) == {"vocals": str(tmp_path / "refs" / "v1.wav"),
                                           "accompaniment": str(tmp_path / "refs" / "a1.wav")}

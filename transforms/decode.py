@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import struct
 import time
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
@@ -30,6 +31,11 @@ BLOCK_FRAMES = 1 << 16
 log = logging.getLogger("stembeam")
 # Containers whose header states the exact length; others are counted by decoding once.
 EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"})
+# Bytes per sample of the uncompressed subtypes, whose data chunk length gives the sample count.
+_PCM_WIDTHS = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
+               "DOUBLE": 8, "ULAW": 1, "ALAW": 1}
+_OPEN_LENGTH = 0x7FFFF000  # 32-bit data sizes from here up are placeholders (sox, ffmpeg pipes)
+_W64_DATA = bytes.fromhex("64617461f3acd311 8cd100c04f8edb8a".replace(" ", ""))
 # ITU-R BS.775 fold-down weight of centre and surround channels.
 _SURROUND_GAIN = 1.0 / np.sqrt(2.0)
 
@@ -57,8 +63,82 @@ class AudioSource:
     blocks: Callable[[], Iterator[np.ndarray]]
 
 
+def _data_chunk(f: BinaryIO, size: int, frame_bytes: int) -> Optional[tuple[int, int]]:
+    """``(stated bytes, offset)`` of the sample data of a RIFF/RIFX/RF64/W64/AIFF/AIFC file of
+    ``frame_bytes`` a frame, as its chunk headers state them, or None (another container, or a
+    length left open by a streaming writer: 0, or 0x7FFFF000 and up in a 32-bit field)."""
+    f.seek(0)
+    head = f.read(16)
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        order, pos, data64 = ("<" if head[:4] != b"RIFX" else ">"), 12, None
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack(order + "4sI", f.read(8))
+            if chunk == b"ds64":
+                data64 = struct.unpack("<Q", f.read(16)[8:16])[0]
+            elif chunk == b"data":
+                if head[:4] == b"RF64" and length == 0xFFFFFFFF:
+                    return (data64, pos + 8) if data64 else None
+                return (length, pos + 8) if 0 < length < _OPEN_LENGTH else None
+            pos += 8 + length + (length & 1)
+    elif head[:4] == b"riff":  # Sony Wave64: GUID chunk ids, 64-bit sizes, 8-byte alignment
+        pos = 40
+        while pos + 24 <= size:
+            f.seek(pos)
+            guid, length = struct.unpack("<16sQ", f.read(24))
+            if guid == _W64_DATA:
+                return (length - 24, pos + 24) if length > 24 else None
+            pos += max(24, length + (-length % 8))
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        pos, frames, data = 12, None, None
+        while pos + 8 <= size and (frames is None or data is None):
+            f.seek(pos)
+            chunk, length = struct.unpack(">4sI", f.read(8))
+            if chunk == b"COMM":
+                frames = struct.unpack(">hI", f.read(6))[1]
+            elif chunk == b"SSND":
+                data = pos + 16 + struct.unpack(">I", f.read(4))[0]
+            pos += 8 + length + (length & 1)
+        if frames and data is not None:
+            return frames * frame_bytes, data
+    return None
+
+
+def _truncation(f: BinaryIO, sf: soundfile.SoundFile) -> Optional[str]:
+    """Why an uncompressed WAV/RF64/W64/AIFF file is shorter than its header states, or None.
+
+    libsndfile clamps such a file's frame count to the samples present, so the cut would pass
+    unnoticed; the chunk headers still state the length written.
+    """
+    width = _PCM_WIDTHS.get(sf.subtype)
+    if width is None or sf.format not in ("WAV", "WAVEX", "RF64", "W64", "AIFF"):
+        return None
+    frame_bytes = width * sf.channels
+    position = f.tell()
+    try:
+        f.seek(0, 2)
+        size = f.tell()
+        found = _data_chunk(f, size, frame_bytes)
+    except (OSError, struct.error):
+        return None
+    finally:
+        f.seek(position)
+    if found is None:
+        return None
+    stated, offset = found
+    if size - offset >= stated:
+        return None
+    return (f"the file is truncated: its header states {stated // frame_bytes} samples but only "
+            f"{max(0, size - offset) // frame_bytes} are present")
+
+
 def _soundfile_source(f: BinaryIO) -> tuple[AudioSource, soundfile.SoundFile]:
+    """libsndfile's view of ``f``; raises DecodeError when an uncompressed file is cut short."""
     sf = soundfile.SoundFile(f)
+    truncated = _truncation(f, sf)
+    if truncated:
+        sf.close()
+        raise DecodeError(truncated)
 
     def blocks() -> Iterator[np.ndarray]:
         sf.seek(0)

@@ -19,6 +19,9 @@ from transforms import metrics, storage
 from transforms.records import Track
 
 MUSEVAL_JSON = "museval.json"
+# A reference may differ from the track by this much (the larger of the two) and be cropped.
+LENGTH_TOLERANCE_S = 0.001
+LENGTH_TOLERANCE_FRACTION = 0.001
 
 
 def _read(uri: str) -> tuple[np.ndarray, int]:
@@ -30,22 +33,41 @@ def _read(uri: str) -> tuple[np.ndarray, int]:
     return audio[:, :2], rate
 
 
+def length_mismatch(name: str, reference: int, track: int, rate: int) -> str | None:
+    """Why a reference of ``reference`` samples cannot be scored against a track of ``track``
+    samples at ``rate`` Hz, or None when they differ by at most LENGTH_TOLERANCE_S or
+    LENGTH_TOLERANCE_FRACTION of the track, whichever is larger (then it is cropped)."""
+    tolerance = max(LENGTH_TOLERANCE_S * rate, LENGTH_TOLERANCE_FRACTION * track)
+    if abs(reference - track) <= tolerance:
+        return None
+    return f"reference {name} is {reference / rate:.2f} s, the track {track / rate:.2f} s"
+
+
 def evaluate_track(track: Track, row: dict[str, Any], output: str) -> dict[str, Any]:
-    """The row with ``<metric>_<stem>`` medians filled in and museval JSON written."""
+    """The row with ``<metric>_<stem>`` medians filled in and museval JSON written.
+
+    A reference whose length differs from the track's beyond the tolerance (another edit, a
+    wrong file) is never cropped into a score: the metrics stay null and ``error`` says why.
+    """
     stems = json.loads(row["stems"] or "{}")
     references = dict(track.references)
     names = [s for s in stems if s in references]
     if not names:
         return row
-    estimates, refs = [], []
+    estimates, refs, mismatches = [], [], []
     for name in names:
         estimate, rate = _read(stems[name])
         reference, ref_rate = _read(references[name])
         if ref_rate != rate:
             raise ValueError(f"reference {name} is at {ref_rate} Hz, the stem at {rate} Hz")
+        mismatch = length_mismatch(name, len(reference), len(estimate), rate)
+        if mismatch:
+            mismatches.append(mismatch)
         n = min(len(estimate), len(reference))
         estimates.append(estimate[:n])
         refs.append(reference[:n])
+    if mismatches:
+        return dict(row, error="; ".join(mismatches) + ": metrics not computed")
     n = min(len(e) for e in estimates)
     scores = bsseval.evaluate(np.stack([r[:n] for r in refs]), np.stack([e[:n] for e in estimates]),
                               win=rate, hop=rate)

@@ -30,7 +30,9 @@ from transforms.results_schema import (RESULT_COLUMNS, RESULT_KEY, RESULTS_TABLE
 BIGQUERY_PREFIX = "bigquery:"
 _SQL_TYPES = {"string": sa.Text, "float": sa.Float, "integer": sa.BigInteger,
               "timestamp": lambda: sa.DateTime(timezone=True)}
-_KEY_LENGTH = 512  # key columns are VARCHAR so every database can index them
+# Key columns are VARCHAR so every database can index them; two of 255 characters stay within
+# MySQL's 3072-byte index limit in utf8mb4 (catalog.MAX_TRACK_ID_CHARS stays below it).
+KEY_LENGTH = 255
 
 
 def sql_tables(metadata: Optional[sa.MetaData] = None) -> tuple[sa.Table, sa.Table]:
@@ -39,18 +41,23 @@ def sql_tables(metadata: Optional[sa.MetaData] = None) -> tuple[sa.Table, sa.Tab
 
     def table(name: str, columns, key) -> sa.Table:
         return sa.Table(name, metadata, *(
-            sa.Column(col, sa.String(_KEY_LENGTH) if col in key else _SQL_TYPES[kind](),
+            sa.Column(col, sa.String(KEY_LENGTH) if col in key else _SQL_TYPES[kind](),
                       primary_key=col in key, nullable=col not in key, comment=doc)
             for col, kind, doc in columns))
 
     return table(RESULTS_TABLE, RESULT_COLUMNS, RESULT_KEY), table(RUNS_TABLE, RUN_COLUMNS, RUN_KEY)
 
 
-def create_engine(url: str) -> sa.Engine:
-    """An engine for ``url``; SQLite waits for locks held by concurrent writers."""
+def create_engine(url: str, connect_timeout_s: Optional[int] = None) -> sa.Engine:
+    """An engine for ``url``; SQLite waits for locks held by concurrent writers, PostgreSQL and
+    MySQL give up connecting after ``connect_timeout_s`` seconds when it is given."""
     if url.startswith("sqlite"):
         return sa.create_engine(url, connect_args={"timeout": 120})
-    return sa.create_engine(url, pool_pre_ping=True)
+    connect_args = {}
+    if connect_timeout_s and sa.engine.make_url(url).get_backend_name() in ("postgresql",
+                                                                            "mysql"):
+        connect_args["connect_timeout"] = connect_timeout_s
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def create_tables(engine: sa.Engine) -> tuple[sa.Table, sa.Table]:
