@@ -202,6 +202,8 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
     run_id = options.run_id or new_run_id()
     results = results_url(options)
     output = storage.absolute(options.output)
+    if storage.is_local(output):
+        os.makedirs(output, exist_ok=True)
     validate_run(options, results)
     model = describe_model(options.model, options.model_cache)
     settings = run_settings(options, model)

@@ -66,6 +66,8 @@ def check_results(url: str, timeout_s: int = CONNECT_TIMEOUT_S) -> None:
         engine = create_engine(url, connect_timeout_s=timeout_s)
     except ImportError as e:
         raise ValueError(f"the database driver for {shown} is not installed: {e}") from None
+    except OSError as e:  # the SQLite file's folder cannot be made
+        raise ValueError(f"cannot connect to {shown}: {e.strerror}: {e.filename}") from None
     try:
         try:
             with engine.connect():

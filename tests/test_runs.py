@@ -1,10 +1,8 @@
-"""Whole runs through the command line: kill-and-rerun, the portable runner, the CLI entry."""
+"""Whole runs: the portable runner and the CLI entry (kill-and-rerun: tests/test_streaming.py)."""
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import soundfile
@@ -30,42 +28,6 @@ def make_tracks(folder: str, n: int, seconds: float) -> dict[str, int]:
 def results(output: str, run_id: str) -> list[tuple[str, str]]:
     db = sqlite3.connect(os.path.join(output, "results.sqlite"))
     return sorted(db.execute("SELECT track_id, status FROM results WHERE run_id = ?", (run_id,)))
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_without_partial_files_or_duplicate_rows(tmp_path, tiny_model):
-    lengths = make_tracks(str(tmp_path / "in"), 5, 4.0)
-    output = str(tmp_path / "out")
-    argv = ["separate", "--input", str(tmp_path / "in" / "*.wav"), "--output", output,
-            "--model", tiny_model, "--run_id", "nightly", "--direct_num_workers", "1",
-            "--report", "none"]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if any(f.startswith(".done-") for _, _, files in os.walk(output) for f in files):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    done_before = sum(f.startswith(".done-") for _, _, fs in os.walk(output) for f in fs)
-    assert 1 <= done_before < len(lengths)
-
-    run(argv[1:])
-
-    rows = results(output, "nightly")
-    assert [t for t, _ in rows] == sorted(lengths)  # one row per track (primary key)
-    assert {s for _, s in rows} <= {"ok", "skipped"} and "ok" in {s for _, s in rows}
-    for track_id, length in lengths.items():
-        for stem in ("vocals", "accompaniment"):
-            info = soundfile.info(os.path.join(output, track_id, f"{stem}.wav"))
-            assert (info.frames, info.samplerate) == (length, 44100)
-    leftovers = [os.path.join(r, f) for r, ds, fs in os.walk(output) for f in fs + ds
-                 if ".partial-" in f or f == ".chunks"]
-    assert leftovers == []
 
 
 def test_portable_runner_loopback(tmp_path, tiny_model):

@@ -70,9 +70,19 @@ def test_silent_server_times_out():
     assert "timeout" in message and 1.5 < time.monotonic() - started < 10
 
 
-def test_sqlite_in_a_missing_folder(tmp_path):
-    one_line_error(check_results, f"sqlite:///{tmp_path}/nope/results.sqlite",
-                   match="^cannot connect to sqlite:///.*: unable to open database file$")
+def test_sqlite_in_a_missing_folder_is_created(tmp_path):
+    import sqlite3
+
+    check_results(f"sqlite:///{tmp_path}/new/results.sqlite")
+    tables = sqlite3.connect(tmp_path / "new" / "results.sqlite").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert sorted(name for (name,) in tables) == ["results", "runs"]
+
+
+def test_sqlite_where_no_folder_can_be_made(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    one_line_error(check_results, f"sqlite:///{tmp_path}/file/results.sqlite",
+                   match="^cannot connect to sqlite:///.*file/results.sqlite: ")
 
 
 def test_postgresql_tables_are_created_and_checked(postgres_db):

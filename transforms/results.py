@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -52,6 +53,9 @@ def create_engine(url: str, connect_timeout_s: Optional[int] = None) -> sa.Engin
     """An engine for ``url``; SQLite waits for locks held by concurrent writers, PostgreSQL and
     MySQL give up connecting after ``connect_timeout_s`` seconds when it is given."""
     if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:":  # the file's folder may not exist yet
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         return sa.create_engine(url, connect_args={"timeout": 120})
     connect_args = {}
     if connect_timeout_s and sa.engine.make_url(url).get_backend_name() in ("postgresql",
