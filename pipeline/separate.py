@@ -15,12 +15,12 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline.options import SeparateOptions, parse_options, results_url
+from pipeline.options import SeparateOptions, parse_options, results_url, sources
 from transforms import storage
 from transforms.assemble import AssembleStems, ReconstructAndWriteChunks
 from transforms.catalog import SKIPPED_TAG, ListCatalog, SkipDone, check_source
@@ -31,6 +31,8 @@ from transforms.results import BIGQUERY_PREFIX, WriteResults
 from transforms.results_schema import RUNS_TABLE
 
 log = logging.getLogger("stembeam")
+track_log = logging.getLogger("stembeam.tracks")  # inside the pipeline (worker logs)
+summary_log = logging.getLogger("stembeam.summary")
 
 
 def new_run_id() -> str:
@@ -40,13 +42,14 @@ def new_run_id() -> str:
 
 
 def log_progress(row: dict[str, Any]) -> dict[str, Any]:
-    """Logs one line per finished track and passes the row on."""
+    """Logs one line per finished track (failures at WARNING) and passes the row on."""
     audio = row.get("duration_s") or 0.0
     rtf = row.get("realtime_factor")
     detail = f", {rtf:.2f}x real time" if rtf else ""
     reason = f": {row['error']}" if row["status"] == "failed" else ""
-    log.info("track %s: %s, %.1f s of audio%s%s", row["track_id"], row["status"], audio, detail,
-             reason)
+    track_log.log(logging.WARNING if row["status"] == "failed" else logging.INFO,
+                  "track %s: %s, %.1f s of audio%s%s", row["track_id"], row["status"], audio,
+                  detail, reason)
     return row
 
 
@@ -105,7 +108,7 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
             | "LogProgress" >> beam.Map(log_progress))
     rows | "WriteResults" >> WriteResults(results)
     run_row = {
-        "run_id": run_id, "input": options.input, "output": output, "model": model.spec,
+        "run_id": run_id, "input": ", ".join(sources(options)), "output": output, "model": model.spec,
         "model_sha256": model.sha256,
         "started_at": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
         "options": json.dumps({"segmentation": options.segmentation,
@@ -151,28 +154,36 @@ def summarize(result, wall_s: float) -> dict[str, float]:
         "batch_latency_ms": (_distribution_mean(result, "inference_batch_latency_micro_secs")
                              or 0.0) / 1e3,
     }
-    log.info("run summary: %(tracks_ok)d ok, %(tracks_skipped)d skipped, %(tracks_failed)d "
+    summary_log.info("run summary: %(tracks_ok)d ok, %(tracks_skipped)d skipped, %(tracks_failed)d "
              "failed; %(audio_hours).3f h of audio in %(wall_s).1f s (%(realtime_factor).2fx "
              "real time)", summary)
     if summary["batch_size"]:
-        log.info("inference: model loaded in %.0f ms (mean per worker), mean batch %.1f segments, "
+        log.debug("inference: model loaded in %.0f ms (mean per worker), mean batch %.1f segments, "
                  "%.0f ms per batch", summary["model_load_ms"] or 0.0, summary["batch_size"],
                  summary["batch_latency_ms"])
     return summary
 
 
-def _write_report(results: str, path: str, run_id: str) -> None:
+def _write_report(results: str, path: Optional[str], run_id: str, output: str) -> Optional[str]:
+    """Writes ``path``, or without one OUTPUT/reports/<run id>.html and the index
+    OUTPUT/report.html; returns the run's report path (None when the report cannot be made)."""
     try:
-        from pipeline.report import write_report
+        from pipeline.report import write_report, write_run_reports
     except ImportError as e:
         log.warning("report not written: %s", e)
-        return
-    write_report(results, path, run_id=run_id)
+        return None
+    if path is None:
+        path = write_run_reports(results, output, run_id)
+    else:
+        write_report(results, path, run_id=run_id)
     log.info("report: %s", path)
+    return path
 
 
-def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
-    """Runs ``stembeam separate`` with ``argv``; returns the run id, results URL and summary."""
+def run(argv: Optional[list[str]] = None, wait: bool = True,
+        on_finished: Optional[Callable[[], None]] = None) -> dict[str, Any]:
+    """Runs ``stembeam separate`` with ``argv``; returns the run id, results URL, summary and
+    report path. ``on_finished`` is called when the pipeline is done, before the summary."""
     options = parse_options(argv)
     started = time.time()
     run_id = options.run_id or new_run_id()
@@ -181,7 +192,7 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
     if storage.is_local(options.output):
         os.makedirs(options.output, exist_ok=True)
     model = describe_model(options.model, options.model_cache)
-    log.info("run %s: %s -> %s with %s (%s), results in %s", run_id, options.input,
+    log.info("run %s: %s -> %s with %s (%s), results in %s", run_id, ", ".join(sources(options)),
              options.output, model.spec, model.key, results)
     p = beam.Pipeline(options=options)
     build(p, options, model, run_id, results, started)
@@ -190,11 +201,11 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
     if not wait:
         return out
     result.wait_until_finish()
+    if on_finished is not None:
+        on_finished()
     out["summary"] = summarize(result, time.time() - started)
     report = options.report
-    if report != "none" and not results.startswith(BIGQUERY_PREFIX):
-        if report is None and storage.is_local(options.output):
-            report = os.path.join(options.output, "report.html")
-        if report:
-            _write_report(results, report, run_id)
+    if report != "none" and not results.startswith(BIGQUERY_PREFIX) and (
+            report or storage.is_local(options.output)):
+        out["report"] = _write_report(results, report, run_id, options.output)
     return out

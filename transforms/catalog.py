@@ -19,7 +19,7 @@ import os
 import posixpath
 import re
 import unicodedata
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 
@@ -141,8 +141,11 @@ def list_folder(folder: str) -> list[Track]:
     return tracks
 
 
-def list_catalog(source: str) -> list[Track]:
-    """All tracks of a catalog source (glob, manifest or folder), ids safe and unique."""
+def list_catalog(source: str | Sequence[str]) -> list[Track]:
+    """All tracks of a catalog source (glob, manifest, folder or file), or of the union of several
+    sources; ids safe and unique across them."""
+    if not isinstance(source, str):
+        return list(_unique(t for one in source for t in list_catalog(one)))
     if source.lower().endswith(MANIFEST_EXTENSIONS) and not _WILDCARDS.search(source):
         tracks = list_manifest(source)
     elif _WILDCARDS.search(source):
@@ -160,19 +163,24 @@ def _is_folder(path: str) -> bool:
     return bool(storage.glob(storage.join(path.rstrip("/"), "*")))  # object stores: a prefix
 
 
-def check_source(source: str) -> None:
-    """Raises ValueError when a manifest or folder ``source`` does not exist (a glob that matches
-    nothing is an empty catalog, not an error)."""
+def check_source(source: str | Sequence[str]) -> None:
+    """Raises ValueError when a manifest, folder or file ``source`` (or one of several) does not
+    exist (a glob that matches nothing is an empty catalog, not an error)."""
+    if not isinstance(source, str):
+        for one in source:
+            check_source(one)
+        return
     if not _WILDCARDS.search(source) and not (storage.exists(source) or _is_folder(source)):
         raise ValueError(f"the catalog {source!r} does not exist")
 
 
 class ListCatalog(beam.PTransform):
-    """``PBegin`` -> ``Track`` for every entry of ``source``; listing happens on a worker."""
+    """``PBegin`` -> ``Track`` for every entry of ``source`` (one source or a list: their union);
+    listing happens on a worker."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str | Sequence[str]):
         super().__init__()
-        self._source = source
+        self._source = source if isinstance(source, str) else tuple(source)
 
     def expand(self, pbegin):
         return (pbegin
