@@ -209,7 +209,8 @@ class RunProgress:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
         self.poll(final=True)
         if self._live and self._handler is not None:
             self._handler.show_status(None)
