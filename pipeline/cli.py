@@ -157,7 +157,7 @@ def demo(argv: list[str], verbosity: int = 0) -> int:
         output = os.path.abspath(args.output)
         print(f"stems:   {output}/<track_id>/<stem>.wav\n"
               f"results: sqlite:///{output}/results.sqlite (tables results, runs)\n"
-              f"report:  {output}/report.html")
+              f"reports: {output}/report.html (one per run)")
     return code
 
 

@@ -108,8 +108,8 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
             | "LogProgress" >> beam.Map(log_progress))
     rows | "WriteResults" >> WriteResults(results)
     run_row = {
-        "run_id": run_id, "input": ", ".join(sources(options)), "output": output, "model": model.spec,
-        "model_sha256": model.sha256,
+        "run_id": run_id, "input": ", ".join(sources(options)), "output": output,
+        "model": model.spec, "model_sha256": model.sha256,
         "started_at": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
         "options": json.dumps({"segmentation": options.segmentation,
                                "postprocess": options.postprocess, "format": options.format,
@@ -154,13 +154,13 @@ def summarize(result, wall_s: float) -> dict[str, float]:
         "batch_latency_ms": (_distribution_mean(result, "inference_batch_latency_micro_secs")
                              or 0.0) / 1e3,
     }
-    summary_log.info("run summary: %(tracks_ok)d ok, %(tracks_skipped)d skipped, %(tracks_failed)d "
-             "failed; %(audio_hours).3f h of audio in %(wall_s).1f s (%(realtime_factor).2fx "
-             "real time)", summary)
+    summary_log.info("run summary: %(tracks_ok)d ok, %(tracks_skipped)d skipped, "
+                     "%(tracks_failed)d failed; %(audio_hours).3f h of audio in %(wall_s).1f s "
+                     "(%(realtime_factor).2fx real time)", summary)
     if summary["batch_size"]:
-        log.debug("inference: model loaded in %.0f ms (mean per worker), mean batch %.1f segments, "
-                 "%.0f ms per batch", summary["model_load_ms"] or 0.0, summary["batch_size"],
-                 summary["batch_latency_ms"])
+        log.debug("inference: model loaded in %.0f ms (mean per worker), mean batch %.1f "
+                  "segments, %.0f ms per batch", summary["model_load_ms"] or 0.0,
+                  summary["batch_size"], summary["batch_latency_ms"])
     return summary
 
 
