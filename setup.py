@@ -1,7 +1,9 @@
 """stembeam: separate music catalogs into stems with Apache Beam.
 
-Also Dataflow's ``--setup_file``: workers install the three packages below. TensorFlow is not an
-install requirement: requirements.txt (tensorflow-cpu) or the GPU worker image provide it.
+``pip install .`` gives the ``stembeam`` command with TensorFlow for CPUs (tensorflow-cpu on
+x86-64, tensorflow elsewhere); ``.[test]`` adds what the tests and bench/ use, ``.[postgresql]``
+a PostgreSQL driver for --results. GPU worker images (deploy/Dockerfile) install
+tensorflow[and-cuda] and then this package with ``--no-deps``. Ranges match requirements.txt.
 """
 import setuptools
 
@@ -14,14 +16,24 @@ setuptools.setup(
                                                "transforms.*", "model", "model.*"]),
     install_requires=[
         "apache-beam[gcp]>=2.77,<3",
+        "tensorflow-cpu>=2.21,<2.22; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
+        "tensorflow>=2.21,<2.22; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
+        "keras>=3.15,<4",
         "numpy>=2",
+        "scipy>=1.13",
         "soundfile>=0.13",
         "soxr>=0.5",
         "av>=14",
         "norbert>=0.2.1",
-        "museval>=0.4.1",
         "SQLAlchemy>=2.0",
         "matplotlib>=3.8",
+        "mido>=1.3",
+        "stempeg>=0.2.6",  # the demo catalog's MUSDB18 excerpt ships in its wheel
     ],
+    extras_require={
+        "postgresql": ["psycopg2-binary>=2.9"],
+        "test": ["museval>=0.4.1", "musdb>=0.4.3", "psycopg2-binary>=2.9",
+                 "psycopg[binary]>=3.3", "boto3>=1.40", "pytest"],
+    },
     entry_points={"console_scripts": ["stembeam=pipeline.cli:main"]},
 )

@@ -5,11 +5,12 @@ templates and from Python (``SeparateOptions(input=..., output=...)``).
 """
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Optional
 
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                  StandardOptions)
+                                                  StandardOptions, _BeamArgumentParser)
 
 from model.masks import POSTPROCESS_MODES
 from model.segmentation import SEGMENTATION_MODES
@@ -24,10 +25,12 @@ class SeparateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input",
+        parser.add_argument("--input", "-i", action="append",
                             help="catalog: a glob (gs://bucket/masters/**.flac), a .csv/.jsonl "
-                                 "manifest, or a folder (MUSDB18-HQ style or plain)")
-        parser.add_argument("--output",
+                                 "manifest, a folder (MUSDB18-HQ style or plain) or one audio "
+                                 "file; may be given several times, and files given without a "
+                                 "flag are inputs too (the catalog is their union)")
+        parser.add_argument("--output", "-o",
                             help="output root; stems go to OUTPUT/<track_id>/<stem>.<format>")
         parser.add_argument("--model", default=DEFAULT_MODEL,
                             help="spleeter:2stems|4stems|5stems[-16kHz], a model folder, or a "
@@ -94,12 +97,74 @@ def apply_local_defaults(options: PipelineOptions, argv: list[str]) -> None:
             direct.direct_running_mode = "multi_threading"
 
 
+def sources(options: SeparateOptions) -> list[str]:
+    """The catalog sources of ``options.input`` (one string from Python, a list from flags)."""
+    value = options.input
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _option_parser() -> argparse.ArgumentParser:
+    """Every option a Beam PipelineOptions subclass declares (what ``PipelineOptions`` parses)."""
+    parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """``argv`` with every token outside an option turned into ``--input=TOKEN``.
+
+    Raises UsageError for an option no PipelineOptions subclass declares (Beam itself would
+    only warn and drop it) or one missing its value.
+    """
+    actions = _option_parser()._option_string_actions
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            out += [f"--input={t}" for t in argv[i + 1:]]
+            break
+        if not token.startswith("-") or token == "-":
+            out.append(f"--input={token}")
+        else:
+            name, has_value, _ = token.partition("=")
+            action = actions.get(name)
+            if action is None:
+                raise UsageError(f"unknown option {name}")
+            out.append(token)
+            if _takes_value(action) and not has_value:
+                if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and action.nargs != "?"):
+                    raise UsageError(f"option {name} needs a value")
+                if action.nargs != "?" or not argv[i + 1].startswith("-"):
+                    i += 1
+                    out.append(argv[i])
+        i += 1
+    return out
+
+
+class UsageError(ValueError):
+    """Arguments that cannot be parsed (exit status 2)."""
+
+
 def parse_options(argv: Optional[list[str]] = None) -> SeparateOptions:
-    """Parse ``stembeam separate`` arguments (any Beam pipeline option is accepted too)."""
-    options = PipelineOptions(argv or [])
+    """Parse ``stembeam separate`` arguments: the options below, any Beam pipeline option, and
+    catalog sources as positional arguments; raises UsageError for anything else."""
+    argv = normalize_argv(list(argv or []))
+    parser = _option_parser()
+    parser.error = _raise_usage  # type: ignore[method-assign]
+    parser.parse_args(argv)  # type and choice errors (--batch_size x)
+    options = PipelineOptions(argv)
     separate = options.view_as(SeparateOptions)
     missing = [f"--{name}" for name in ("input", "output") if not getattr(separate, name)]
     if missing:
-        raise ValueError(f"stembeam separate needs {' and '.join(missing)}")
-    apply_local_defaults(options, argv or [])
+        raise UsageError(f"stembeam separate needs {' and '.join(missing)}")
+    apply_local_defaults(options, argv)
     return separate
+
+
+def _raise_usage(message: str) -> None:
+    raise UsageError(message)

@@ -149,6 +149,59 @@ def write_report(
     return output_html
 
 
+REPORTS_DIR = "reports"  # OUTPUT/reports/<run id>.html: one report per run
+
+
+def run_report_name(run_id: str) -> str:
+    """The file name of run ``run_id``'s report: the id with anything but letters, digits,
+    ``-_.`` replaced, so any id stays a plain file name."""
+    return re.sub(r"[^\w.\-]", "_", run_id).lstrip(".") + ".html"
+
+
+def write_run_reports(results_url: str, output_dir: str, run_id: str, **options: Any) -> str:
+    """``output_dir/reports/<run id>.html`` for run ``run_id`` (reports of earlier runs are kept,
+    so a rerun that skips every track leaves the first run's figures in place) and the index
+    ``output_dir/report.html`` linking every run's report, newest first. ``options`` go to
+    write_report. Returns the run's report path."""
+    path = write_report(results_url, os.path.join(output_dir, REPORTS_DIR,
+                                                  run_report_name(run_id)), run_id, **options)
+    write_index(results_url, os.path.join(output_dir, "report.html"))
+    return path
+
+
+def write_index(results_url: str, index_html: str) -> str:
+    """The runs table as a page linking each run's report under ``reports/`` next to it."""
+    import sqlalchemy as sa
+
+    reports = os.path.join(os.path.dirname(os.path.abspath(index_html)), REPORTS_DIR)
+    engine = sa.create_engine(results_url)
+    try:
+        with engine.connect() as conn:
+            runs = [dict(r) for r in conn.execute(sa.text(
+                f"SELECT * FROM {RUNS_TABLE} ORDER BY started_at DESC, run_id DESC")).mappings()]
+    finally:
+        engine.dispose()
+    head = ("Run", "Started (UTC)", "Model", "Input", "OK", "Skipped", "Failed", "Audio",
+            "Real time")
+    rows = []
+    for run in runs:
+        name = run_report_name(run["run_id"])
+        link = (f'<a href="{REPORTS_DIR}/{urllib.parse.quote(name)}">{_esc(run["run_id"])}</a>'
+                if os.path.isfile(os.path.join(reports, name)) else _esc(run["run_id"]))
+        cells = (_when(run.get("started_at")), run.get("model"), run.get("input"),
+                 run.get("tracks_ok"), run.get("tracks_skipped"), run.get("tracks_failed"),
+                 _audio_amount(_num(run.get("audio_s")) or 0.0),
+                 _fmt(run.get("realtime_factor")) + "x")
+        rows.append(f"<tr><td>{link}</td>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) +
+                    "</tr>")
+    body = ('<h1>stembeam runs</h1><table class="failures"><thead><tr>' +
+            "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows) +
+            "</tbody></table>")
+    with open(index_html, "w", encoding="utf-8") as f:
+        f.write(_page("stembeam runs", body))
+    return index_html
+
+
 def _upload_folder(local_dir: str, remote_dir: str) -> None:
     """Copy every file under local_dir to remote_dir (gs://...) through Beam FileSystems."""
     from apache_beam.io.filesystems import FileSystems
@@ -799,26 +852,48 @@ def _metric_values(rows: Sequence[Mapping[str, Any]],
     return values
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`stembeam report --results URL [--run RUN_ID] --output report.html`."""
-    parser = argparse.ArgumentParser(prog="stembeam report", description="Write a run's HTML report.")
-    parser.add_argument("--results", required=True, help="SQLAlchemy URL of the results table")
-    parser.add_argument("--run", dest="run_id", default=None, help="run id (default: the latest run)")
-    parser.add_argument("--output", default="report.html", help="main page path (default report.html)")
-    parser.add_argument("--page-size", type=int, default=50, help="track cards per page (default 50)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``stembeam report``."""
+    parser.add_argument("--results", required=True,
+                        help="SQLAlchemy URL of the results table (sqlite:///OUT/results.sqlite, "
+                             "postgresql://user@host/db)")
+    parser.add_argument("--run", dest="run_id", default=None,
+                        help="run id (default: the latest run)")
+    parser.add_argument("--output", default="report.html",
+                        help="main page path, local or gs:// (default %(default)s)")
+    parser.add_argument("--page-size", type=int, default=50,
+                        help="track cards per page (default %(default)s)")
     parser.add_argument("--media-pages", type=int, default=4,
-                        help="pages that get spectrograms and excerpts (default 4)")
-    parser.add_argument("--excerpt-seconds", type=float, default=20.0, help="excerpt length (default 20)")
+                        help="pages that get spectrograms and excerpts (default %(default)s)")
+    parser.add_argument("--excerpt-seconds", type=float, default=20.0,
+                        help="excerpt length, seconds (default %(default)s)")
     parser.add_argument("--no-local-links", action="store_true",
                         help="use excerpts next to the report instead of linking local stem files")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``stembeam report ...``: 0 when written, 2 (one line on stderr) when the options, the
+    database or the run are wrong."""
+    parser = argparse.ArgumentParser(prog="stembeam report",
+                                     description="Write a run's self-contained HTML report.")
+    add_arguments(parser)
+    return run_main(parser.parse_args(argv))
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Writes the report ``args`` (from add_arguments) describe."""
+    import sqlalchemy as sa
+
     try:
         path = write_report(args.results, args.output, args.run_id, page_size=args.page_size,
                             media_pages=args.media_pages, excerpt_s=args.excerpt_seconds,
                             link_local_audio=not args.no_local_links)
-    except (LookupError, ValueError) as exc:
+    except (LookupError, ValueError, OSError) as exc:
         print(f"stembeam report: {exc}", file=sys.stderr)
+        return 2
+    except sa.exc.SQLAlchemyError as exc:  # unreachable server, refused login, not our tables
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"stembeam report: cannot read {args.results}: {reason}", file=sys.stderr)
         return 2
     print(path)
     return 0

@@ -16,12 +16,12 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline.options import SeparateOptions, parse_options, results_url
+from pipeline.options import SeparateOptions, parse_options, results_url, sources
 from pipeline.validate import redact_url, validate_run
 from transforms import metrics, storage
 from transforms.catalog import ListCatalog
@@ -37,6 +37,8 @@ from transforms.skip_done import ROWS_TAG, RunSettings, SkipDone
 from transforms.write_stems import StemSettings, WriteStems
 
 log = logging.getLogger("stembeam")
+track_log = logging.getLogger("stembeam.tracks")  # inside the pipeline (worker logs)
+summary_log = logging.getLogger("stembeam.summary")
 
 
 def new_run_id() -> str:
@@ -46,14 +48,15 @@ def new_run_id() -> str:
 
 
 def log_progress(pair: tuple[Track, dict[str, Any]]) -> tuple[Track, dict[str, Any]]:
-    """Logs one line per finished track and passes the pair on."""
+    """Logs one line per finished track (failures at WARNING) and passes the pair on."""
     row = pair[1]
     audio = row.get("duration_s") or 0.0
     rtf = row.get("realtime_factor")
     detail = f", {rtf:.2f}x real time" if rtf else ""
     reason = f": {row['error']}" if row["status"] == "failed" else ""
-    log.info("track %s: %s, %.1f s of audio%s%s", row["track_id"], row["status"], audio, detail,
-             reason)
+    track_log.log(logging.WARNING if row["status"] == "failed" else logging.INFO,
+                  "track %s: %s, %.1f s of audio%s%s", row["track_id"], row["status"], audio,
+                  detail, reason)
     return pair
 
 
@@ -102,7 +105,7 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
     run = RunSettings(output, run_id, model.spec, model.sha256, signature(settings), settings,
                       options.force)
     split = (p
-             | "ListCatalog" >> ListCatalog(options.input)
+             | "ListCatalog" >> ListCatalog(sources(options))
              | "SkipDone" >> SkipDone(run))
     separated = (split["todo"]
                  | "SpreadTracks" >> beam.Reshuffle()
@@ -123,8 +126,8 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
         for name, pairs in (("Separated", separated), ("Skipped", split[ROWS_TAG]))]
     rows = committed | "AllRows" >> beam.Flatten()
     run_row = {
-        "run_id": run_id, "input": options.input, "output": output, "model": model.spec,
-        "model_sha256": model.sha256,
+        "run_id": run_id, "input": ", ".join(sources(options)), "output": output,
+        "model": model.spec, "model_sha256": model.sha256,
         "started_at": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
         "options": json.dumps({"segmentation": options.segmentation,
                                "postprocess": options.postprocess, "format": options.format,
@@ -171,28 +174,36 @@ def summarize(result, wall_s: float) -> dict[str, float]:
         "batch_latency_ms": (_distribution_mean(result, "inference_batch_latency_micro_secs")
                              or 0.0) / 1e3,
     }
-    log.info("run summary: %(tracks_ok)d ok, %(tracks_skipped)d skipped, %(tracks_failed)d "
-             "failed; %(audio_hours).3f h of audio in %(wall_s).1f s (%(realtime_factor).2fx "
-             "real time)", summary)
+    summary_log.info("run summary: %(tracks_ok)d ok, %(tracks_skipped)d skipped, "
+                     "%(tracks_failed)d failed; %(audio_hours).3f h of audio in %(wall_s).1f s "
+                     "(%(realtime_factor).2fx real time)", summary)
     if summary["batch_size"]:
-        log.info("inference: model loaded in %.0f ms (mean per worker), mean batch %.1f segments, "
-                 "%.0f ms per batch", summary["model_load_ms"] or 0.0, summary["batch_size"],
-                 summary["batch_latency_ms"])
+        log.debug("inference: model loaded in %.0f ms (mean per worker), mean batch %.1f "
+                  "segments, %.0f ms per batch", summary["model_load_ms"] or 0.0,
+                  summary["batch_size"], summary["batch_latency_ms"])
     return summary
 
 
-def _write_report(results: str, path: str, run_id: str) -> None:
+def _write_report(results: str, path: Optional[str], run_id: str, output: str) -> Optional[str]:
+    """Writes ``path``, or without one OUTPUT/reports/<run id>.html and the index
+    OUTPUT/report.html; returns the run's report path (None when the report cannot be made)."""
     try:
-        from pipeline.report import write_report
+        from pipeline.report import write_report, write_run_reports
     except ImportError as e:
         log.warning("report not written: %s", e)
-        return
-    write_report(results, path, run_id=run_id)
+        return None
+    if path is None:
+        path = write_run_reports(results, output, run_id)
+    else:
+        write_report(results, path, run_id=run_id)
     log.info("report: %s", path)
+    return path
 
 
-def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
-    """Runs ``stembeam separate`` with ``argv``; returns the run id, results URL and summary.
+def run(argv: Optional[list[str]] = None, wait: bool = True,
+        on_finished: Optional[Callable[[], None]] = None) -> dict[str, Any]:
+    """Runs ``stembeam separate`` with ``argv``; returns the run id, results URL, summary and
+    report path. ``on_finished`` is called when the pipeline is done, before the summary.
 
     Raises ValueError (bad options or inputs) and RunConflict (another live run writes to the
     same output with other settings) before any work starts.
@@ -212,8 +223,8 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
         cleaned = clean_dead_runs(output, run_id)
         if cleaned:
             log.info("deleted %d temporary files that earlier runs left in %s", cleaned, output)
-        log.info("run %s: %s -> %s with %s (%s), results in %s", run_id, options.input, output,
-                 model.spec, model.key, redact_url(results))
+        log.info("run %s: %s -> %s with %s (%s), results in %s", run_id,
+                 ", ".join(sources(options)), output, model.spec, model.key, redact_url(results))
         p = beam.Pipeline(options=options)
         build(p, options, model, run_id, results, started)
         result = p.run()
@@ -225,11 +236,11 @@ def run(argv: Optional[list[str]] = None, wait: bool = True) -> dict[str, Any]:
         if wait:
             remove_run_temp_dir(output, run_id)
             lock.release()
+    if on_finished is not None:
+        on_finished()
     out["summary"] = summarize(result, time.time() - started)
     report = options.report
-    if report != "none" and not results.startswith(BIGQUERY_PREFIX):
-        if report is None and storage.is_local(output):
-            report = os.path.join(output, "report.html")
-        if report:
-            _write_report(results, report, run_id)
+    if report != "none" and not results.startswith(BIGQUERY_PREFIX) and (
+            report or storage.is_local(output)):
+        out["report"] = _write_report(results, report, run_id, output)
     return out

@@ -25,7 +25,7 @@ import os
 import posixpath
 import re
 import unicodedata
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
 
@@ -247,17 +247,21 @@ def list_folder(folder: str) -> list[Track]:
     return tracks
 
 
-def list_catalog(source: str) -> list[Track]:
-    """All tracks of a catalog source (glob, manifest or folder), ids final (``assign_ids``)."""
+def list_catalog(source: str | Sequence[str]) -> list[Track]:
+    """All tracks of a catalog source (glob, manifest, folder or file), or of the union of several
+    sources; ids final across them (``assign_ids``)."""
+    sources = [source] if isinstance(source, str) else list(source)
+    return assign_ids([track for one in sources for track in _list_source(one)])
+
+
+def _list_source(source: str) -> list[Track]:
     if source.lower().endswith(MANIFEST_EXTENSIONS) and not _WILDCARDS.search(source):
-        tracks = list_manifest(source)
-    elif _WILDCARDS.search(source):
-        tracks = list_glob(source)
-    elif _is_folder(source):
-        tracks = list_folder(source)
-    else:
-        tracks = list_glob(source)  # a single file
-    return assign_ids(tracks)
+        return list_manifest(source)
+    if _WILDCARDS.search(source):
+        return list_glob(source)
+    if _is_folder(source):
+        return list_folder(source)
+    return list_glob(source)  # a single file
 
 
 def _is_folder(path: str) -> bool:
@@ -266,19 +270,24 @@ def _is_folder(path: str) -> bool:
     return bool(storage.glob(storage.join(path.rstrip("/"), "*")))  # object stores: a prefix
 
 
-def check_source(source: str) -> None:
-    """Raises ValueError when a manifest or folder ``source`` does not exist (a glob that matches
-    nothing is an empty catalog, not an error)."""
+def check_source(source: str | Sequence[str]) -> None:
+    """Raises ValueError when a manifest, folder or file ``source`` (or one of several) does not
+    exist (a glob that matches nothing is an empty catalog, not an error)."""
+    if not isinstance(source, str):
+        for one in source:
+            check_source(one)
+        return
     if not _WILDCARDS.search(source) and not (storage.exists(source) or _is_folder(source)):
         raise ValueError(f"the catalog {source!r} does not exist")
 
 
 class ListCatalog(beam.PTransform):
-    """``PBegin`` -> ``Track`` for every entry of ``source``; listing happens on a worker."""
+    """``PBegin`` -> ``Track`` for every entry of ``source`` (one source or a list: their union);
+    listing happens on a worker."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str | Sequence[str]):
         super().__init__()
-        self._source = source
+        self._source = source if isinstance(source, str) else tuple(source)
 
     def expand(self, pbegin):
         return (pbegin
