@@ -77,7 +77,8 @@ def wiener_filter(
     else:
         masks = extend_masks(ratio_masks(estimates), n_bins, mask_extension)
         powers = np.concatenate([estimates, (masks * np.abs(mix_stft)[..., None])[:, estimates.shape[1] :]], axis=1)
-    stems = norbert.wiener(powers, mix_stft.astype(np.complex64, copy=False), iterations=iterations)
+    # a copy: norbert scales the mixture it is given in place
+    stems = norbert.wiener(powers, mix_stft.astype(np.complex64, copy=True), iterations=iterations)
     return stems.astype(np.complex64, copy=False)
 
 

@@ -85,3 +85,11 @@ def test_shared_residual_sums_to_mixture_in_proportion_to_weights():
     np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
     above = mix[:, 9:]  # zero masks above F: the whole mixture is the residual there
     np.testing.assert_allclose(fixed[:, 9:], above[..., None] * weights[:, 9:], atol=1e-6)
+
+
+def test_wiener_leaves_the_mixture_unchanged():
+    rng = np.random.default_rng(5)
+    mix = (random_mix(rng) * 100).astype(np.complex64)  # loud enough for norbert to rescale it
+    before = mix.copy()
+    masks.wiener_filter(np.abs(mix)[:, :9, :, None].repeat(2, -1), mix)
+    np.testing.assert_array_equal(mix, before)
