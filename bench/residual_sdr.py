@@ -8,7 +8,8 @@ songs of a MUSDB18-HQ style folder (``stembeam make-dataset``). Model: the real 
 default segmentation (overlap). References are vocals and the mixture minus vocals; BSSEval v4
 (``model.bsseval``), median over 1 s windows.
 
-    python3 -m bench.residual_sdr [--data DIR] [--songs 4] [--postprocess ratio wiener]
+    python3 -m bench.residual_sdr [--data DIR] [--split test] [--songs 4]
+                                  [--postprocess ratio wiener]
 """
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ def stempeg_excerpt() -> tuple[str, np.ndarray, np.ndarray]:
     return "musdb-excerpt", stems[0], np.stack([stems[4], stems[0] - stems[4]])
 
 
-def dataset_songs(root: str, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The first ``count`` test songs of a MUSDB18-HQ style folder, as ``stempeg_excerpt``."""
+def dataset_songs(root: str, split: str, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The first ``count`` songs of a MUSDB18-HQ style folder's ``split``, as
+    ``stempeg_excerpt``."""
     songs = []
-    for track in find_tracks(root, "test", ("mixture", "vocals"))[:count]:
+    for track in find_tracks(root, split, ("mixture", "vocals"))[:count]:
         mix = sf.read(track.stems["mixture"][0], dtype="float32")[0]
         vocals = sf.read(track.stems["vocals"][0], dtype="float32")[0]
         songs.append((track.name, mix, np.stack([vocals, mix - vocals])))
@@ -48,6 +50,7 @@ def dataset_songs(root: str, count: int) -> list[tuple[str, np.ndarray, np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="MUSDB18-HQ style folder (make-dataset)")
+    parser.add_argument("--split", default="test")
     parser.add_argument("--songs", type=int, default=4)
     parser.add_argument("--postprocess", nargs="+", default=["ratio", "wiener"])
     args = parser.parse_args()
@@ -55,7 +58,8 @@ def main() -> None:
 
     loaded = load_model("spleeter:2stems")
     cfg = loaded.config
-    songs = [stempeg_excerpt()] + (dataset_songs(args.data, args.songs) if args.data else [])
+    songs = [stempeg_excerpt()] + (
+        dataset_songs(args.data, args.split, args.songs) if args.data else [])
     print(f"{'track':<24} {'post':<7} {'residual':<8} " +
           " ".join(f"{s:>14}" for s in cfg.stems) + "  (median SDR, dB)")
     for name, mix, refs in songs:
