@@ -1,4 +1,4 @@
-"""What the residual options cost or gain: median SDR per stem with ``residual`` none / last / share.
+"""What the residual options cost or gain: median SDR per stem, ``residual`` none / last / share.
 
 ``none`` drops what the stems miss of the mixture (with the released models' 'zeros' mask
 extension: everything above F=1024 bins, about 11 kHz); ``last`` adds it to the last stem

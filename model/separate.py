@@ -74,7 +74,8 @@ def reconstruct_segment(
     if residual == "last":
         stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
     elif residual == "share":
-        weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins, "average")
+        weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins,
+                                        "average")
         stems = mask_ops.share_residual(stems, mix_stft[lo:hi], weights)
     elif residual != "none":
         raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")

@@ -79,7 +79,8 @@ def test_residual_makes_stems_sum_to_mixture():
 def test_shared_residual_sums_to_mixture_in_proportion_to_weights():
     rng = np.random.default_rng(4)
     mix = random_mix(rng)
-    stems = masks.apply_masks(mix, masks.extend_masks(masks.ratio_masks(rng.uniform(0, 1, (40, 9, 2, 3))), 17))
+    estimates = rng.uniform(0, 1, (40, 9, 2, 3))
+    stems = masks.apply_masks(mix, masks.extend_masks(masks.ratio_masks(estimates), 17))
     weights = rng.dirichlet(np.ones(3), size=(40, 17, 2)).astype(np.float32)
     fixed = masks.share_residual(stems, mix, weights)
     np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
