@@ -37,12 +37,16 @@ def stempeg_excerpt() -> tuple[str, np.ndarray, np.ndarray]:
 
 
 def dataset_songs(root: str, split: str, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The first ``count`` songs of a MUSDB18-HQ style folder's ``split``, as
+    """The first ``count`` songs with vocals of a MUSDB18-HQ style folder's ``split``, as
     ``stempeg_excerpt``."""
     songs = []
-    for track in find_tracks(root, split, ("mixture", "vocals"))[:count]:
+    for track in find_tracks(root, split, ("mixture", "vocals")):
+        if len(songs) == count:
+            break
         mix = sf.read(track.stems["mixture"][0], dtype="float32")[0]
         vocals = sf.read(track.stems["vocals"][0], dtype="float32")[0]
+        if not np.any(vocals):  # instrumental: BSSEval is undefined for a silent reference
+            continue
         songs.append((track.name, mix, np.stack([vocals, mix - vocals])))
     return songs
 
