@@ -9,6 +9,7 @@ import numpy as np
 
 MASK_EXTENSIONS = ("zeros", "average")
 POSTPROCESS_MODES = ("ratio", "wiener")
+RESIDUAL_MODES = ("none", "last", "share")
 EPSILON = 1e-10
 
 
@@ -76,7 +77,8 @@ def wiener_filter(
     else:
         masks = extend_masks(ratio_masks(estimates), n_bins, mask_extension)
         powers = np.concatenate([estimates, (masks * np.abs(mix_stft)[..., None])[:, estimates.shape[1] :]], axis=1)
-    stems = norbert.wiener(powers, mix_stft.astype(np.complex64, copy=False), iterations=iterations)
+    # a copy: norbert scales the mixture it is given in place
+    stems = norbert.wiener(powers, mix_stft.astype(np.complex64, copy=True), iterations=iterations)
     return stems.astype(np.complex64, copy=False)
 
 
@@ -92,3 +94,18 @@ def add_residual(stems_stft: np.ndarray, mix_stft: np.ndarray) -> np.ndarray:
     out = np.array(stems_stft, dtype=np.complex64, copy=True)
     out[..., -1] += mix_stft - stems_stft.sum(axis=-1)
     return out
+
+
+def share_residual(stems_stft: np.ndarray, mix_stft: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Shares what the stems miss of the mixture out between the stems, bin by bin, in
+    proportion to ``weights``, so the stems sum to the mixture.
+
+    Args:
+      stems_stft: (n, bins, C, S) complex; mix_stft: (n, bins, C) complex.
+      weights: (n, bins, C, S) non-negative, summing to 1 over stems (e.g. the ratio masks
+        extended with ``'average'``: above F each frame's mean mask).
+    Returns:
+      (n, bins, C, S) complex64.
+    """
+    missing = mix_stft - stems_stft.sum(axis=-1)
+    return (stems_stft + missing[..., None] * weights).astype(np.complex64, copy=False)

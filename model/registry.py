@@ -9,6 +9,14 @@ Specs:
 - a remote folder such as ``gs://bucket/models/x``, copied into the cache through Beam's
   FileSystems (so storage emulators and custom endpoints work).
 
+Spleeter's own conventions work too: ``spleeter:<base>`` takes the TF1 checkpoint in
+``$MODEL_PATH/<base>/`` (Spleeter's ``pretrained_models/`` folder, ``MODEL_PATH`` defaulting to
+``pretrained_models`` in the working folder, as Spleeter reads it) before downloading anything, and
+a spec naming such a raw checkpoint folder (``/path/to/pretrained_models/4stems``, holding
+``model.index`` and ``model.data-00000-of-00001``) is imported as it is. Both import into the cache
+under ``models/checkpoint-<sha256 of the checkpoint files, 16 hex digits>``, so a fine-tuned
+checkpoint never shadows the released one.
+
 The cache is ``$STEMBEAM_CACHE`` or ``~/.cache/stembeam``; models live under ``<cache>/models``.
 Checkpoint sources, tried in order: the Spleeter GitHub release v1.4.0 archives (base URL
 overridable with ``$STEMBEAM_SPLEETER_RELEASE_URL`` for a mirror; the pinned checksums still
@@ -34,7 +42,7 @@ import keras
 
 from model.checkpoint import (META_FILE, MODEL_FILE, SPLEETER_INSTRUMENT_ORDER,
                               import_spleeter_checkpoint, load_model_folder, write_model_folder)
-from model.config import ModelConfig, spleeter_config
+from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
 
 SPLEETER_RELEASE_URL = "https://github.com/deezer/spleeter/releases/download/v1.4.0"
 # sha256 of the release archives, as published in the release's checksum.json.
@@ -229,11 +237,92 @@ def _copy_remote_folder(uri: str, dest: str) -> None:
     _publish(tmp, dest)
 
 
+SPLEETER_MODEL_PATH_DEFAULT = "pretrained_models"
+CHECKPOINT_STEM_COUNTS = {len(order): base for base, order in SPLEETER_INSTRUMENT_ORDER.items()}
+
+
+def spleeter_model_path_checkpoint(base: str) -> str | None:
+    """``$MODEL_PATH/<base>`` (Spleeter's default ``MODEL_PATH``: ``pretrained_models``) when
+    it holds a TF1 checkpoint, else None."""
+    folder = os.path.join(os.environ.get("MODEL_PATH", SPLEETER_MODEL_PATH_DEFAULT), base)
+    return folder if is_checkpoint_folder(folder) else None
+
+
+def is_checkpoint_folder(folder: str) -> bool:
+    """True when ``folder`` holds a TF1 checkpoint ``model.index`` + ``model.data-*``."""
+    return os.path.isfile(os.path.join(folder, f"{CHECKPOINT_PREFIX}.index")) and any(
+        name.startswith(f"{CHECKPOINT_PREFIX}.data-") for name in os.listdir(folder))
+
+
+def checkpoint_sha256(folder: str) -> str:
+    """sha256 of a checkpoint folder's ``model.index`` bytes followed by its ``model.data-*``
+    shards' bytes (sorted by name)."""
+    names = [f"{CHECKPOINT_PREFIX}.index"] + sorted(
+        n for n in os.listdir(folder) if n.startswith(f"{CHECKPOINT_PREFIX}.data-"))
+    digest = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_config(folder: str, name: str | None = None) -> ModelConfig:
+    """The Spleeter preset of a raw checkpoint folder: its stem count (7 ``conv2d`` kernels per
+    stem) picks 2/4/5stems; ``name`` or else the folder's name (e.g. '4stems-16kHz') picks the
+    ``-16kHz`` variant.
+
+    Raises:
+      ValueError: not a 2/4/5-stem U-Net, or ``name`` asks for another stem count.
+    """
+    import tensorflow as tf  # only raw checkpoints need it here
+
+    shapes = tf.train.load_checkpoint(os.path.join(folder, CHECKPOINT_PREFIX)
+                                      ).get_variable_to_shape_map()
+    n_convs = sum(1 for k in shapes if k.startswith("conv2d") and k.endswith("/kernel")
+                  and not k.startswith("conv2d_transpose"))
+    base = CHECKPOINT_STEM_COUNTS.get(n_convs // 7) if n_convs % 7 == 0 else None
+    if base is None:
+        raise ValueError(f"{folder}: {n_convs} conv2d kernels is not a Spleeter 2/4/5-stem "
+                         "U-Net checkpoint")
+    if name and spleeter_config(name).name.split("-")[0] != base:
+        raise ValueError(f"{folder} holds a {base} checkpoint, not {name}")
+    for candidate in (name, os.path.basename(os.path.normpath(folder))):
+        key = (candidate or "").removeprefix("spleeter:")
+        if key in SPLEETER_PRESETS and key.split("-")[0] == base:
+            return SPLEETER_PRESETS[key]
+    return SPLEETER_PRESETS[base]
+
+
+def import_checkpoint_folder(folder: str, cache: str, name: str | None = None) -> str:
+    """Imports a raw Spleeter checkpoint folder into ``<cache>/models/checkpoint-<sha>[-16kHz]``
+    once; returns that model folder."""
+    cfg = checkpoint_config(folder, name)
+    sha = checkpoint_sha256(folder)
+    variant = cfg.name.partition("-")[2]
+    dest = os.path.join(cache, "models", f"checkpoint-{sha[:16]}" + (f"-{variant}" if variant
+                                                                     else ""))
+    if os.path.exists(os.path.join(dest, META_FILE)):
+        return dest
+    base = cfg.name.split("-")[0]
+    model = import_spleeter_checkpoint(os.path.join(folder, CHECKPOINT_PREFIX), cfg,
+                                       SPLEETER_INSTRUMENT_ORDER[base])
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=".import-")
+    write_model_folder(model, cfg, tmp, f"{cfg.name} TF1 checkpoint {os.path.abspath(folder)} "
+                                        f"(sha256 {sha})")
+    _publish(tmp, dest)
+    return dest
+
+
 def resolve_model_dir(spec: str, cache_dir: str | None = None) -> str:
     """A local model folder for ``spec`` (see the module docstring), fetching it if needed."""
     cache = cache_root(cache_dir)
     if spec.startswith("spleeter:"):
         cfg = spleeter_config(spec)
+        local = spleeter_model_path_checkpoint(cfg.name.split("-")[0])
+        if local is not None:
+            return import_checkpoint_folder(local, cache, cfg.name)
         folder = os.path.join(cache, "models", f"spleeter-{cfg.name}")
         if os.path.exists(os.path.join(folder, META_FILE)):
             return folder
@@ -254,8 +343,12 @@ def resolve_model_dir(spec: str, cache_dir: str | None = None) -> str:
         return folder
     if os.path.exists(os.path.join(spec, META_FILE)):
         return spec
+    if os.path.isdir(spec) and is_checkpoint_folder(spec):
+        return import_checkpoint_folder(spec, cache)
     raise ValueError(f"unknown model {spec!r}: expected spleeter:<2stems|4stems|5stems>[-16kHz], "
-                     f"a local folder with {META_FILE} and {MODEL_FILE}, or a gs:// folder")
+                     f"a local folder with {META_FILE} and {MODEL_FILE} or a Spleeter TF1 "
+                     f"checkpoint ({CHECKPOINT_PREFIX}.index, {CHECKPOINT_FILES[0]}), or a gs:// "
+                     "folder")
 
 
 def load_model(spec: str, cache_dir: str | None = None,

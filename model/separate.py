@@ -44,7 +44,7 @@ def reconstruct_segment(
     plan: SegmentPlan,
     cfg: ModelConfig,
     postprocess: str = "ratio",
-    residual: bool = False,
+    residual: str = "none",
 ) -> tuple[int, np.ndarray]:
     """Stem waveforms of a segment's kept frames.
 
@@ -54,7 +54,11 @@ def reconstruct_segment(
       plan: the segment's frame ranges.
       postprocess: ``'ratio'`` (Spleeter's default soft masks) or ``'wiener'`` (norbert, over the
         whole segment, then cropped to the kept frames).
-      residual: add what the stems miss of the mixture to the last stem.
+      residual: what becomes of the part of the mixture the stems miss (above all the bins
+        above F, silenced by the 'zeros' mask extension): ``'none'`` drops it; ``'last'`` adds it
+        to the last stem (the catch-all 'other' / 'accompaniment'); ``'share'`` shares it out in
+        proportion to the ratio masks (above F: each frame's mean mask). With 'last' or 'share'
+        the stems sum to the mixture.
     Returns:
       (start, samples): the overlap-add of the kept frames, samples (n, C, S) float32 starting at
       track sample ``start`` (``ola_sample_range``); consecutive segments' blocks overlap and sum.
@@ -67,8 +71,14 @@ def reconstruct_segment(
         stems = mask_ops.wiener_filter(estimates, mix_stft, cfg.mask_extension)[lo:hi]
     else:
         raise ValueError(f"postprocess must be one of {mask_ops.POSTPROCESS_MODES}, got {postprocess!r}")
-    if residual:
+    if residual == "last":
         stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
+    elif residual == "share":
+        weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins,
+                                        "average")
+        stems = mask_ops.share_residual(stems, mix_stft[lo:hi], weights)
+    elif residual != "none":
+        raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")
     start, _ = ola_sample_range(plan.keep_start, plan.keep_stop, cfg.frame_length, cfg.frame_step)
     return start, overlap_add(stems, cfg.frame_length, cfg.frame_step)
 
@@ -99,7 +109,7 @@ def separate_waveform(
     postprocess: str = "ratio",
     batch_size: int = 4,
     context: int | None = None,
-    residual: bool = False,
+    residual: str = "none",
 ) -> np.ndarray:
     """Separates an in-memory track.
 

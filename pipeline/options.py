@@ -14,7 +14,9 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 
 from model.masks import POSTPROCESS_MODES
 from model.segmentation import SEGMENTATION_MODES
+from model.masks import RESIDUAL_MODES
 from transforms import storage
+from transforms.delivery import CLIP_MODES, DEFAULT_TEMPLATE, FORMAT_NAMES
 
 DEFAULT_MODEL = "spleeter:2stems"
 LOCAL_RUNNER = "FnApiRunner"
@@ -44,8 +46,34 @@ class SeparateOptions(PipelineOptions):
                                  "spleeter: Spleeter's exact cut (default %(default)s)")
         parser.add_argument("--postprocess", default="ratio", choices=POSTPROCESS_MODES,
                             help="ratio masks or norbert Wiener filtering (default %(default)s)")
-        parser.add_argument("--format", default="wav", choices=("wav", "flac"),
-                            help="stem file format (default %(default)s)")
+        parser.add_argument("--format", default="wav", choices=FORMAT_NAMES,
+                            help="stem file format (default %(default)s); opus is stored at "
+                                 "48 kHz (or 8/12/16/24 kHz inputs' own rate)")
+        parser.add_argument("--bit_depth", "--bit-depth", type=int, default=None,
+                            choices=(16, 24, 32),
+                            help="wav/flac/aiff: 16 or 24-bit integer, 32 = float (not flac); "
+                                 "default wav 32, flac and aiff 24")
+        parser.add_argument("--bitrate", default=None,
+                            help="mp3/ogg/opus: kbps such as 192 or 192k (ogg: the Vorbis "
+                                 "quality of that nominal bitrate); default 320/256/256")
+        parser.add_argument("--clip_mode", "--clip-mode", default="clip", choices=CLIP_MODES,
+                            help="samples beyond +-1 in integer and lossy files: clip them, or "
+                                 "normalise: scale the stem down by its peak (a second local "
+                                 "pass; default %(default)s)")
+        parser.add_argument("--filename_template", "--filename-template",
+                            default=DEFAULT_TEMPLATE,
+                            help="stem file path under --output, with {track} (track id), "
+                                 "{track_name} (its last part), {stem}, {ext}, {model}; must hold "
+                                 "{track} and {stem} (default %(default)s)")
+        parser.add_argument("--stems", default=None,
+                            help="stems to deliver: a subset or sums of the model's, e.g. "
+                                 "'vocals', 'vocals,rest', 'vocals,accompaniment=drums+bass+"
+                                 "other' (rest = the stems no item names; default: all)")
+        parser.add_argument("--residual", default="none", choices=RESIDUAL_MODES,
+                            help="what the stems miss of the mixture (mostly above the model's "
+                                 "11 kHz band): none drops it (Spleeter), last adds it to the "
+                                 "last stem, share splits it by the masks; with last/share the "
+                                 "stems sum to the mixture (default %(default)s)")
         parser.add_argument("--force", action="store_true", default=False,
                             help="separate tracks again even when their done-marker exists")
         parser.add_argument("--batch_size", "--batch-size", type=int, default=4,

@@ -74,3 +74,23 @@ def test_residual_makes_stems_sum_to_mixture():
     fixed = masks.add_residual(stems, mix)
     np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
     np.testing.assert_array_equal(fixed[..., :-1], stems[..., :-1])
+
+
+def test_shared_residual_sums_to_mixture_in_proportion_to_weights():
+    rng = np.random.default_rng(4)
+    mix = random_mix(rng)
+    estimates = rng.uniform(0, 1, (40, 9, 2, 3))
+    stems = masks.apply_masks(mix, masks.extend_masks(masks.ratio_masks(estimates), 17))
+    weights = rng.dirichlet(np.ones(3), size=(40, 17, 2)).astype(np.float32)
+    fixed = masks.share_residual(stems, mix, weights)
+    np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
+    above = mix[:, 9:]  # zero masks above F: the whole mixture is the residual there
+    np.testing.assert_allclose(fixed[:, 9:], above[..., None] * weights[:, 9:], atol=1e-6)
+
+
+def test_wiener_leaves_the_mixture_unchanged():
+    rng = np.random.default_rng(5)
+    mix = (random_mix(rng) * 100).astype(np.complex64)  # loud enough for norbert to rescale it
+    before = mix.copy()
+    masks.wiener_filter(np.abs(mix)[:, :9, :, None].repeat(2, -1), mix)
+    np.testing.assert_array_equal(mix, before)

@@ -191,3 +191,91 @@ def test_gs_folder_is_copied_to_the_cache(private_gcs_emulator, tmp_path):
 def test_gs_folder_missing_is_a_fetch_error(private_gcs_emulator, tmp_path):
     with pytest.raises(ModelFetchError, match="could not copy gs://models/absent/model.keras"):
         resolve_model_dir("gs://models/absent", cache_dir=str(tmp_path))
+
+
+TWO = ("vocals", "accompaniment")
+
+
+@pytest.fixture(scope="module")
+def pretrained_models(tmp_path_factory):
+    """Spleeter's ``pretrained_models/`` layout: ``2stems/`` holds a seeded 2-stem TF1
+    checkpoint (``model.index``, ``model.data-00000-of-00001``, ``checkpoint``, ``.probe``).
+    Yields (the pretrained_models folder, checkpoint values)."""
+    root = tmp_path_factory.mktemp("pretrained_models")
+    values = spleeter_variables(TWO, seed=11)
+    write_spleeter_checkpoint(str(root / "2stems" / "model"), values)
+    (root / "2stems" / "checkpoint").write_text('model_checkpoint_path: "model"\n')
+    (root / "2stems" / ".probe").write_text("OK")
+    yield root, values
+
+
+def _sha256_of(folder) -> str:
+    """sha256 of model.index then the data shard, as the registry keys raw checkpoints."""
+    return hashlib.sha256((folder / "model.index").read_bytes() +
+                          (folder / "model.data-00000-of-00001").read_bytes()).hexdigest()
+
+
+def _assert_spleeter_weights(folder: str, values) -> None:
+    """Layers hold the checkpoint variables Spleeter's naming gives them (stem k's convs
+    conv2d_{7k+i}, its decoder BatchNorms batch_normalization_{12k+6+j})."""
+    model = keras.saving.load_model(os.path.join(folder, "model.keras"), compile=False)
+    np.testing.assert_array_equal(model.get_layer("vocals_enc1_conv").get_weights()[0],
+                                  values["conv2d/kernel"])
+    np.testing.assert_array_equal(model.get_layer("accompaniment_mask").get_weights()[0],
+                                  values["conv2d_13/kernel"])
+    np.testing.assert_array_equal(model.get_layer("accompaniment_dec1_bn").get_weights()[0],
+                                  values["batch_normalization_18/gamma"])
+
+
+def test_model_path_checkpoint_is_used_without_download(pretrained_models, tmp_path,
+                                                         monkeypatch):
+    root, values = pretrained_models
+    monkeypatch.setenv("MODEL_PATH", str(root))
+    monkeypatch.setenv("STEMBEAM_SPLEETER_RELEASE_URL", _closed_port_url())
+    cache = str(tmp_path / "cache")
+    folder = resolve_model_dir("spleeter:2stems", cache_dir=cache)
+    sha = _sha256_of(root / "2stems")
+    assert folder == os.path.join(cache, "models", f"checkpoint-{sha[:16]}")
+    assert not os.path.exists(os.path.join(cache, "downloads"))  # nothing was fetched
+    _assert_spleeter_weights(folder, values)
+    loaded = load_model("spleeter:2stems", cache_dir=cache)
+    assert loaded.config.stems == TWO and loaded.config.encoder_activation == "leaky_relu"
+    assert sha in loaded.source and str(root / "2stems") in loaded.source
+    wide = resolve_model_dir("spleeter:2stems-16kHz", cache_dir=cache)
+    assert wide == folder + "-16kHz" and load_model(wide).config.F == 1536
+    os.symlink(root / "2stems", tmp_path / "4stems")
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path))
+    with pytest.raises(ValueError, match="holds a 2stems checkpoint, not 4stems"):
+        resolve_model_dir("spleeter:4stems", cache_dir=cache)
+
+
+def test_model_path_is_relative_to_the_working_folder(pretrained_models, tmp_path,
+                                                      monkeypatch):
+    root, _ = pretrained_models
+    monkeypatch.delenv("MODEL_PATH", raising=False)
+    monkeypatch.setenv("STEMBEAM_SPLEETER_RELEASE_URL", _closed_port_url())
+    monkeypatch.chdir(root.parent)
+    os.rename(root, root.parent / "pretrained_models")  # Spleeter's default MODEL_PATH
+    try:
+        folder = resolve_model_dir("spleeter:2stems", cache_dir=str(tmp_path))
+    finally:
+        os.rename(root.parent / "pretrained_models", root)
+    assert os.path.basename(folder).startswith("checkpoint-")
+
+
+def test_raw_checkpoint_folder_as_model_spec(pretrained_models, tmp_path):
+    root, values = pretrained_models
+    cache = str(tmp_path / "cache")
+    folder = resolve_model_dir(str(root / "2stems"), cache_dir=cache)
+    assert folder == os.path.join(cache, "models", f"checkpoint-{_sha256_of(root / '2stems')[:16]}")
+    _assert_spleeter_weights(folder, values)
+    stamp = os.path.getmtime(os.path.join(folder, "model.json"))
+    assert resolve_model_dir(str(root / "2stems"), cache_dir=cache) == folder  # imported once
+    assert os.path.getmtime(os.path.join(folder, "model.json")) == stamp
+    assert load_model(folder).config.name == "2stems"
+
+
+def test_checkpoint_of_another_shape_is_refused(tmp_path):
+    write_spleeter_checkpoint(str(tmp_path / "one" / "model"), spleeter_variables(("vocals",)))
+    with pytest.raises(ValueError, match="7 conv2d kernels is not a Spleeter 2/4/5-stem"):
+        resolve_model_dir(str(tmp_path / "one"), cache_dir=str(tmp_path / "cache"))

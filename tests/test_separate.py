@@ -79,9 +79,12 @@ def test_residual_restores_the_mixture_with_zeros_extension():
     cfg = dataclasses.replace(CFG, mask_extension="zeros")
     x = music_like(100_000, seed=3)
     plain = separate_waveform(x, position_predict, cfg)
-    fixed = separate_waveform(x, position_predict, cfg, residual=True)
     assert np.abs(plain.sum(-1) - x).max() > 1e-3  # high bins are lost without the residual
-    np.testing.assert_allclose(fixed.sum(-1), x, atol=1e-5)
+    for mode in ("last", "share"):
+        fixed = separate_waveform(x, position_predict, cfg, residual=mode)
+        np.testing.assert_allclose(fixed.sum(-1), x, atol=1e-5)
+    with pytest.raises(ValueError, match="residual must be one of"):
+        separate_waveform(x, position_predict, cfg, residual="all")
 
 
 def test_wiener_postprocess_sums_to_mixture_below_f():
