@@ -69,11 +69,11 @@ class SeparateOptions(PipelineOptions):
                             help="stems to deliver: a subset or sums of the model's, e.g. "
                                  "'vocals', 'vocals,rest', 'vocals,accompaniment=drums+bass+"
                                  "other' (rest = the stems no item names; default: all)")
-        parser.add_argument("--residual", default="none", choices=RESIDUAL_MODES,
+        parser.add_argument("--residual", default="share", choices=RESIDUAL_MODES,
                             help="what the stems miss of the mixture (mostly above the model's "
-                                 "11 kHz band): none drops it (Spleeter), last adds it to the "
-                                 "last stem, share splits it by the masks; with last/share the "
-                                 "stems sum to the mixture (default %(default)s)")
+                                 "11 kHz band): share splits it by the masks, last adds it to "
+                                 "the last stem (with both the stems sum to the mixture), none "
+                                 "drops it as Spleeter does (default %(default)s)")
         parser.add_argument("--force", action="store_true", default=False,
                             help="separate tracks again even when their done-marker exists")
         parser.add_argument("--batch_size", "--batch-size", type=int, default=4,

@@ -34,6 +34,7 @@ from transforms.records import Track
 from transforms.results import BIGQUERY_PREFIX, CommitRows
 from transforms.results_schema import RUNS_TABLE
 from transforms.skip_done import ROWS_TAG, RunSettings, SkipDone
+from transforms.delivery import OutputFormat, validate_template
 from transforms.write_stems import StemSettings, WriteStems
 
 log = logging.getLogger("stembeam")
@@ -93,8 +94,20 @@ class RunSummary(beam.CombineFn):
 def run_settings(options: SeparateOptions, model: ModelInfo) -> dict[str, Any]:
     """Everything that determines a track's stem files (hashed into the run's signature)."""
     return {"model": model.spec, "model_sha256": model.sha256, "model_config": model.config.name,
-            "stems": list(model.config.stems), "format": options.format,
+            "model_stems": list(model.config.stems), "stems": options.stems or "all",
+            "format": OutputFormat.from_options(options).key,
+            "filename_template": options.filename_template, "residual": options.residual,
             "segmentation": options.segmentation, "postprocess": options.postprocess}
+
+
+def stem_settings(options: SeparateOptions, model: ModelInfo, run_id: str) -> StemSettings:
+    """The stem writer's settings; raises ValueError for a bad format, template or --stems."""
+    settings = StemSettings(storage.absolute(options.output), run_id, model.spec, model.sha256,
+                            model.config, options.postprocess, OutputFormat.from_options(options),
+                            validate_template(options.filename_template), options.stems,
+                            options.residual)
+    settings.delivered()
+    return settings
 
 
 def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: str,
@@ -113,9 +126,7 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
                  | "Spectrogram" >> Spectrogram(cfg)
                  | "RunModel" >> RunModel(model.spec, options.batch_size, options.model_cache,
                                           options.precision)
-                 | "WriteStems" >> WriteStems(StemSettings(
-                     output, run_id, model.spec, model.sha256, cfg, options.postprocess,
-                     options.format))
+                 | "WriteStems" >> WriteStems(stem_settings(options, model, run_id))
                  | "Evaluate" >> Evaluate(output))
     mark_done = MarkDone(output, run.signature, settings)
     # Each branch commits on its own: a Flatten in front of the commit would let a runner
@@ -129,10 +140,8 @@ def build(p: beam.Pipeline, options: SeparateOptions, model: ModelInfo, run_id: 
         "run_id": run_id, "input": ", ".join(sources(options)), "output": output,
         "model": model.spec, "model_sha256": model.sha256,
         "started_at": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
-        "options": json.dumps({"segmentation": options.segmentation,
-                               "postprocess": options.postprocess, "format": options.format,
-                               "batch_size": options.batch_size, "force": options.force,
-                               "precision": options.precision}),
+        "options": json.dumps(dict(settings, batch_size=options.batch_size, force=options.force,
+                                   precision=options.precision)),
     }
     (rows
      | "SummarizeRun" >> beam.CombineGlobally(RunSummary(run_row, started))
@@ -217,6 +226,7 @@ def run(argv: Optional[list[str]] = None, wait: bool = True,
         os.makedirs(output, exist_ok=True)
     validate_run(options, results)
     model = describe_model(options.model, options.model_cache)
+    stem_settings(options, model, run_id)  # a bad format, template or --stems: refused now
     settings = run_settings(options, model)
     lock = RunLock(output, run_id, signature(settings), settings).acquire()
     try:

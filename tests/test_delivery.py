@@ -172,7 +172,7 @@ def test_options_reach_the_format():
     defaults = parse_options(["--input", "in", "--output", "out"])
     assert OutputFormat.from_options(defaults) == OutputFormat("wav", 32, None, "clip")
     assert (defaults.filename_template, defaults.stems, defaults.residual) == (
-        DEFAULT_TEMPLATE, None, "none")
+        DEFAULT_TEMPLATE, None, "share")
 
 
 def test_stem_path_default_layout_and_placeholders():

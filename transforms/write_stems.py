@@ -26,7 +26,6 @@ from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
-import soundfile
 import soxr
 from apache_beam.transforms.window import GlobalWindows
 
@@ -34,12 +33,12 @@ from model.config import ModelConfig
 from model.segmentation import StreamingOverlapAdd
 from model.separate import reconstruct_segment
 from transforms import metrics, storage
+from transforms.delivery import (DEFAULT_TEMPLATE, OutputFormat, mix_is_identity, stem_mix,
+                                 stem_path, validate_template)
 from transforms.output_state import run_temp_dir
 from transforms.records import AudioInfo, Segment, Track, result_row
 
 log = logging.getLogger("stembeam")
-# soundfile (format, subtype) per output format: WAV keeps the model's float32 exactly.
-FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,10 @@ class StemSettings:
       model: model spec as given; model_sha256: its weights' sha256.
       config: the model's config (stems, rates, framing).
       postprocess: ``'ratio'`` or ``'wiener'``.
-      fmt: output format key of ``FORMATS``.
+      fmt: the delivery format.
+      template: file name template (``delivery.stem_path``), relative to ``output``.
+      stems: ``--stems`` spec (``delivery.stem_mix``): which sums of the model's stems to deliver.
+      residual: ``'none'``, ``'last'`` or ``'share'`` (``model.separate.reconstruct_segment``).
     """
 
     output: str
@@ -61,12 +63,20 @@ class StemSettings:
     model_sha256: str
     config: ModelConfig
     postprocess: str = "ratio"
-    fmt: str = "wav"
+    fmt: OutputFormat = OutputFormat.parse("wav")
+    template: str = DEFAULT_TEMPLATE
+    stems: Optional[str] = None
+    residual: str = "none"
+
+    def delivered(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """(stem names delivered, ``(S_model, S_out)`` mixing matrix)."""
+        return stem_mix(self.stems, self.config.stems)
 
     def stem_uris(self, track_id: str) -> dict[str, str]:
-        """stem -> final URI, in the model's stem order."""
-        return {stem: storage.join(self.output, track_id, f"{stem}.{self.fmt}")
-                for stem in self.config.stems}
+        """delivered stem -> final URI, in delivery order."""
+        return {stem: storage.join(self.output, stem_path(
+            self.template, track_id, stem, self.fmt.extension, self.model))
+            for stem in self.delivered()[0]}
 
 
 class TrackFailed(Exception):
@@ -127,17 +137,19 @@ class _TrackWriter:
             self._resampler = soxr.ResampleStream(self._cfg.sample_rate, self.info.sample_rate,
                                                   n_channels, dtype="float32", quality="HQ")
         self._written = 0  # samples at the input rate
+        names, self._mix = settings.delivered()
+        if mix_is_identity(self._mix):
+            self._mix = None
         self.uris = settings.stem_uris(self.track.track_id)
         tmp = run_temp_dir(settings.output, settings.run_id)
-        self._files = [_StagedFile(uri, storage.join(tmp, self.track.track_id, f"{stem}.{settings.fmt}"))
+        ext = settings.fmt.extension
+        self._files = [_StagedFile(uri, storage.join(tmp, self.track.track_id, f"{stem}.{ext}"))
                        for stem, uri in self.uris.items()]
-        file_format, self._subtype = FORMATS[settings.fmt]
         self._writers = []
         try:
             for staged in self._files:
-                self._writers.append(soundfile.SoundFile(
-                    staged.local, "w", samplerate=self.info.sample_rate, channels=2,
-                    format=file_format, subtype=self._subtype))
+                self._writers.append(settings.fmt.open_writer(staged.local,
+                                                              self.info.sample_rate, 2))
         except BaseException:
             self.abort()
             raise
@@ -161,7 +173,8 @@ class _TrackWriter:
         try:
             start, samples = reconstruct_segment(segment.mix_stft, segment.estimates,
                                                  segment.plan, self._cfg,
-                                                 self._settings.postprocess)
+                                                 self._settings.postprocess,
+                                                 self._settings.residual)
         except Exception as e:
             raise TrackFailed(f"reconstruction ({self._settings.postprocess}) failed: "
                               f"{type(e).__name__}: {e}") from e
@@ -182,16 +195,21 @@ class _TrackWriter:
             block = np.concatenate([block, pad])
         if not len(block):
             return
-        if self._subtype.startswith("PCM"):
-            block = np.clip(block, -1.0, 1.0)
+        self._written += len(block)
+        if self._mix is not None:
+            block = block @ self._mix
         for s, writer in enumerate(self._writers):
             writer.write(block[:, :, s])
-        self._written += len(block)
 
     def publish(self) -> dict[str, str]:
         """Close the files and move them into place together; returns stem -> URI."""
         for writer in self._writers:
             writer.close()
+        clipped = sum(writer.clipped for writer in self._writers)
+        if clipped:
+            log.warning("track %s: %d samples clipped to full scale in its %s stems (use "
+                        "--clip_mode normalise or a float format to keep them)",
+                        self.track.track_id, clipped, self._settings.fmt.name)
         for staged in self._files:
             staged.stage()
         for staged in self._files:
@@ -283,9 +301,8 @@ class WriteStems(beam.PTransform):
 
     def __init__(self, settings: StemSettings):
         super().__init__()
-        if settings.fmt not in FORMATS:
-            raise ValueError(f"unknown output format {settings.fmt!r}; choose one of "
-                             f"{sorted(FORMATS)}")
+        settings.delivered()  # raises ValueError on a bad --stems spec
+        validate_template(settings.template)
         self._fn = _WriteStemsFn(settings)
 
     def expand(self, segments):
