@@ -6,7 +6,7 @@ collide with it):
 - ``done/<track_id>.json``: the done-marker, written only after the track's stems are published
   and its results row is committed. It vouches for a *signature* (the model's weights and
   config and every option that changes the stem files) and for the source file's fingerprint
-  (size and modification time): a rerun skips the track only when both still match.
+  (URI, size and modification time): a rerun skips the track only when both still match.
 - ``runs/<run_id>.json``: the lock of a live run (identity, host, pid, heartbeat). Two runs with
   different signatures never work on one OUT at once: the second refuses to start.
 - ``tmp/<run_id>/``: the run's staging files (stems being written). Only tracks in flight have
@@ -72,7 +72,7 @@ class DoneMarker:
     Attributes:
       signature: ``signature(settings)`` of the run that wrote the stems.
       settings: those settings (model, weights sha256, format...), to say what changed.
-      fingerprint: the source file's ``<size>:<mtime>`` when it was separated.
+      fingerprint: the source file's ``<uri>|<size>:<mtime>`` when it was separated.
       stems: stem -> URI.
       run_id: the run that wrote them.
     """
@@ -99,12 +99,12 @@ class DoneMarker:
 
 
 def fingerprint(uri: str) -> str:
-    """``<size>:<mtime>`` of a source file, ``''`` when it cannot be read."""
+    """``<uri>|<size>:<mtime>`` of a source file, ``''`` when it cannot be read."""
     try:
         size, mtime = storage.stat(uri)
     except Exception:  # a missing source fails later, in decoding, with a clear reason
         return ""
-    return f"{size}:{mtime:.3f}"
+    return f"{uri}|{size}:{mtime:.3f}"
 
 
 @dataclasses.dataclass(frozen=True)

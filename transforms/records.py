@@ -25,7 +25,7 @@ class Track:
       track_id: safe relative id (``a/b/c``); stems go to ``OUT/<track_id>/``.
       uri: the audio to separate.
       references: ``(stem, uri)`` pairs of reference stems, for evaluation.
-      fingerprint: the source file's ``<size>:<mtime>`` when known (set by SkipDone); a done
+      fingerprint: the source file's ``<uri>|<size>:<mtime>`` when known (set by SkipDone); a done
         track whose source changed is separated again.
     """
 

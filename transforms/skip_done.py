@@ -2,8 +2,8 @@
 
 A track is skipped only when its done-marker (``output_state``) vouches for this run's
 signature (model weights and config, format, post-processing...), for the current source file
-(size and modification time) and its stems still exist. A changed source is separated again. A
-track whose stems were made with other settings is not overwritten silently: it gets a
+(URI, size and modification time) and its stems still exist. A changed source is separated
+again. A track whose stems were made with other settings is not overwritten silently: it gets a
 ``failed`` row naming what changed, unless ``--force`` is given.
 """
 from __future__ import annotations
