@@ -194,3 +194,27 @@ def test_dead_runs_temporary_files_are_deleted_by_the_next_run(tmp_path, tiny_mo
     run(argv(str(tmp_path / "in" / "*.wav"), str(out), tiny_model))
     assert not staged.exists() and not lock.exists()
     assert not (out / ".stembeam" / "tmp").exists()
+
+
+def test_a_failed_commit_leaves_no_done_marker_and_the_rerun_separates(tmp_path, tiny_model):
+    """Done means stems and row: when the results table refuses the rows (here a table of
+    another schema behind the launcher's back), no track is marked done."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipeline.options import SeparateOptions
+    from pipeline.separate import build
+    from transforms.inference import describe_model
+
+    write(str(tmp_path / "in" / "a.wav"), tone(1.0, seed=9))
+    out = tmp_path / "out"
+    out.mkdir()
+    broken = f"sqlite:///{tmp_path / 'broken.sqlite'}"
+    sqlite3.connect(tmp_path / "broken.sqlite").execute("CREATE TABLE results (x INTEGER)")
+    options = SeparateOptions(argv(str(tmp_path / "in" / "*.wav"), str(out), tiny_model))
+    with pytest.raises(Exception, match="results"):
+        with TestPipeline(runner="FnApiRunner", options=options) as p:
+            build(p, options, describe_model(tiny_model), "broken", broken, time.time())
+    assert (out / "a" / "vocals.wav").exists()  # the stems were written...
+    assert not (out / ".stembeam" / "done").exists()  # ...but the track is not done
+    rerun = run(argv(str(tmp_path / "in" / "*.wav"), str(out), tiny_model))
+    assert rows(str(out), rerun["run_id"])["a"][0] == "ok"
