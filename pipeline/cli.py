@@ -150,10 +150,15 @@ def demo(argv: list[str], verbosity: int = 0) -> int:
                                                         "(default ~/.cache/stembeam/demo-catalog)")
     _verbosity_arguments(parser)
     args, rest = parser.parse_known_args(argv)
+    from pipeline.console import filter_native_stderr, setup_logging
+
+    handler = setup_logging(verbosity)
+    log.info("stembeam %s: preparing the demo catalog", version())
     from pipeline.demo import build_demo_catalog, default_catalog_dir
 
-    manifest = build_demo_catalog(args.catalog or default_catalog_dir())
-    print(f"demo catalog: {manifest}")
+    with filter_native_stderr(handler) if verbosity <= 0 else contextlib.nullcontext():
+        manifest = build_demo_catalog(args.catalog or default_catalog_dir())
+    log.info("demo catalog: %s", manifest)
     code = separate(["--input", manifest, "--output", args.output] + rest, verbosity)
     if code in (EXIT_OK, EXIT_TRACKS_FAILED):
         output = os.path.abspath(args.output)

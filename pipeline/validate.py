@@ -126,6 +126,4 @@ def validate_run(options, results: str) -> int:
                          f"{KEY_LENGTH} fit the results tables")
     check_results(results)
     check_output(options.output)
-    tracks = check_catalog(options.input)
-    log.info("catalog %s: %d tracks", options.input, tracks)
-    return tracks
+    return check_catalog(options.input)
