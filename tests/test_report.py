@@ -26,6 +26,7 @@ import soundfile as sf
 import sqlalchemy as sa
 
 from pipeline import report
+from pipeline.report import media
 from transforms.results_schema import RESULT_COLUMNS, RESULT_KEY, RESULTS_TABLE, RUN_COLUMNS, RUN_KEY, RUNS_TABLE
 
 SR = 44100
@@ -200,7 +201,7 @@ def test_page_structure(catalog: Catalog) -> None:
     # Cards: skipped and ok tracks (failed ones are listed above); a spectrogram per file.
     assert len(dom.all("section", **{"class": "track"})) == 4
     specs = dom.all("img", **{"class": "spec"})
-    assert len(specs) == 3 * 5 + 1 and all(_image(s["src"], "jpeg").shape[:2] == report.SPECTROGRAM_SHAPE for s in specs)
+    assert len(specs) == 3 * 5 + 1 and all(_image(s["src"], "jpeg").shape[:2] == media.SPECTROGRAM_SHAPE for s in specs)
     # Players link the files themselves, relative to the report's folder.
     linked = {(out.parent / urllib.parse.unquote(a["src"])).resolve() for a in dom.all("audio")}
     wanted = {p.resolve() for mix, stems in catalog.files.values() for p in [mix, *stems.values()]}
@@ -211,10 +212,10 @@ def test_spectrogram_puts_a_tone_in_its_band() -> None:
     t = np.arange(2 * SR) / SR
     freq = 47 * SR / 2048  # on an FFT bin (1012 Hz), so no scalloping loss
     tone = np.stack([np.sin(2 * np.pi * freq * t)] * 2, axis=1).astype(np.float32)
-    db = report.spectrogram_db(tone, SR)
-    edges = np.geomspace(40.0, 16000.0, report.SPECTROGRAM_SHAPE[0] + 1)
+    db = media.spectrogram_db(tone, SR)
+    edges = np.geomspace(40.0, 16000.0, media.SPECTROGRAM_SHAPE[0] + 1)
     band = int(np.searchsorted(edges, freq)) - 1
-    assert db.shape == report.SPECTROGRAM_SHAPE
+    assert db.shape == media.SPECTROGRAM_SHAPE
     assert abs(int(np.argmax(db.mean(axis=1))) - band) <= 1
     # Power of a unit sine through a periodic Hann window of 2048: (2048 * 0.5 / 2)^2.
     assert db.max() == pytest.approx(10 * np.log10((2048 * 0.25) ** 2), abs=0.5)
@@ -316,48 +317,16 @@ def test_page_in_headless_chromium(catalog: Catalog, tmp_path: Path) -> None:
     assert loaded == pytest.approx({p: sf.info(p).duration for p in files}, abs=0.01)
 
 
-@pytest.fixture
-def gcs_emulator(monkeypatch: pytest.MonkeyPatch):
-    """A local gcp-storage-emulator server (a real GCS-compatible service, not a mock): its client."""
-    binary = shutil.which("gcp-storage-emulator")
-    if binary is None:
-        pytest.skip("gcp-storage-emulator is not installed (requirements-test.txt)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "gcp-storage-emulator did not start"
-                time.sleep(0.1)
-        from apache_beam.internal.gcp import auth
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        # Beam otherwise spends ~24 s looking for credentials before going anonymous.
-        monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
-        monkeypatch.setattr(auth._Credentials, "_credentials", None)
-        yield storage.Client(project="test", credentials=AnonymousCredentials())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_remote_audio_gets_excerpts(tmp_path: Path, gcs_emulator) -> None:
-    """gs:// mixture and stems: read through Beam FileSystems, excerpts written next to the report."""
+    """gs:// mixture and stems (gcp-storage-emulator, tests/services.py): read through Beam
+    FileSystems, excerpts written next to the report."""
     mix, stems = _write_track(tmp_path / "audio", 3.0, 5)
-    bucket = gcs_emulator.create_bucket("stems")
+    root = gcs_emulator.bucket("stems")
+    bucket = gcs_emulator.client().bucket(root.removeprefix("gs://"))
     uris = {}
     for name, path in [("mixture", mix), *stems.items()]:
         bucket.blob(f"song/{path.name}").upload_from_filename(str(path))
-        uris[name] = f"gs://stems/song/{path.name}"
+        uris[name] = f"{root}/song/{path.name}"
     url = f"sqlite:///{tmp_path / 'results.sqlite'}"
     engine = sa.create_engine(url)
     results, _ = _create_tables(engine)
@@ -378,8 +347,11 @@ def test_remote_audio_gets_excerpts(tmp_path: Path, gcs_emulator) -> None:
     corr = np.sum(excerpt * source) / np.sqrt(np.sum(excerpt**2) * np.sum(source**2))
     assert rate == SR and excerpt.shape == source.shape and corr > 0.95
     # A report written to gs:// lands there with its excerpts.
-    assert report.write_report(url, "gs://stems/site/report.html", excerpt_s=2.0) == "gs://stems/site/report.html"
-    names = sorted(b.name for b in gcs_emulator.list_blobs("stems", prefix="site/"))
+    remote = f"{root}/site/report.html"
+    assert report.write_report(url, remote, excerpt_s=2.0) == remote
+    names = sorted(b.name for b in bucket.list_blobs(prefix="site/"))
     assert names == ["site/report.html"] + [f"site/report_media/0-{n}.ogg" for n in range(5)]
-    remote_page = bucket.blob("site/report.html").download_as_bytes().decode("utf-8")
+    page = bucket.get_blob("site/report.html")
+    assert page.content_type == "text/html"  # browsers show it rather than download it
+    remote_page = page.download_as_bytes().decode("utf-8")
     assert remote_page == out.read_text(encoding="utf-8")

@@ -17,27 +17,6 @@ from typing import BinaryIO, Iterator
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-
-
-def use_anonymous_gcs_credentials() -> None:
-    """Make Beam's GCS client use anonymous access without its credential search.
-
-    Beam looks for Google credentials for ~24 s before falling back to anonymous access; against
-    a storage emulator there are none to find. Pre-seeding the cache skips the search. Must run in
-    every process that touches gs:// (this module calls it on import when STORAGE_EMULATOR_HOST
-    is set, and every worker imports this module).
-    """
-    from apache_beam.internal.gcp import auth
-
-    auth._Credentials._credentials_init = True
-    auth._Credentials._credentials = None
-
-
-if os.environ.get(EMULATOR_ENV):
-    use_anonymous_gcs_credentials()
-
-
 def join(base: str, *parts: str) -> str:
     """``base/part1/part2`` for any scheme."""
     return FileSystems.join(base, *parts)
@@ -82,13 +61,15 @@ def temp_name(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str) -> Iterator[BinaryIO]:
+def atomic_writer(path: str, mime_type: str = "application/octet-stream"
+                  ) -> Iterator[BinaryIO]:
     """Context manager yielding a binary writer; ``path`` appears only if the block succeeds.
 
-    On error the temporary file is deleted and the exception propagates.
+    ``mime_type``: the object's content type on object stores. On error the temporary file is
+    deleted and the exception propagates.
     """
     tmp = temp_name(path)
-    f = FileSystems.create(tmp, mime_type="application/octet-stream",
+    f = FileSystems.create(tmp, mime_type=mime_type,
                            compression_type=CompressionTypes.UNCOMPRESSED)
     try:
         yield f
@@ -100,9 +81,9 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
     replace(tmp, path)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_writer(path) as f:
+def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Write ``data`` to ``path`` atomically (``mime_type``: see atomic_writer)."""
+    with atomic_writer(path, mime_type) as f:
         f.write(data)
 
 
