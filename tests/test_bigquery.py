@@ -50,7 +50,7 @@ def test_rows_are_json_safe_and_typed():
 
 
 def test_timestamps_from_datetimes_naive_means_utc():
-    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     run = {"run_id": "r", "started_at": moment.replace(tzinfo=None),
            "finished_at": moment.astimezone(datetime.timezone(datetime.timedelta(hours=-5))),
            "audio_s": math.nan}

@@ -8,13 +8,13 @@ import os
 import sqlite3
 import time
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import soundfile
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-import apache_beam as beam
 from model.segmentation import default_context
 from pipeline.options import SeparateOptions, results_url
 from pipeline.separate import build

@@ -17,12 +17,16 @@ import pytest
 import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.results import (CommitRows, create_engine, create_tables, sql_tables,
-                                upsert)
-from transforms.results_schema import (RESULT_COLUMNS, RESULTS_TABLE, RUN_COLUMNS, RUNS_TABLE,
-                                       column_names)
+from transforms.results import CommitRows, create_engine, create_tables, sql_tables, upsert
+from transforms.results_schema import (
+    RESULT_COLUMNS,
+    RESULTS_TABLE,
+    RUN_COLUMNS,
+    RUNS_TABLE,
+    column_names,
+)
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 FLOAT_EDGES = (float("nan"), float("inf"), -float("inf"), -0.0, 1e-300, 123456.789)
 
 

@@ -5,6 +5,7 @@ see are atomic: the data goes to a hidden temporary name next to the target and 
 into place (on object stores an object only becomes visible once complete, so the rename is the
 visibility step there too).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,10 +13,12 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
 
 def join(base: str, *parts: str) -> str:
     """``base/part1/part2`` for any scheme."""
@@ -61,16 +64,14 @@ def temp_name(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str, mime_type: str = "application/octet-stream"
-                  ) -> Iterator[BinaryIO]:
+def atomic_writer(path: str, mime_type: str = "application/octet-stream") -> Iterator[BinaryIO]:
     """Context manager yielding a binary writer; ``path`` appears only if the block succeeds.
 
     ``mime_type``: the object's content type on object stores. On error the temporary file is
     deleted and the exception propagates.
     """
     tmp = temp_name(path)
-    f = FileSystems.create(tmp, mime_type=mime_type,
-                           compression_type=CompressionTypes.UNCOMPRESSED)
+    f = FileSystems.create(tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED)
     try:
         yield f
         f.close()
@@ -148,7 +149,7 @@ def absolute(path: str) -> str:
 
 def relative_parts(root: str, path: str) -> list[str]:
     """The parts of ``path`` below ``root`` (``root/a/b`` -> ``['a', 'b']``)."""
-    rest = path[len(root.rstrip("/")):].lstrip("/")
+    rest = path[len(root.rstrip("/")) :].lstrip("/")
     return rest.split("/") if rest else []
 
 

@@ -20,8 +20,21 @@ Modules: ``data`` (SQL reads, aggregation), ``media`` (excerpts, spectrograms, p
 """
 
 from pipeline.report.command import add_arguments, main, run_main
-from pipeline.report.write import REPORTS_DIR, run_report_name, write_index, write_report, \
-    write_run_reports
+from pipeline.report.write import (
+    REPORTS_DIR,
+    run_report_name,
+    write_index,
+    write_report,
+    write_run_reports,
+)
 
-__all__ = ["REPORTS_DIR", "add_arguments", "main", "run_main", "run_report_name", "write_index",
-           "write_report", "write_run_reports"]
+__all__ = [
+    "REPORTS_DIR",
+    "add_arguments",
+    "main",
+    "run_main",
+    "run_report_name",
+    "write_index",
+    "write_report",
+    "write_run_reports",
+]

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from transforms.results_schema import ALL_STEMS, METRICS, RESULTS_TABLE, RUNS_TABLE
+from model.config import ALL_STEMS
+from transforms.results_schema import METRICS, RESULTS_TABLE, RUNS_TABLE
 
 _LOG = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ class Summary:
     source: str  # where the figures came from, shown on the page
 
 
-def load_run(results_url: str, run_id: str | None
-             ) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
+def load_run(
+    results_url: str, run_id: str | None
+) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
     """Read one run: (run_id, its `runs` row or None, its `results` rows sorted by track_id).
 
     `run_id` None picks the run with the latest activity. Raises ValueError for a URL that is not
@@ -54,16 +56,21 @@ def load_run(results_url: str, run_id: str | None
     from pipeline.validate import redact_url
 
     if results_url.startswith("bigquery:"):
-        raise ValueError("the report reads SQL results tables; export the BigQuery table to SQL "
-                         "first")
+        raise ValueError(
+            "the report reads SQL results tables; export the BigQuery table to SQL first"
+        )
     try:
         url = sa.engine.make_url(results_url)
     except sa.exc.ArgumentError:
-        raise ValueError(f"not a SQLAlchemy URL: {redact_url(results_url)!r} "
-                         "(e.g. sqlite:///out/results.sqlite)") from None
+        raise ValueError(
+            f"not a SQLAlchemy URL: {redact_url(results_url)!r} (e.g. sqlite:///out/results.sqlite)"
+        ) from None
     where = url.render_as_string(hide_password=True)
-    if (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-            and not os.path.isfile(url.database)):
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not os.path.isfile(url.database)
+    ):
         raise LookupError(f"no SQLite file at {url.database}")  # connecting would create one
     engine = sa.create_engine(url)
     try:
@@ -80,11 +87,13 @@ def load_run(results_url: str, run_id: str | None
                     raise LookupError(f"no runs recorded in {where}")
             run_row = None
             if runs is not None:
-                found = conn.execute(
-                    sa.select(runs).where(runs.c.run_id == run_id)).mappings().first()
+                found = (
+                    conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).mappings().first()
+                )
                 run_row = dict(found) if found is not None else None
-            query = (sa.select(results).where(results.c.run_id == run_id)
-                     .order_by(results.c.track_id))
+            query = (
+                sa.select(results).where(results.c.run_id == run_id).order_by(results.c.track_id)
+            )
             rows = [dict(r) for r in conn.execute(query).mappings()]
     finally:
         engine.dispose()
@@ -100,8 +109,12 @@ def load_runs(results_url: str) -> list[dict[str, Any]]:
     engine = sa.create_engine(results_url)
     try:
         with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.text(
-                f"SELECT * FROM {RUNS_TABLE} ORDER BY started_at DESC, run_id DESC")).mappings()]
+            return [
+                dict(r)
+                for r in conn.execute(
+                    sa.text(f"SELECT * FROM {RUNS_TABLE} ORDER BY started_at DESC, run_id DESC")
+                ).mappings()
+            ]
     finally:
         engine.dispose()
 
@@ -119,8 +132,11 @@ def _latest_run_id(conn: Any, results: Any, runs: Any) -> str | None:
         latest.setdefault(run, "")
 
     if "finished_at" in results.c:
-        for run, when in conn.execute(sa.select(results.c.run_id, sa.func.max(
-                results.c.finished_at)).group_by(results.c.run_id)):
+        for run, when in conn.execute(
+            sa.select(results.c.run_id, sa.func.max(results.c.finished_at)).group_by(
+                results.c.run_id
+            )
+        ):
             note(run, when)
     else:
         for (run,) in conn.execute(sa.select(results.c.run_id).distinct()):
@@ -143,8 +159,9 @@ def summarize(run_id: str, run_row: Row | None, rows: Sequence[Row]) -> Summary:
     audio = sum(number(row.get("duration_s")) or 0.0 for row in ok_rows)
     walls = [w for w in (number(row.get("wall_s")) for row in ok_rows) if w is not None]
     models = collections.Counter(row.get("model") for row in rows if row.get("model"))
-    finished = sorted((row["finished_at"] for row in rows if row.get("finished_at") is not None),
-                      key=str)
+    finished = sorted(
+        (row["finished_at"] for row in rows if row.get("finished_at") is not None), key=str
+    )
     aggregated = {
         "tracks_ok": counts["ok"],
         "tracks_skipped": counts["skipped"],
@@ -238,12 +255,17 @@ def stem_order(rows: Sequence[Row]) -> list[str]:
 
 def metric_columns(rows: Sequence[Row], stems: Sequence[str]) -> list[tuple[str, str]]:
     """(metric, stem) pairs with at least one value in the run, grouped by metric."""
-    return [(m, s) for m in METRICS for s in stems
-            if any(number(row.get(f"{m}_{s}")) is not None for row in rows)]
+    return [
+        (m, s)
+        for m in METRICS
+        for s in stems
+        if any(number(row.get(f"{m}_{s}")) is not None for row in rows)
+    ]
 
 
-def metric_values(rows: Sequence[Row], metric_cols: Sequence[tuple[str, str]]
-                  ) -> dict[tuple[str, str], list[float]]:
+def metric_values(
+    rows: Sequence[Row], metric_cols: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[float]]:
     """(metric, stem) -> the run's values of that column (dB), missing ones left out."""
     values: dict[tuple[str, str], list[float]] = {}
     for m, s in metric_cols:

@@ -17,8 +17,9 @@ from transforms import storage
 _LOG = logging.getLogger(__name__)
 
 # File extensions Chromium/Firefox play in <audio>; anything else gets an excerpt.
-PLAYABLE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac",
-                                 ".webm"})
+PLAYABLE_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm"}
+)
 SPECTROGRAM_SHAPE = (64, 240)  # (log-frequency rows, time columns) pixels
 SPECTROGRAM_RANGE_DB = 80.0
 SPECTROGRAM_FRAME = 2048  # STFT window, samples (periodic Hann)
@@ -28,7 +29,7 @@ SPECTROGRAM_BAND_HZ = (40.0, 16000.0)  # lowest and highest frequency shown
 def local_path(uri: str) -> str:
     """``file://`` URIs as plain paths; anything else unchanged."""
     if uri.lower().startswith("file://"):
-        return urllib.parse.unquote(uri[len("file://"):])
+        return urllib.parse.unquote(uri[len("file://") :])
     return uri
 
 
@@ -53,8 +54,9 @@ def excerpt_start(duration_s: float | None, length_s: float) -> float:
     return min(duration_s * 0.25, duration_s - length_s)
 
 
-def spectrogram_db(samples: np.ndarray, rate: int,
-                   shape: tuple[int, int] = SPECTROGRAM_SHAPE) -> np.ndarray:
+def spectrogram_db(
+    samples: np.ndarray, rate: int, shape: tuple[int, int] = SPECTROGRAM_SHAPE
+) -> np.ndarray:
     """Power spectrogram of the channel mean, dB, on a log-frequency grid (rows, 40 Hz..16 kHz).
 
     samples (n, C) float32 -> (rows, cols) float64: Hann STFT of 2048 (hop 512, or longer so that
@@ -92,9 +94,16 @@ def spectrogram_jpeg(db: np.ndarray, top_db: float) -> bytes:
     import matplotlib.image
 
     buf = io.BytesIO()
-    matplotlib.image.imsave(buf, db, cmap="magma", vmin=top_db - SPECTROGRAM_RANGE_DB,
-                            vmax=top_db, origin="lower", format="jpeg",
-                            pil_kwargs={"quality": 85})
+    matplotlib.image.imsave(
+        buf,
+        db,
+        cmap="magma",
+        vmin=top_db - SPECTROGRAM_RANGE_DB,
+        vmax=top_db,
+        origin="lower",
+        format="jpeg",
+        pil_kwargs={"quality": 85},
+    )
     return buf.getvalue()
 
 
@@ -155,8 +164,9 @@ class MediaWriter:
         sf.write(path, samples, rate, format="OGG", subtype="VORBIS", compression_level=0.6)
         return _href(path, self.out_dir)
 
-    def sources(self, index: int, sources: list[tuple[str, str]], start_s: float,
-                with_media: bool) -> list[Source]:
+    def sources(
+        self, index: int, sources: list[tuple[str, str]], start_s: float, with_media: bool
+    ) -> list[Source]:
         """Card ``index``'s (label, uri) pairs with their spectrograms (one colour scale for the
         card) and players; without ``with_media`` nothing is decoded, local files are linked."""
         decoded: dict[str, tuple[np.ndarray, int] | str] = {}
@@ -170,8 +180,11 @@ class MediaWriter:
                 except Exception as exc:  # a missing or unreadable file is shown, not fatal
                     _LOG.warning("report: cannot read %s: %s", uri, exc)
                     decoded[label] = f"cannot read: {exc}"
-        spectra = {label: spectrogram_db(*got) for label, got in decoded.items()
-                   if not isinstance(got, str)}
+        spectra = {
+            label: spectrogram_db(*got)
+            for label, got in decoded.items()
+            if not isinstance(got, str)
+        }
         top_db = max((float(s.max()) for s in spectra.values()), default=0.0)
         out = []
         for n, (label, uri) in enumerate(sources):

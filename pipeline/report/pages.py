@@ -21,8 +21,17 @@ from pipeline.report import data, plots
 from pipeline.report.media import SPECTROGRAM_RANGE_DB, MediaWriter, excerpt_start
 
 FAILED_LISTED = 1000  # failures listed in full on the main page; the rest are counted
-INDEX_HEAD = ("Run", "Started (UTC)", "Model", "Input", "OK", "Skipped", "Failed", "Audio",
-              "Real time")
+INDEX_HEAD = (
+    "Run",
+    "Started (UTC)",
+    "Model",
+    "Input",
+    "OK",
+    "Skipped",
+    "Failed",
+    "Audio",
+    "Real time",
+)
 
 
 @functools.cache
@@ -34,9 +43,13 @@ def _static(name: str) -> markupsafe.Markup:
 
 @functools.cache
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader(__package__, "templates"),
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader(__package__, "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.globals["static"] = _static
     env.filters["b64"] = lambda raw: base64.b64encode(raw).decode("ascii")
     env.filters["urlquote"] = urllib.parse.quote
@@ -77,7 +90,8 @@ def json_for_script(value: Any) -> markupsafe.Markup:
     """JSON safe inside a <script> element: <, > and & as \\u escapes, so no tag can close it."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return markupsafe.Markup(
-        text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+        text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    )
 
 
 def summary_stats(s: data.Summary) -> list[tuple[str, str]]:
@@ -89,40 +103,61 @@ def summary_stats(s: data.Summary) -> list[tuple[str, str]]:
         ("Failed", f"{s.failed:,}"),
         ("Audio", audio_amount(s.audio_s)),
         ("Wall time", clock(s.wall_s) if s.wall_s is not None else "–"),
-        ("Real-time factor",
-         f"{s.realtime_factor:.1f}×" if s.realtime_factor is not None else "–"),
+        ("Real-time factor", f"{s.realtime_factor:.1f}×" if s.realtime_factor is not None else "–"),
         ("Model", s.model or "–"),
         ("Date", dates or "–"),
     ]
 
 
-def metrics_context(rows: Sequence[data.Row], stems: Sequence[str],
-                    metric_cols: Sequence[tuple[str, str]]) -> dict[str, Any] | None:
+def metrics_context(
+    rows: Sequence[data.Row], stems: Sequence[str], metric_cols: Sequence[tuple[str, str]]
+) -> dict[str, Any] | None:
     """The box plot (PNG) and the medians table of the run, None when nothing is plotted."""
     values = data.metric_values(rows, metric_cols)
     plotted = [m for m in plots.PLOT_METRICS if any(values.get((m, s)) for s in stems)]
     if not plotted:
         return None
     plot_stems = [s for s in stems if any(values.get((m, s)) for m in plotted)]
-    lines = [{"label": f"{m.upper()} (this run)", "reference": False,
-              "cells": [fixed(np.median(values[(m, s)]) if values.get((m, s)) else None)
-                        for s in plot_stems]} for m in plotted]
-    lines += [{"label": f"SDR, {name}", "reference": True,
-               "cells": [fixed(ref.get(s)) for s in plot_stems]}
-              for name, ref in plots.PUBLISHED_SDR.items()]
-    return {"png": plots.metrics_boxplot_png(values, plot_stems, plotted), "stems": plot_stems,
-            "lines": lines, "n_tracks": max(len(v) for v in values.values())}
+    lines = [
+        {
+            "label": f"{m.upper()} (this run)",
+            "reference": False,
+            "cells": [
+                fixed(np.median(values[(m, s)]) if values.get((m, s)) else None) for s in plot_stems
+            ],
+        }
+        for m in plotted
+    ]
+    lines += [
+        {
+            "label": f"SDR, {name}",
+            "reference": True,
+            "cells": [fixed(ref.get(s)) for s in plot_stems],
+        }
+        for name, ref in plots.PUBLISHED_SDR.items()
+    ]
+    return {
+        "png": plots.metrics_boxplot_png(values, plot_stems, plotted),
+        "stems": plot_stems,
+        "lines": lines,
+        "n_tracks": max(len(v) for v in values.values()),
+    }
 
 
-def table_json(rows: Sequence[data.Row], metric_cols: Sequence[tuple[str, str]],
-               hrefs: Mapping[str, str]) -> markupsafe.Markup:
+def table_json(
+    rows: Sequence[data.Row], metric_cols: Sequence[tuple[str, str]], hrefs: Mapping[str, str]
+) -> markupsafe.Markup:
     """The per-track table for templates/table.js (sortable, drawn 100 rows at a time).
 
     JSON: {"columns": [[label, "text"|"num", digits]], "rows": [[track_id, card href or "",
     status, numbers (null when missing)...]]}; about 130 bytes a row with 16 metric columns.
     """
-    columns = [["Track", "text", 0], ["Status", "text", 0], ["Duration s", "num", 1],
-               ["× real time", "num", 1]]
+    columns = [
+        ["Track", "text", 0],
+        ["Status", "text", 0],
+        ["Duration s", "num", 1],
+        ["× real time", "num", 1],
+    ]
     columns += [[f"{m.upper()} {s}", "num", 2] for m, s in metric_cols]
     table = [
         [row["track_id"], hrefs.get(row["track_id"], ""), row.get("status") or ""]
@@ -133,8 +168,14 @@ def table_json(rows: Sequence[data.Row], metric_cols: Sequence[tuple[str, str]],
     return json_for_script({"columns": columns, "rows": table})
 
 
-def track_card(index: int, row: data.Row, media: MediaWriter, *, with_media: bool,
-               metric_cols: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def track_card(
+    index: int,
+    row: data.Row,
+    media: MediaWriter,
+    *,
+    with_media: bool,
+    metric_cols: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
     """One track's card: title, facts, and per source (mixture, each stem) a spectrogram and a
     player."""
     sources = [("mixture", row.get("source_uri") or ""), *data.stems_of(row).items()]
@@ -154,27 +195,57 @@ def track_card(index: int, row: data.Row, media: MediaWriter, *, with_media: boo
         sdr = data.number(row.get(f"sdr_{stem}")) if metric == "sdr" else None
         if sdr is not None:
             facts.append(f"SDR {stem} {sdr:.2f} dB")
-    excerpt = (f"{clock(start)}–{clock(start + media.excerpt_s)}"
-               if any(s.spectrogram for s in shown) else "")
-    return {"index": index, "track_id": row["track_id"], "facts": facts, "sources": shown,
-            "excerpt": excerpt}
+    excerpt = (
+        f"{clock(start)}–{clock(start + media.excerpt_s)}"
+        if any(s.spectrogram for s in shown)
+        else ""
+    )
+    return {
+        "index": index,
+        "track_id": row["track_id"],
+        "facts": facts,
+        "sources": shown,
+        "excerpt": excerpt,
+    }
 
 
-def run_page(*, run_id: str, page: int, page_names: Sequence[str], first: dict[str, Any] | None,
-             cards: Sequence[dict[str, Any]], tracks_title: str, media_pages: int,
-             page_size: int) -> str:
+def run_page(
+    *,
+    run_id: str,
+    page: int,
+    page_names: Sequence[str],
+    first: dict[str, Any] | None,
+    cards: Sequence[dict[str, Any]],
+    tracks_title: str,
+    media_pages: int,
+    page_size: int,
+) -> str:
     """One page of run ``run_id``'s report; ``first``: the first page's sections (from
     first_page_context), None on later pages."""
-    return render("run.html.j2", title=f"stembeam run {run_id}", run_id=run_id, page=page,
-                  page_names=page_names, first=first is not None, **(first or {}), cards=cards,
-                  tracks_title=tracks_title, range_db=SPECTROGRAM_RANGE_DB,
-                  media_note=len(page_names) > media_pages, media_pages=media_pages,
-                  page_size=page_size)
+    return render(
+        "run.html.j2",
+        title=f"stembeam run {run_id}",
+        run_id=run_id,
+        page=page,
+        page_names=page_names,
+        first=first is not None,
+        **(first or {}),
+        cards=cards,
+        tracks_title=tracks_title,
+        range_db=SPECTROGRAM_RANGE_DB,
+        media_note=len(page_names) > media_pages,
+        media_pages=media_pages,
+        page_size=page_size,
+    )
 
 
-def first_page_context(summary: data.Summary, rows: Sequence[data.Row], stems: Sequence[str],
-                       metric_cols: Sequence[tuple[str, str]], hrefs: Mapping[str, str]
-                       ) -> dict[str, Any]:
+def first_page_context(
+    summary: data.Summary,
+    rows: Sequence[data.Row],
+    stems: Sequence[str],
+    metric_cols: Sequence[tuple[str, str]],
+    hrefs: Mapping[str, str],
+) -> dict[str, Any]:
     """What only the first page shows: summary, failures, metrics and the per-track table."""
     failed = [row for row in rows if row.get("status") == "failed"]
     return {
@@ -190,12 +261,21 @@ def first_page_context(summary: data.Summary, rows: Sequence[data.Row], stems: S
 
 def index_page(runs: Sequence[data.Row], report_href: Mapping[str, str | None]) -> str:
     """The runs table; ``report_href``: run id -> its report's href (None: no report)."""
-    listed = [{
-        "run_id": run["run_id"],
-        "report": report_href.get(run["run_id"]),
-        "cells": (data.utc_time(run.get("started_at")), run.get("model"), run.get("input"),
-                  run.get("tracks_ok"), run.get("tracks_skipped"), run.get("tracks_failed"),
-                  audio_amount(data.number(run.get("audio_s")) or 0.0),
-                  fixed(run.get("realtime_factor")) + "x"),
-    } for run in runs]
+    listed = [
+        {
+            "run_id": run["run_id"],
+            "report": report_href.get(run["run_id"]),
+            "cells": (
+                data.utc_time(run.get("started_at")),
+                run.get("model"),
+                run.get("input"),
+                run.get("tracks_ok"),
+                run.get("tracks_skipped"),
+                run.get("tracks_failed"),
+                audio_amount(data.number(run.get("audio_s")) or 0.0),
+                fixed(run.get("realtime_factor")) + "x",
+            ),
+        }
+        for run in runs
+    ]
     return render("index.html.j2", title="stembeam runs", head=INDEX_HEAD, runs=listed)

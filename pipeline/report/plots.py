@@ -16,8 +16,9 @@ PLOT_METRICS = ("sdr", "sir", "sar")
 _REFERENCE_STYLES = (("#d62728", "--"), ("#1f77b4", ":"))  # (colour, dash) per PUBLISHED_SDR
 
 
-def metrics_boxplot_png(values: Mapping[tuple[str, str], Sequence[float]], stems: Sequence[str],
-                        metrics: Sequence[str]) -> bytes:
+def metrics_boxplot_png(
+    values: Mapping[tuple[str, str], Sequence[float]], stems: Sequence[str], metrics: Sequence[str]
+) -> bytes:
     """SiSEC-style figure: one panel per metric, one box per stem over tracks (values in dB),
     published SDR lines. Returns PNG bytes, 100 dpi, (3.6 * panels + 0.4) x 3.6 inches."""
     from matplotlib.figure import Figure
@@ -27,19 +28,32 @@ def metrics_boxplot_png(values: Mapping[tuple[str, str], Sequence[float]], stems
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics, strict=True):
         data = [list(values.get((metric, s), ())) for s in stems]
-        ax.boxplot(data, tick_labels=list(stems), widths=0.6, medianprops={"color": "black"},
-                   flierprops={"markersize": 3})
+        ax.boxplot(
+            data,
+            tick_labels=list(stems),
+            widths=0.6,
+            medianprops={"color": "black"},
+            flierprops={"markersize": 3},
+        )
         if metric == "sdr":
             handles = []
-            for (name, ref), (color, dash) in zip(PUBLISHED_SDR.items(), _REFERENCE_STYLES,
-                                                  strict=True):
+            for (name, ref), (color, dash) in zip(
+                PUBLISHED_SDR.items(), _REFERENCE_STYLES, strict=True
+            ):
                 for pos, stem in enumerate(stems, start=1):
                     if stem in ref:
-                        ax.hlines(ref[stem], pos - 0.4, pos + 0.4, colors=color, linestyles=dash,
-                                  linewidth=1.6)
+                        ax.hlines(
+                            ref[stem],
+                            pos - 0.4,
+                            pos + 0.4,
+                            colors=color,
+                            linestyles=dash,
+                            linewidth=1.6,
+                        )
                 if any(stem in ref for stem in stems):
-                    handles.append(Line2D([], [], color=color, linestyle=dash,
-                                          label=f"{name} median"))
+                    handles.append(
+                        Line2D([], [], color=color, linestyle=dash, label=f"{name} median")
+                    )
             if handles:
                 ax.legend(handles=handles, fontsize=7, loc="lower left")
         ax.set_title(metric.upper())

@@ -42,9 +42,15 @@ def write_report(
         raise ValueError("page_size must be >= 1, media_pages >= 0 and excerpt_s > 0")
     if not storage.is_local(output_html):
         with tempfile.TemporaryDirectory(prefix="stembeam-report-") as tmp:
-            write_report(results_url, os.path.join(tmp, storage.basename(output_html)), run_id,
-                         page_size=page_size, media_pages=media_pages, excerpt_s=excerpt_s,
-                         link_local_audio=False)
+            write_report(
+                results_url,
+                os.path.join(tmp, storage.basename(output_html)),
+                run_id,
+                page_size=page_size,
+                media_pages=media_pages,
+                excerpt_s=excerpt_s,
+                link_local_audio=False,
+            )
             _upload_folder(tmp, storage.parent(output_html))
         return output_html
     run_id, run_row, rows = data.load_run(results_url, run_id)
@@ -60,22 +66,37 @@ def write_report(
     for name in os.listdir(out_dir):  # pages of an earlier, longer report at the same path
         if page_file.fullmatch(name) and name not in page_names:
             os.remove(os.path.join(out_dir, name))
-    media = MediaWriter(out_dir, os.path.join(out_dir, f"{base}_media"), excerpt_s,
-                        link_local_audio)
-    hrefs = {row["track_id"]: f"{urllib.parse.quote(page_names[i // page_size])}#t{i}"
-             for i, row in enumerate(cards)}
+    media = MediaWriter(
+        out_dir, os.path.join(out_dir, f"{base}_media"), excerpt_s, link_local_audio
+    )
+    hrefs = {
+        row["track_id"]: f"{urllib.parse.quote(page_names[i // page_size])}#t{i}"
+        for i, row in enumerate(cards)
+    }
     stems = data.stem_order(rows)
     metric_cols = data.metric_columns(rows, stems)
-    first = pages.first_page_context(data.summarize(run_id, run_row, rows), rows, stems,
-                                     metric_cols, hrefs)
+    first = pages.first_page_context(
+        data.summarize(run_id, run_row, rows), rows, stems, metric_cols, hrefs
+    )
     for page in range(n_pages):
         shown = range(page * page_size, min(len(cards), (page + 1) * page_size))
-        page_cards = [pages.track_card(i, cards[i], media, with_media=page < media_pages,
-                                       metric_cols=metric_cols) for i in shown]
+        page_cards = [
+            pages.track_card(
+                i, cards[i], media, with_media=page < media_pages, metric_cols=metric_cols
+            )
+            for i in shown
+        ]
         title = f"Tracks {shown.start + 1}–{shown.stop} of {len(cards)}" if cards else "Tracks"
-        text = pages.run_page(run_id=run_id, page=page, page_names=page_names,
-                              first=first if page == 0 else None, cards=page_cards,
-                              tracks_title=title, media_pages=media_pages, page_size=page_size)
+        text = pages.run_page(
+            run_id=run_id,
+            page=page,
+            page_names=page_names,
+            first=first if page == 0 else None,
+            cards=page_cards,
+            tracks_title=title,
+            media_pages=media_pages,
+            page_size=page_size,
+        )
         with open(os.path.join(out_dir, page_names[page]), "w", encoding="utf-8") as f:
             f.write(text)
     return output_html
@@ -92,8 +113,12 @@ def write_run_reports(results_url: str, output_dir: str, run_id: str, **options:
     so a rerun that skips every track leaves the first run's figures in place) and the index
     ``output_dir/report.html`` linking every run's report, newest first. ``options`` go to
     write_report. Returns the run's report path."""
-    path = write_report(results_url, os.path.join(output_dir, REPORTS_DIR,
-                                                  run_report_name(run_id)), run_id, **options)
+    path = write_report(
+        results_url,
+        os.path.join(output_dir, REPORTS_DIR, run_report_name(run_id)),
+        run_id,
+        **options,
+    )
     write_index(results_url, os.path.join(output_dir, "report.html"))
     return path
 
