@@ -192,7 +192,8 @@ def postgres_url() -> str:
                     f"{started.stderr[-2000:]}")
     error = _postgres_answers(exported)
     if error:
-        raise RuntimeError(f".ci/start-postgres.sh started {exported}, which does not answer: {error}")
+        raise RuntimeError(
+            f".ci/start-postgres.sh started {exported}, which does not answer: {error}")
     return exported
 
 

@@ -1,8 +1,9 @@
 """BigQuery schema and row conversion of the results tables.
 
 BigQuery itself cannot run here (it needs a Google Cloud project, a dataset and network access to
-bigquery.googleapis.com), so these tests check what the sink is given: the TableSchema against the schema's declared columns, and
-rows against JSON's and BigQuery's rules (no NaN, UTC timestamp strings, only schema columns).
+bigquery.googleapis.com), so these tests check what the sink is given: the TableSchema against the
+schema's declared columns, and rows against JSON's and BigQuery's rules (no NaN, UTC timestamp
+strings, only schema columns).
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def expected(row: dict[str, Any], columns=RESULT_COLUMNS) -> dict[str, Any]:
 def read_table(url: str, table: str, columns) -> dict[tuple[str, ...], dict[str, Any]]:
     """Every row of ``table`` keyed by its primary key, timestamps as naive UTC."""
     engine = sa.create_engine(url)
-    typed = dict(zip((RESULTS_TABLE, RUNS_TABLE), sql_tables()))[table]  # parses SQLite's text
+    # the tables' types parse SQLite's text
+    typed = dict(zip((RESULTS_TABLE, RUNS_TABLE), sql_tables(), strict=True))[table]
     with engine.connect() as connection:
         fetched = connection.execute(
             sa.select(*(typed.c[name] for name in column_names(columns)))).mappings().all()
