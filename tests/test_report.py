@@ -130,27 +130,24 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
         rows.append(row)
     gamma_mix, _ = _write_track(root / "stems" / "gamma", 2.0, 9)
     files["gamma"] = (gamma_mix, {})
+    skipped_or_failed = dict(run_id="run-2", model="spleeter:4stems", finished_at=t0)
     rows.append(
-        dict(
-            run_id="run-2",
-            track_id="gamma",
-            source_uri=str(gamma_mix),
-            status="skipped",
-            error="already done",
-            model="spleeter:4stems",
-            finished_at=t0,
-        )
+        {
+            **skipped_or_failed,
+            "track_id": "gamma",
+            "source_uri": str(gamma_mix),
+            "status": "skipped",
+            "error": "already done",
+        }
     )
     rows.append(
-        dict(
-            run_id="run-2",
-            track_id="broken",
-            source_uri="/masters/broken.flac",
-            status="failed",
-            error=EVIL_ERROR,
-            model="spleeter:4stems",
-            finished_at=t0,
-        )
+        {
+            **skipped_or_failed,
+            "track_id": "broken",
+            "source_uri": "/masters/broken.flac",
+            "status": "failed",
+            "error": EVIL_ERROR,
+        }
     )
     old_mix, _ = _write_track(root / "stems" / "old", 2.0, 11)
     rows.append(
