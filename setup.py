@@ -14,6 +14,8 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms",
                                                "transforms.*", "model", "model.*"]),
+    # the report's page templates, stylesheet and table script, read at run time
+    package_data={"pipeline.report": ["templates/*"]},
     install_requires=[
         "apache-beam[gcp]>=2.77,<3",
         "tensorflow-cpu>=2.21,<2.22; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
@@ -27,6 +29,7 @@ setuptools.setup(
         "norbert>=0.2.1",
         "SQLAlchemy>=2.0",
         "matplotlib>=3.8",
+        "Jinja2>=3.1",
         "mido>=1.3",
         "stempeg>=0.2.6",  # the demo catalog's MUSDB18 excerpt ships in its wheel
     ],

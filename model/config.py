@@ -14,6 +14,10 @@ SAMPLE_RATE = 44100
 FRAME_LENGTH = 4096
 FRAME_STEP = 1024
 SEGMENT_FRAMES = 512
+# Model arithmetic a run or a training may ask for (model.unet maps each to a Keras dtype policy).
+PRECISIONS = ("float32", "bfloat16")
+# Every stem a preset separates, in the results table's column order.
+ALL_STEMS = ("vocals", "accompaniment", "drums", "bass", "piano", "other")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +64,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in fields}
         kwargs["stems"] = tuple(kwargs["stems"])

@@ -25,7 +25,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import mido
 import numpy as np
@@ -33,8 +33,9 @@ import scipy.io.wavfile
 import scipy.signal
 import soundfile
 
+from model.config import SAMPLE_RATE
+
 STEMS = ("vocals", "drums", "bass", "other")
-SAMPLE_RATE = 44100
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 DEFAULT_MIDI_SOURCES = (
     "/usr/share/games/doom/freedoom1.wad",

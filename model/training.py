@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from model.checkpoint import write_model_folder
 from model.config import ModelConfig
-from model.registry import load_model
+from model.registry import cache_root, load_model
 from model.separate import separate_waveform
 from model.spectral import stft_frames
 from model.unet import batch_predictor, build_unet
@@ -84,12 +84,12 @@ def _has_scheme(path: str) -> bool:
 
 def localize(uri: str, cache_dir: str | None = None) -> str:
     """A local folder with the contents of ``uri``; remote folders are copied once (Beam
-    FileSystems) into ``<cache>/datasets/<sha of uri>``."""
+    FileSystems) into ``<cache_dir or cache_root()/datasets>/<sha of uri>``."""
     if not _has_scheme(uri):
         return uri
     from apache_beam.io.filesystems import FileSystems  # lazy: model/ needs no Beam otherwise
 
-    cache = cache_dir or os.path.join(os.path.expanduser("~/.cache/stembeam"), "datasets")
+    cache = cache_dir or os.path.join(cache_root(), "datasets")
     dest = os.path.join(cache, hashlib.sha256(uri.encode()).hexdigest()[:16])
     done = os.path.join(dest, ".complete")
     if os.path.exists(done):

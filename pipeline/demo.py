@@ -19,7 +19,8 @@ import numpy as np
 MUSDB_STEM_ORDER = ("mixture", "drums", "bass", "other", "vocals")
 FRETSONFIRE_DIR = "/usr/share/games/fretsonfire/data/songs/muldjord"
 FRETSONFIRE_SONGS = ("armygeddon", "chaos_god")
-MANIFEST_COLUMNS = ("track_id", "uri", "vocals", "accompaniment", "drums", "bass", "other")
+DEMO_STEMS = ("vocals", "accompaniment", "drums", "bass", "other")  # the manifest's references
+MANIFEST_COLUMNS = ("track_id", "uri", *DEMO_STEMS)
 
 
 def _write(path: str, audio: np.ndarray, rate: int) -> str:
@@ -34,12 +35,13 @@ def _musdb_excerpt(dest: str) -> dict[str, str]:
 
     (source,) = glob.glob(os.path.join(os.path.dirname(stempeg.__file__), "data", "*.stem.mp4"))
     stems, rate = stempeg.read_stems(source)
-    parts = dict(zip(MUSDB_STEM_ORDER, stems))
+    parts = dict(zip(MUSDB_STEM_ORDER, stems, strict=True))
     parts["accompaniment"] = parts["drums"] + parts["bass"] + parts["other"]
     folder = os.path.join(dest, "falcon_69")
     os.makedirs(folder, exist_ok=True)
-    row = {"track_id": "falcon_69", "uri": _write(os.path.join(folder, "mixture.wav"), parts["mixture"], rate)}
-    for stem in ("vocals", "accompaniment", "drums", "bass", "other"):
+    mixture = _write(os.path.join(folder, "mixture.wav"), parts["mixture"], rate)
+    row = {"track_id": "falcon_69", "uri": mixture}
+    for stem in DEMO_STEMS:
         row[stem] = _write(os.path.join(folder, f"{stem}.wav"), parts[stem], rate)
     return row
 
@@ -65,7 +67,8 @@ def default_catalog_dir() -> str:
 
 
 def build_demo_catalog(dest: str) -> str:
-    """Writes the demo catalog under ``dest`` (reused when already there); returns the manifest path."""
+    """Writes the demo catalog under ``dest`` (reused when already there); returns the manifest
+    path."""
     manifest = os.path.join(dest, "manifest.csv")
     if os.path.exists(manifest):
         return manifest

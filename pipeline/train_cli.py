@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from model.config import ModelConfig, spleeter_config
+from model.config import PRECISIONS, ModelConfig, spleeter_config
 
 
 def make_dataset_main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--validation-tracks", type=int, default=defaults.validation_tracks)
     parser.add_argument("--validation-seconds", type=float,
                         default=defaults.validation_seconds)
-    parser.add_argument("--precision", choices=("float32", "bfloat16"),
+    parser.add_argument("--precision", choices=PRECISIONS,
                         default=defaults.precision)
     parser.add_argument("--T", type=int, help="override the segment length (frames)")
     parser.add_argument("--F", type=int, help="override the bins fed to the U-Net")

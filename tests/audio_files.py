@@ -9,7 +9,8 @@ import soundfile
 
 
 def tone(seconds: float, rate: int = 44100, channels: int = 2, seed: int = 0) -> np.ndarray:
-    """``(n, channels)`` float32: a different sine mix per channel plus a little noise, |x| < 0.9."""
+    """``(n, channels)`` float32: a different sine mix per channel plus a little noise,
+    |x| < 0.9."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(seconds * rate))) / rate
     out = np.empty((len(t), channels), np.float32)

@@ -5,7 +5,7 @@ Registered as a plugin (``pytest_plugins = ["tests.services"]`` in tests/conftes
 - ``gcs_emulator`` (session): gcp-storage-emulator on a free 127.0.0.1 port, in memory, in a
   subprocess. Sets ``STORAGE_EMULATOR_HOST`` (and a PYTHONPATH that finds the repo and the test
   modules) for this process and every child, and pre-seeds Beam's credentials here
-  (transforms.storage); SDK worker processes seed theirs when they import that module.
+  (tests.gcs_credentials); SDK worker processes seed theirs when they import that module.
 - ``s3_emulator`` (session): moto's S3 server on a free 127.0.0.1 port, in a thread. Sets
   ``AWS_ENDPOINT_URL`` and dummy credentials in the environment, which boto3 (and so Beam's S3
   filesystem) honours in this process and every child, with no pipeline flag.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import loopback_guard
+from tests import gcs_credentials, loopback_guard
 
 POSTGRES_ENV = "STEMBEAM_TEST_POSTGRES_URL"
 # What .ci/start-postgres.sh creates when left to its defaults.
@@ -82,8 +82,6 @@ class GcsEmulator:
 
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[GcsEmulator]:
-    from transforms import storage
-
     port = free_port()
     command = [sys.executable, "-c", "from gcp_storage_emulator.__main__ import main; main()",
                "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"]
@@ -96,13 +94,13 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
         raise RuntimeError(f"{error}\n{stderr}") from None
     endpoint = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(storage.EMULATOR_ENV, endpoint)
+        patch.setenv(gcs_credentials.EMULATOR_ENV, endpoint)
         # SDK worker processes started from here import the repo's packages, and test modules
         # by the top-level names pytest gives them (DoFns defined in tests pickle by reference).
         patch.setenv("PYTHONPATH", os.pathsep.join(
             p for p in (str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH"))
             if p))
-        storage.use_anonymous_gcs_credentials()
+        gcs_credentials.use_anonymous_gcs_credentials()
         yield GcsEmulator(endpoint=endpoint)
     process.terminate()
     try:
@@ -194,7 +192,8 @@ def postgres_url() -> str:
                     f"{started.stderr[-2000:]}")
     error = _postgres_answers(exported)
     if error:
-        raise RuntimeError(f".ci/start-postgres.sh started {exported}, which does not answer: {error}")
+        raise RuntimeError(
+            f".ci/start-postgres.sh started {exported}, which does not answer: {error}")
     return exported
 
 

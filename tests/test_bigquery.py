@@ -1,8 +1,9 @@
 """BigQuery schema and row conversion of the results tables.
 
 BigQuery itself cannot run here (it needs a Google Cloud project, a dataset and network access to
-bigquery.googleapis.com), so these tests check what the sink is given: the TableSchema against the schema's declared columns, and
-rows against JSON's and BigQuery's rules (no NaN, UTC timestamp strings, only schema columns).
+bigquery.googleapis.com), so these tests check what the sink is given: the TableSchema against the
+schema's declared columns, and rows against JSON's and BigQuery's rules (no NaN, UTC timestamp
+strings, only schema columns).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_rows_are_json_safe_and_typed():
 
 
 def test_timestamps_from_datetimes_naive_means_utc():
-    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     run = {"run_id": "r", "started_at": moment.replace(tzinfo=None),
            "finished_at": moment.astimezone(datetime.timezone(datetime.timedelta(hours=-5))),
            "audio_s": math.nan}

@@ -110,9 +110,9 @@ def test_medians_and_json_match_museval_trackstore(generated_scores):
     written = json.loads(bsseval.museval_json(ours, names))
     reference = simplejson.loads(store.json, allow_nan=True)
     assert [t["name"] for t in written["targets"]] == names
-    for got, want in zip(written["targets"], reference["targets"]):
+    for got, want in zip(written["targets"], reference["targets"], strict=True):
         assert len(got["frames"]) == len(want["frames"])
-        for f_got, f_want in zip(got["frames"], want["frames"]):
+        for f_got, f_want in zip(got["frames"], want["frames"], strict=True):
             assert f_got["time"] == f_want["time"] and f_got["duration"] == f_want["duration"]
             for key, value in f_want["metrics"].items():
                 if math.isnan(float(value)):

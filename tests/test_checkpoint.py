@@ -8,8 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from model.checkpoint import (META_FILE, import_spleeter_checkpoint, load_model_folder,
-                              write_model_folder)
+from model.checkpoint import (
+    META_FILE,
+    import_spleeter_checkpoint,
+    load_model_folder,
+    write_model_folder,
+)
 from model.config import ModelConfig
 from tests.spleeter_format import reference_logits, spleeter_variables, write_spleeter_checkpoint
 

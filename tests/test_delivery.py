@@ -11,8 +11,14 @@ import soundfile
 from scipy.signal import resample_poly
 
 from pipeline.options import parse_options
-from transforms.delivery import (DEFAULT_TEMPLATE, OutputFormat, mix_is_identity, stem_mix,
-                                 stem_path, validate_template)
+from transforms.delivery import (
+    DEFAULT_TEMPLATE,
+    OutputFormat,
+    mix_is_identity,
+    stem_mix,
+    stem_path,
+    validate_template,
+)
 
 RATE = 44100
 

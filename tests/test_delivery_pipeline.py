@@ -36,7 +36,8 @@ def separate(catalog: str, output: str, model: str, *extra: str) -> dict:
 
 
 @pytest.mark.parametrize("extra,ext,rate", [
-    ((), "wav", 44100), (("--bit_depth", "16"), "wav", 44100), (("--format", "flac"), "flac", 44100),
+    ((), "wav", 44100), (("--bit_depth", "16"), "wav", 44100),
+    (("--format", "flac"), "flac", 44100),
     (("--format", "aiff", "--bit_depth", "16"), "aiff", 44100),
     (("--format", "mp3", "--bitrate", "192k"), "mp3", 44100),
     (("--format", "ogg"), "ogg", 44100), (("--format", "opus"), "opus", 48000)])

@@ -12,11 +12,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-# Imported by the module that defines the DoFns, as every transforms/ module does: an SDK worker
-# that unpickles them imports it too, which seeds Beam's credentials (STORAGE_EMULATOR_HOST is
-# set) before the first GCS call. That also covers FnApiRunner's multi-process workers, which get
-# no pipeline options (so no --beam_plugins) from the runner.
-import transforms.storage  # noqa: F401
+# Imported by the module that defines the DoFns: an SDK worker that unpickles them imports it
+# too, which seeds Beam's credentials (STORAGE_EMULATOR_HOST is set) before the first GCS call.
+# That also covers FnApiRunner's multi-process workers, which get no pipeline options (so no
+# --beam_plugins) from the runner.
+import tests.gcs_credentials  # noqa: F401
 from tests import loopback_guard
 
 

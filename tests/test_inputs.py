@@ -77,7 +77,8 @@ RESERVED = ("results.sqlite", "results.sqlite-journal", "results.sqlite-wal", "r
 
 def manifest(tmp_path, rows, name="cat.jsonl"):
     path = tmp_path / name
-    path.write_text("".join(json.dumps(dict(zip(("track_id", "uri"), r))) + "\n" for r in rows))
+    lines = (json.dumps(dict(zip(("track_id", "uri"), r, strict=False))) + "\n" for r in rows)
+    path.write_text("".join(lines))
     return str(path)
 
 
@@ -187,7 +188,7 @@ def evaluated(tmp_path, track_s: float, reference_s: float, rate: int = 8000):
     vocals[:k] += estimates[0][:k]
     refs = [vocals, 0.8 * estimates[1] + 0.1 * tone(track_s, rate, seed=4)]
     stems, references = {}, []
-    for name, est, ref in zip(CFG.stems, estimates, refs):
+    for name, est, ref in zip(CFG.stems, estimates, refs, strict=True):
         stems[name] = write(str(tmp_path / "out" / "t" / f"{name}.wav"), est, rate, "FLOAT")
         references.append((name, write(str(tmp_path / "refs" / f"{name}.wav"), ref, rate,
                                        "FLOAT")))
@@ -213,5 +214,5 @@ def test_reference_within_tolerance_is_cropped_and_scored(tmp_path):
     medians = bsseval.median_metrics(scores)
     assert not row["error"]
     for metric, values in medians.items():
-        for name, value in zip(CFG.stems, values):
+        for name, value in zip(CFG.stems, values, strict=True):
             assert row[f"{metric}_{name}"] == pytest.approx(float(value), abs=1e-4)

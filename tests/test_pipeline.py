@@ -8,13 +8,13 @@ import os
 import sqlite3
 import time
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import soundfile
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-import apache_beam as beam
 from model.segmentation import default_context
 from pipeline.options import SeparateOptions, results_url
 from pipeline.separate import build
@@ -147,14 +147,15 @@ def test_museval_metrics_where_references_exist(first_run):
     import museval
 
     good = next(line.strip().split(",") for line in open(manifest) if line.startswith("good,"))
-    references = dict(zip(["vocals", "accompaniment"], good[2:4]))
+    references = dict(zip(["vocals", "accompaniment"], good[2:4], strict=True))
     refs = np.stack([soundfile.read(references[s], dtype="float32")[0] for s in TINY.stems])
     ests = np.stack([soundfile.read(os.path.join(output, "good", f"{s}.wav"), dtype="float32")[0]
                      for s in TINY.stems])
     sdr, isr, sir, sar = museval.evaluate(refs, ests, win=44100, hop=44100)
-    for metric, values in zip(("sdr", "isr", "sir", "sar"), (sdr, isr, sir, sar)):
+    for metric, values in zip(("sdr", "isr", "sir", "sar"), (sdr, isr, sir, sar), strict=True):
         for i, stem in enumerate(TINY.stems):
-            assert rows["good"][f"{metric}_{stem}"] == pytest.approx(np.nanmedian(values[i]), abs=0.01)
+            want = np.nanmedian(values[i])
+            assert rows["good"][f"{metric}_{stem}"] == pytest.approx(want, abs=0.01)
 
 
 def test_no_temporary_files_left(first_run):

@@ -3,8 +3,6 @@ import io
 import logging
 import time
 
-
-
 from pipeline.console import ConsoleHandler, RunProgress
 from transforms.records import Track, result_row
 from transforms.results import create_engine, create_tables, upsert

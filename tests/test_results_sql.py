@@ -17,12 +17,16 @@ import pytest
 import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.results import (CommitRows, create_engine, create_tables, sql_tables,
-                                upsert)
-from transforms.results_schema import (RESULT_COLUMNS, RESULTS_TABLE, RUN_COLUMNS, RUNS_TABLE,
-                                       column_names)
+from transforms.results import CommitRows, create_engine, create_tables, sql_tables, upsert
+from transforms.results_schema import (
+    RESULT_COLUMNS,
+    RESULTS_TABLE,
+    RUN_COLUMNS,
+    RUNS_TABLE,
+    column_names,
+)
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 FLOAT_EDGES = (float("nan"), float("inf"), -float("inf"), -0.0, 1e-300, 123456.789)
 
 
@@ -72,7 +76,8 @@ def expected(row: dict[str, Any], columns=RESULT_COLUMNS) -> dict[str, Any]:
 def read_table(url: str, table: str, columns) -> dict[tuple[str, ...], dict[str, Any]]:
     """Every row of ``table`` keyed by its primary key, timestamps as naive UTC."""
     engine = sa.create_engine(url)
-    typed = dict(zip((RESULTS_TABLE, RUNS_TABLE), sql_tables()))[table]  # parses SQLite's text
+    # the tables' types parse SQLite's text
+    typed = dict(zip((RESULTS_TABLE, RUNS_TABLE), sql_tables(), strict=True))[table]
     with engine.connect() as connection:
         fetched = connection.execute(
             sa.select(*(typed.c[name] for name in column_names(columns)))).mappings().all()

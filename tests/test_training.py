@@ -16,8 +16,16 @@ import tensorflow as tf
 
 from model.config import ModelConfig
 from model.registry import load_model
-from model.training import (TrainSettings, examples, find_tracks, init_from,
-                            signal_to_distortion, spleeter_l1_loss, train)
+from model.training import (
+    TrainSettings,
+    examples,
+    find_tracks,
+    init_from,
+    localize,
+    signal_to_distortion,
+    spleeter_l1_loss,
+    train,
+)
 from model.unet import build_unet
 
 RATE = 44100
@@ -152,3 +160,24 @@ def test_fine_tune_starts_from_init_model(trained, data_root, tmp_path):
                   dataclasses.replace(SETTINGS, steps=2), init=str(out))
     assert tuned.initialized_stems == ["accompaniment", "vocals"]
     assert np.mean(tuned.losses) < np.mean(first.losses[:4])
+
+
+def test_localize_copies_remote_data_into_the_configured_cache(gcs_emulator, tmp_path,
+                                                               monkeypatch):
+    """A gs:// dataset lands under $STEMBEAM_CACHE/datasets, once; local roots stay as they are."""
+    from apache_beam.io.filesystems import FileSystems
+
+    root = gcs_emulator.bucket("data")
+    payload = {"train/a/vocals.wav": b"RIFF-one", "test/b/mixture.wav": b"RIFF-two"}
+    for name, content in payload.items():
+        with FileSystems.create(f"{root}/musdb/{name}") as out:
+            out.write(content)
+    monkeypatch.setenv("STEMBEAM_CACHE", str(tmp_path / "cache"))
+    local = localize(f"{root}/musdb")
+    assert pathlib.Path(local).parent == tmp_path / "cache" / "datasets"
+    assert {str(p.relative_to(local)): p.read_bytes() for p in pathlib.Path(local).rglob("*.wav")
+            } == payload
+    FileSystems.delete([f"{root}/musdb/train/a/vocals.wav"])  # later calls use the copy
+    assert localize(f"{root}/musdb") == local
+    assert (pathlib.Path(local) / "train/a/vocals.wav").read_bytes() == b"RIFF-one"
+    assert localize(str(tmp_path)) == str(tmp_path)

@@ -3,11 +3,12 @@
 Plain Python (no SQLAlchemy, no Beam) so every sink (SQL, BigQuery) and the report share it.
 Types are the portable names ``'string'``, ``'float'``, ``'integer'``, ``'timestamp'``.
 """
+
 from __future__ import annotations
 
-ALL_STEMS = ("vocals", "accompaniment", "drums", "bass", "piano", "other")
+from model.config import ALL_STEMS
+
 METRICS = ("sdr", "sir", "sar", "isr")
-STATUSES = ("ok", "skipped", "failed")
 
 RESULTS_TABLE = "results"
 RUNS_TABLE = "runs"

@@ -5,6 +5,7 @@ see are atomic: the data goes to a hidden temporary name next to the target and 
 into place (on object stores an object only becomes visible once complete, so the rename is the
 visibility step there too).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,30 +13,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-
-
-def use_anonymous_gcs_credentials() -> None:
-    """Make Beam's GCS client use anonymous access without its credential search.
-
-    Beam looks for Google credentials for ~24 s before falling back to anonymous access; against
-    a storage emulator there are none to find. Pre-seeding the cache skips the search. Must run in
-    every process that touches gs:// (this module calls it on import when STORAGE_EMULATOR_HOST
-    is set, and every worker imports this module).
-    """
-    from apache_beam.internal.gcp import auth
-
-    auth._Credentials._credentials_init = True
-    auth._Credentials._credentials = None
-
-
-if os.environ.get(EMULATOR_ENV):
-    use_anonymous_gcs_credentials()
 
 
 def join(base: str, *parts: str) -> str:
@@ -82,14 +64,14 @@ def temp_name(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str) -> Iterator[BinaryIO]:
+def atomic_writer(path: str, mime_type: str = "application/octet-stream") -> Iterator[BinaryIO]:
     """Context manager yielding a binary writer; ``path`` appears only if the block succeeds.
 
-    On error the temporary file is deleted and the exception propagates.
+    ``mime_type``: the object's content type on object stores. On error the temporary file is
+    deleted and the exception propagates.
     """
     tmp = temp_name(path)
-    f = FileSystems.create(tmp, mime_type="application/octet-stream",
-                           compression_type=CompressionTypes.UNCOMPRESSED)
+    f = FileSystems.create(tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED)
     try:
         yield f
         f.close()
@@ -100,9 +82,9 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
     replace(tmp, path)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_writer(path) as f:
+def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Write ``data`` to ``path`` atomically (``mime_type``: see atomic_writer)."""
+    with atomic_writer(path, mime_type) as f:
         f.write(data)
 
 
@@ -167,7 +149,7 @@ def absolute(path: str) -> str:
 
 def relative_parts(root: str, path: str) -> list[str]:
     """The parts of ``path`` below ``root`` (``root/a/b`` -> ``['a', 'b']``)."""
-    rest = path[len(root.rstrip("/")):].lstrip("/")
+    rest = path[len(root.rstrip("/")) :].lstrip("/")
     return rest.split("/") if rest else []
 
 
