@@ -90,11 +90,13 @@ class DoneMarker:
     @classmethod
     def read(cls, uri: str) -> Optional["DoneMarker"]:
         """The marker at ``uri``; None when there is none or it cannot be parsed."""
+        if not storage.exists(uri):
+            return None
         try:
             data = json.loads(storage.read_text(uri))
             return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
                           if f.name in data})
-        except (OSError, ValueError, TypeError, KeyError):
+        except Exception:  # unreadable or from another version: separate the track again
             return None
 
 
