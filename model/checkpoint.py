@@ -15,8 +15,11 @@ A model folder holds ``model.keras`` (Keras 3) and ``model.json``: the ``ModelCo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
+import zipfile
 from typing import Any
 
 import keras
@@ -158,13 +161,47 @@ def read_model_meta(path: str) -> dict[str, Any]:
     return meta
 
 
+def _keras_archive_names(model: keras.Model) -> list[str]:
+    """The group name of each of ``model.layers`` inside a ``.keras`` archive's weights file:
+    the snake_case class name, numbered ``_1``, ``_2``... by order among layers of that class
+    (Keras 3's naming when it saves a model's layer list)."""
+    used: dict[str, int] = {}
+    names = []
+    for layer in model.layers:
+        name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", layer.__class__.__name__)
+        name = re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+        count = used.get(name)
+        used[name] = 0 if count is None else count + 1
+        names.append(name if count is None else f"{name}_{count + 1}")
+    return names
+
+
+def _read_archive_weights(model: keras.Model, archive: str) -> None:
+    """Assigns ``model``'s weights from the ``model.weights.h5`` of the ``.keras`` file
+    ``archive``, matching layers by their position among layers of the same class. A model of
+    another structure gets other weights or raises; callers check ``weights_sha256``."""
+    import h5py
+
+    with zipfile.ZipFile(archive) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")),
+                                                  "r") as h5:
+        for layer, name in zip(model.layers, _keras_archive_names(model)):
+            if layer.weights:
+                group = h5["layers"][name]["vars"]
+                layer.set_weights([group[str(i)][()] for i in range(len(layer.weights))])
+
+
 def load_model_folder(path: str, precision: str = "float32"
                       ) -> tuple[keras.Model, ModelConfig, dict[str, Any]]:
-    """Loads a local model folder.
+    """Loads a local model folder, building the model once.
+
+    The model is built by this version's ``build_unet`` in ``precision`` and its weights read
+    straight from ``model.keras``; folders that an older layout wrote (other layer classes)
+    fall back to Keras' loader, then the same build. Either way the folder runs with this
+    version's layers.
 
     Args:
       path: folder holding ``model.keras`` and ``model.json``.
-      precision: ``'float32'`` or ``'bfloat16'`` (see ``build_unet``).
+      precision: ``'float32'``, ``'bfloat16'`` or ``'auto'`` (see ``build_unet``).
 
     Returns:
       (model, config, meta) with ``meta`` the parsed ``model.json``.
@@ -174,14 +211,17 @@ def load_model_folder(path: str, precision: str = "float32"
     """
     meta = read_model_meta(path)
     cfg = ModelConfig.from_dict(meta)
-    model = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
+    model = build_unet(cfg, precision)
+    try:
+        _read_archive_weights(model, os.path.join(path, MODEL_FILE))
+        fast = weights_sha256(model) == meta["sha256"]
+    except (KeyError, ValueError):
+        fast = False
+    if not fast:
+        saved = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
+        model.set_weights(saved.get_weights())
     sha256 = weights_sha256(model)
     if sha256 != meta["sha256"]:
         raise ValueError(f"{path}: weights sha256 {sha256} differs from {meta['sha256']} "
                          f"recorded in {META_FILE}; the folder is corrupt")
-    # Rebuilt by this version's builder (same weights): folders written before a layer got a
-    # faster implementation run with it too, and the precision applies.
-    weights = model.get_weights()
-    model = build_unet(cfg, precision)
-    model.set_weights(weights)
     return model, cfg, meta

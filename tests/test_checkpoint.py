@@ -112,7 +112,7 @@ def test_model_folder_round_trip(two_stem_checkpoint, tmp_path):
     np.testing.assert_array_equal(loaded.get_layer("vocals_dec3_deconv").kernel.numpy(),
                                   values["conv2d_transpose_2/kernel"])
     bf16, _, _ = load_model_folder(folder, precision="bfloat16")
-    assert bf16.get_layer("vocals_enc1_conv").compute_dtype == "bfloat16"
+    assert bf16.get_layer("vocals_enc2_conv").compute_dtype == "bfloat16"
 
 
 def test_model_folder_detects_changed_weights(two_stem_checkpoint, tmp_path):
