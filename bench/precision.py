@@ -10,8 +10,8 @@ sdr      the real Spleeter 2stems weights in float32 and in bfloat16 (``build_un
 startup  seconds from the start of a fresh process to its first U-Net batch, split into
          imports (Beam + TensorFlow + stembeam's pipeline modules), model load (resolve the
          folder, build, read the weights) and the first batch (trace + first forward pass),
-         through ``transforms.inference.StemModelHandler`` as a worker runs it; ``--runs``
-         fresh processes, medians.
+         the steps ``transforms.inference.StemModelHandler`` runs on its loading thread;
+         ``--runs`` fresh processes, medians.
 
     python3 -m bench.precision sdr [--dataset /tmp/ds] [--max-songs 16]
     python3 -m bench.precision startup [--runs 3] [--precision auto]
@@ -97,14 +97,13 @@ import apache_beam
 import tensorflow
 import pipeline.separate
 t1 = time.perf_counter()
-from transforms.inference import StemModelHandler
-handler = StemModelHandler("spleeter:2stems", precision=sys.argv[1], cache_dir=None)
-predictor = handler.load_model()
+from model.registry import load_model
+from model.unet import batch_predictor
+loaded = load_model("spleeter:2stems", precision=sys.argv[1])
 t2 = time.perf_counter()
-from model.config import spleeter_config
-cfg = spleeter_config("2stems")
+cfg = loaded.config
 x = np.random.default_rng(0).uniform(0, 1, (1, cfg.T, cfg.F, cfg.channels)).astype("float32")
-predictor(x)
+batch_predictor(loaded.model)(x)
 t3 = time.perf_counter()
 print(json.dumps(dict(imports=t1 - t0, load=t2 - t1, first_batch=t3 - t2)))
 """

@@ -72,8 +72,9 @@ class BackgroundModel:
 
     def __init__(self, load: Callable[[], Predictor]):
         self._result: list = []
-        self._thread = threading.Thread(target=self._run, args=(load,), name="stembeam-load",
-                                        daemon=True)
+        # not a daemon: a run with nothing to separate exits after the load finishes, never
+        # with TensorFlow half-imported on a thread (which aborts the interpreter)
+        self._thread = threading.Thread(target=self._run, args=(load,), name="stembeam-load")
         self._thread.start()
 
     def _run(self, load: Callable[[], Predictor]) -> None:
