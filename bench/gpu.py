@@ -177,7 +177,8 @@ def run_separate(catalog_dir: str, out: str, spec: str, precision: str, cpu: boo
     argv = ["--input", catalog_dir, "--output", out, "--model", spec, "--precision", precision,
             "--force", "--results", f"sqlite:///{out}/results.db", "--report", "none"]
     argv += ["--batch_size", str(batch_size)] if batch_size else []
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "STEMBEAM_BENCH_T0": repr(time.time())}
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     sampler = GpuSampler()
@@ -200,11 +201,14 @@ def run_separate(catalog_dir: str, out: str, spec: str, precision: str, cpu: boo
 
 def child(stats: str, argv: list[str]) -> None:
     """Runs ``stembeam separate argv`` here, timing the handler's load thread and its U-Net
-    batches; writes {load_s, unet_s, unet_batches, summary} to ``stats``."""
+    batches; writes {load_s, unet_s, unet_batches, first_batch_s, summary} to ``stats``
+    (first_batch_s: from the command's start, ``$STEMBEAM_BENCH_T0``, to the end of the first
+    U-Net batch)."""
     from pipeline import separate
     from transforms import inference
 
-    times = {"load_s": 0.0, "unet_s": 0.0, "unet_batches": 0}
+    started = float(os.environ.get("STEMBEAM_BENCH_T0", time.time()))
+    times = {"load_s": 0.0, "unet_s": 0.0, "unet_batches": 0, "first_batch_s": None}
     lock = threading.Lock()
     load, run_inference = inference.StemModelHandler._load, inference.StemModelHandler.run_inference
 
@@ -225,6 +229,8 @@ def child(stats: str, argv: list[str]) -> None:
             with lock:
                 times["unet_s"] += time.perf_counter() - t0
                 times["unet_batches"] += 1
+                if times["first_batch_s"] is None:
+                    times["first_batch_s"] = time.time() - started
 
     inference.StemModelHandler._load = timed_load
     inference.StemModelHandler.run_inference = timed_run_inference
@@ -309,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
             gpu = (f"GPU {row['gpu_util_mean']:.0f}% mean, {row['gpu_mem_peak_mib']:.0f} MiB peak"
                    if row["gpu_util_mean"] is not None else "no nvidia-smi")
             steady = f"{row['rtf_steady']:.1f}x" if row["rtf_steady"] else "n/a"
-            startup = f"{row['startup_wall_s']:.1f} s" if row["startup_wall_s"] else "n/a"
+            startup = (f"{row['startup_wall_s']:.1f} s" if row["startup_wall_s"] else "n/a") + \
+                f" (first U-Net batch done after {row['first_batch_s']:.1f} s)"
             print(f"{spec_in} ({weights}) {precision}: {audio_s:.0f} s of audio in "
                   f"{row['wall_s']:.1f} s = {row['rtf']:.1f}x real time with start-up, "
                   f"{steady} without; start-up {startup}; host peak {row['peak_rss_gb']:.2f} GB; "

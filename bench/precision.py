@@ -11,7 +11,9 @@ startup  seconds from the start of a fresh process to its first U-Net batch, spl
          imports (Beam + TensorFlow + stembeam's pipeline modules), model load (resolve the
          folder, build, read the weights) and the first batch (trace + first forward pass),
          the steps ``transforms.inference.StemModelHandler`` runs on its loading thread;
-         ``--runs`` fresh processes, medians.
+         then ``stembeam separate`` itself on 5 s of real music (bench.gpu's catalog and
+         runner): seconds from the command to the end of its first U-Net batch, and to its
+         end; ``--runs`` fresh processes of each, medians.
 
     python3 -m bench.precision sdr [--dataset /tmp/ds] [--max-songs 16]
     python3 -m bench.precision startup [--runs 3] [--precision auto]
@@ -25,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -122,10 +125,18 @@ def startup(args: argparse.Namespace) -> None:
         for key, value in {**json.loads(out.strip().splitlines()[-1]), "process"
                            " total": total}.items():
             times.setdefault(key, []).append(value)
+    from bench import gpu
+
+    folder, _ = gpu.catalog(gpu.STARTUP_SECONDS)
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory() as out:
+            row = gpu.run_separate(folder, out, "spleeter:2stems", args.precision, True, None)
+        times.setdefault("separate: first batch", []).append(row["first_batch_s"])
+        times.setdefault("separate: whole 5 s run", []).append(row["wall_s"])
     print(f"start-up, {args.runs} fresh processes, precision {args.precision}, "
           f"load {os.getloadavg()[0]:.2f}")
     for key, values in times.items():
-        print(f"  {key:14s} {statistics.median(values):6.2f} s  "
+        print(f"  {key:24s} {statistics.median(values):6.2f} s  "
               f"({', '.join(f'{v:.2f}' for v in values)})")
 
 

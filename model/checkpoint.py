@@ -20,14 +20,14 @@ import json
 import os
 import re
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from model.config import ModelConfig
-from model.unet import DECODER_FILTERS, ENCODER_FILTERS, build_unet
+
+if TYPE_CHECKING:  # Keras and TensorFlow load inside the functions that use them: resolving a
+    import keras   # model folder (the launcher's work) never imports them
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -41,9 +41,6 @@ SPLEETER_INSTRUMENT_ORDER: dict[str, tuple[str, ...]] = {
     "5stems": ("vocals", "piano", "drums", "bass", "other"),
 }
 
-_CONVS_PER_STEM = len(ENCODER_FILTERS) + 1
-_DECONVS_PER_STEM = len(DECODER_FILTERS)
-_BNS_PER_STEM = len(ENCODER_FILTERS) + len(DECODER_FILTERS)
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
@@ -63,16 +60,20 @@ def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, .
     Returns:
       layer name -> checkpoint variable names, in the order of the layer's ``weights``.
     """
+    from model.unet import DECODER_FILTERS, ENCODER_FILTERS
+
     if sorted(stems) != sorted(instrument_order):
         raise ValueError(f"checkpoint stems {instrument_order} differ from model stems {stems}")
+    convs_per_stem, deconvs_per_stem = len(ENCODER_FILTERS) + 1, len(DECODER_FILTERS)
+    bns_per_stem = len(ENCODER_FILTERS) + len(DECODER_FILTERS)
     mapping: dict[str, list[str]] = {}
     for k, stem in enumerate(instrument_order):
         def conv(n: int) -> list[str]:
-            name = _keras_name("conv2d", _CONVS_PER_STEM * k + n)
+            name = _keras_name("conv2d", convs_per_stem * k + n)
             return [f"{name}/kernel", f"{name}/bias"]
 
         def bn(n: int) -> list[str]:
-            name = _keras_name("batch_normalization", _BNS_PER_STEM * k + n)
+            name = _keras_name("batch_normalization", bns_per_stem * k + n)
             return [f"{name}/{w}" for w in _BN_WEIGHTS]
 
         for i in range(len(ENCODER_FILTERS)):
@@ -80,7 +81,7 @@ def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, .
             if i < len(ENCODER_FILTERS) - 1:
                 mapping[f"{stem}_enc{i + 1}_bn"] = bn(i)
         for j in range(len(DECODER_FILTERS)):
-            deconv = _keras_name("conv2d_transpose", _DECONVS_PER_STEM * k + j)
+            deconv = _keras_name("conv2d_transpose", deconvs_per_stem * k + j)
             mapping[f"{stem}_dec{j + 1}_deconv"] = [f"{deconv}/kernel", f"{deconv}/bias"]
             mapping[f"{stem}_dec{j + 1}_bn"] = bn(len(ENCODER_FILTERS) + j)
         mapping[f"{stem}_mask"] = conv(len(ENCODER_FILTERS))
@@ -99,6 +100,10 @@ def import_spleeter_checkpoint(checkpoint: str, cfg: ModelConfig,
     Raises:
       ValueError: a variable is missing or has the wrong shape.
     """
+    import tensorflow as tf
+
+    from model.unet import build_unet
+
     reader = tf.train.load_checkpoint(checkpoint)
     shapes = reader.get_variable_to_shape_map()
     model = build_unet(cfg)
@@ -121,6 +126,8 @@ def import_spleeter_checkpoint(checkpoint: str, cfg: ModelConfig,
 def weights_sha256(model: keras.Model) -> str:
     """sha256 of a model's weights: each weight's path, shape and little-endian float32 bytes,
     in ``model.weights`` order. Independent of the file format the weights are stored in."""
+    import keras
+
     digest = hashlib.sha256()
     for weight in model.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight), dtype="<f4")
@@ -209,6 +216,10 @@ def load_model_folder(path: str, precision: str = "float32"
     Raises:
       ValueError: the weights' sha256 differs from the one ``model.json`` records.
     """
+    import keras
+
+    from model.unet import build_unet
+
     meta = read_model_meta(path)
     cfg = ModelConfig.from_dict(meta)
     model = build_unet(cfg, precision)

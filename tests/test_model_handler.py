@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -46,3 +48,16 @@ def test_default_batch_size_follows_the_machine():
     assert default_batch_size() == (GPU_BATCH_SIZE if nvidia else CPU_BATCH_SIZE)
     handler = StemModelHandler("spleeter:2stems")
     assert handler.batch_elements_kwargs()["max_batch_size"] == default_batch_size()
+
+
+def test_launcher_does_not_import_tensorflow(tiny_model):
+    # describing a model (what the launcher does) leaves TensorFlow and Keras to the workers'
+    # loading thread
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, pipeline.separate\n"
+            "from transforms.inference import describe_model\n"
+            f"info = describe_model({tiny_model!r})\n"
+            "print(info.config.name, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": root}, check=True).stdout
+    assert out.split() == ["tiny", "False", "False"]
