@@ -61,3 +61,16 @@ def test_launcher_does_not_import_tensorflow(tiny_model):
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": root}, check=True).stdout
     assert out.split() == ["tiny", "False", "False"]
+
+
+def test_precision_and_batch_size_options():
+    from pipeline.options import UsageError, parse_options
+
+    options = parse_options(["a.wav", "-o", "/tmp/o"])
+    assert options.precision == "auto" and options.batch_size is None
+    for precision in ("float32", "bfloat16"):
+        assert parse_options(["a.wav", "-o", "/tmp/o", "--precision", precision]
+                             ).precision == precision
+    assert parse_options(["a.wav", "-o", "/tmp/o", "--batch_size", "8"]).batch_size == 8
+    with pytest.raises(UsageError, match="float16"):
+        parse_options(["a.wav", "-o", "/tmp/o", "--precision", "float16"])
