@@ -15,9 +15,9 @@ with start-up (audio s / wall s) and without ((audio - 5 s) / (wall - start-up w
 host memory of the process; GPU utilisation and peak GPU memory from ``nvidia-smi`` sampled
 every 0.5 s (where present); thread-seconds in the model load + warm-up and in U-Net batches
 (``StemModelHandler``; summed over worker threads), the rest of the work being decode, STFT,
-masks, iSTFT, writing and the runner. Then the check: the first ``--check-seconds`` of the catalog separated again on the
-CPU (``CUDA_VISIBLE_DEVICES=-1``); per stem file 10 log10(sum cpu^2 / sum (device - cpu)^2) dB,
-which must be >= 60 dB in float32.
+masks, iSTFT, writing and the runner. Then the check: the first ``--check-seconds`` of the
+catalog separated again on the CPU (``CUDA_VISIBLE_DEVICES=-1``); per stem file
+10 log10(sum cpu^2 / sum (device - cpu)^2) dB, which must be >= 60 dB in float32.
 
     bash bench/gpu.sh                       # python3 -m bench.gpu with the defaults
     python3 -m bench.gpu --cpu --seconds 5 --models FOLDER   # the CPU path (tests)
@@ -165,7 +165,7 @@ class GpuSampler:
                 if line.count(",") >= 1 and line.split(",")[0].strip().isdigit()]
         if not rows:
             return {"gpu_util_mean": None, "gpu_mem_peak_mib": None}
-        util, mem = zip(*rows)
+        util, mem = zip(*rows, strict=True)
         return {"gpu_util_mean": statistics.mean(util), "gpu_mem_peak_mib": max(mem)}
 
 

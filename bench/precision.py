@@ -17,8 +17,11 @@ startup  seconds from the start of a fresh process to its first U-Net batch, spl
 
     python3 -m bench.precision sdr [--dataset /tmp/ds] [--max-songs 16]
     python3 -m bench.precision startup [--runs 3] [--precision auto]
+    python3 -m bench.precision batch-ab [--seconds 120] [--batch-sizes 2 4] [--runs 3]
     python3 -m bench.precision startup-ab [--runs 3] [--baseline /path/to/older/checkout]
 
+batch-ab    ``stembeam separate`` (CPU, default workers) on ``--seconds`` of bench.gpu's catalog at
+            each ``--batch-sizes``, interleaved rounds: wall s and U-Net thread-seconds, medians.
 startup-ab  the whole command on the same 5 s file, rounds interleaving ``stembeam separate``
             from this tree, from ``--baseline`` (another checkout) and Spleeter 2.4.2's
             ``spleeter separate`` (its venv from bench/spleeter_venv.sh, when present); medians.
@@ -90,8 +93,9 @@ def sdr(args: argparse.Namespace) -> None:
     diffs = np.array([r["diff"] for r in rows])
     median = np.median(diffs, axis=0)
     print(f"median over {len(rows)} songs, bfloat16 - float32 SDR (dB): " + ", ".join(
-        f"{s} {m:+.3f}" for s, m in zip(STEMS_2, median)) +
-        f"; worst song/stem {diffs.min():+.3f}; cost (worst stem's median) {max(0, -median.min()):.3f}")
+        f"{s} {m:+.3f}" for s, m in zip(STEMS_2, median, strict=True)) +
+        f"; worst song/stem {diffs.min():+.3f}; cost (worst stem's median) "
+        f"{max(0, -median.min()):.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -182,6 +186,26 @@ def startup_ab(args: argparse.Namespace) -> None:
               f"({', '.join(f'{v:.2f}' for v in values)})")
 
 
+def batch_ab(args: argparse.Namespace) -> None:
+    """Interleaved ``stembeam separate`` runs at each batch size (module docstring)."""
+    from bench import gpu
+
+    folder, audio_s = gpu.catalog(args.seconds)
+    rows: dict[int, list[dict]] = {b: [] for b in args.batch_sizes}
+    for _ in range(args.runs):
+        for batch in args.batch_sizes:
+            with tempfile.TemporaryDirectory() as out:
+                rows[batch].append(gpu.run_separate(folder, out, "spleeter:2stems", "auto", True,
+                                                    batch))
+    print(f"stembeam separate, {audio_s:.0f} s of audio, {args.runs} interleaved rounds, load "
+          f"{os.getloadavg()[0]:.2f}")
+    for batch, runs in rows.items():
+        walls = [r["wall_s"] for r in runs]
+        wall, unet = statistics.median(walls), statistics.median(r["unet_s"] for r in runs)
+        print(f"  batch {batch:2d}: wall {wall:6.1f} s ({', '.join(f'{w:.1f}' for w in walls)})"
+              f" = {audio_s / wall:.1f}x real time; U-Net {unet:.1f} thread-s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,8 +219,13 @@ def main() -> None:
     a = sub.add_parser("startup-ab")
     a.add_argument("--runs", type=int, default=3)
     a.add_argument("--baseline", default=None, help="another checkout's root")
+    b = sub.add_parser("batch-ab")
+    b.add_argument("--seconds", type=float, default=120)
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4])
+    b.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    {"sdr": sdr, "startup": startup, "startup-ab": startup_ab}[args.command](args)
+    commands = {"batch-ab": batch_ab, "sdr": sdr, "startup": startup, "startup-ab": startup_ab}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ import numpy as np
 
 from model.config import ModelConfig
 
-if TYPE_CHECKING:  # Keras and TensorFlow load inside the functions that use them: resolving a
-    import keras   # model folder (the launcher's work) never imports them
+# Keras and TensorFlow load inside the functions that use them: resolving a model folder (the
+# launcher's work) never imports them.
+if TYPE_CHECKING:
+    import keras
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -191,7 +193,7 @@ def _read_archive_weights(model: keras.Model, archive: str) -> None:
 
     with zipfile.ZipFile(archive) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")),
                                                   "r") as h5:
-        for layer, name in zip(model.layers, _keras_archive_names(model)):
+        for layer, name in zip(model.layers, _keras_archive_names(model), strict=True):
             if layer.weights:
                 group = h5["layers"][name]["vars"]
                 layer.set_weights([group[str(i)][()] for i in range(len(layer.weights))])

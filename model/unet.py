@@ -130,7 +130,7 @@ def _activation(kind: str, name: str, dtype) -> layers.Layer:
 
 
 def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype: Callable[[str], keras.DTypePolicy]
-                 ) -> "keras.KerasTensor":
+                 ) -> keras.KerasTensor:
     """One stem's U-Net on ``mix`` (B, T, F, C); returns its mask logits (B, T, F, C).
     ``dtype(name)`` is the dtype policy of the layer called ``name``."""
     raw_convs = []

@@ -47,6 +47,7 @@ def test_cpu_path_on_five_seconds(tiny_model, tmp_path):
         # the default residual sharing makes the stems sum to the mixture
         np.testing.assert_allclose(sum(audio), mixture, atol=2e-4)
         worst = min(10 * np.log10(np.sum(b ** 2) / max(np.sum((a - b) ** 2), 1e-300))
-                    for a, b in zip(audio, (sf.read(c, dtype="float64")[0] for c in cpu)))
+                    for a, b in zip(audio, (sf.read(c, dtype="float64")[0] for c in cpu),
+                                    strict=True))
         assert worst >= 60 and row["snr_vs_cpu_db"] >= 60
         assert f"{row['precision']}: 5 s of audio" in proc.stdout

@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from transforms.inference import (CPU_BATCH_SIZE, GPU_BATCH_SIZE, BackgroundModel,
-                                  StemModelHandler, default_batch_size)
+from transforms.inference import (
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    BackgroundModel,
+    StemModelHandler,
+    default_batch_size,
+)
 from transforms.records import Segment
 
 
@@ -30,7 +35,7 @@ def test_batches_through_the_background_model(tiny_model):
     out = list(handler.run_inference(segments, model))
     keras_model = keras.saving.load_model(os.path.join(tiny_model, "model.keras"), compile=False)
     expected = keras_model.predict_on_batch(np.stack([s.magnitude for s in segments]))
-    for segment, estimate in zip(out, expected):
+    for segment, estimate in zip(out, expected, strict=True):
         assert segment.magnitude is None and segment.error is None
         np.testing.assert_allclose(segment.estimates, estimate, rtol=1e-5, atol=1e-6)
     assert handler.batch_elements_kwargs()["max_batch_size"] == 3

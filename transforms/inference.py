@@ -111,8 +111,8 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
     A failing batch does not fail the job: its segments come out with ``error`` set.
     """
 
-    def __init__(self, spec: str, batch_size: Optional[int] = None,
-                 cache_dir: Optional[str] = None, precision: str = "auto"):
+    def __init__(self, spec: str, batch_size: int | None = None,
+                 cache_dir: str | None = None, precision: str = "auto"):
         super().__init__(min_batch_size=1, max_batch_size=batch_size or default_batch_size())
         self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
 
@@ -183,8 +183,8 @@ class Spectrogram(beam.PTransform):
 class RunModel(beam.PTransform):
     """``Segment`` (magnitude) -> ``Segment`` (estimates) through Beam's RunInference."""
 
-    def __init__(self, spec: str, batch_size: Optional[int] = None,
-                 cache_dir: Optional[str] = None, precision: str = "auto"):
+    def __init__(self, spec: str, batch_size: int | None = None,
+                 cache_dir: str | None = None, precision: str = "auto"):
         super().__init__()
         self._handler = StemModelHandler(spec, batch_size, cache_dir, precision)
 
