@@ -78,7 +78,7 @@ class SeparateOptions(PipelineOptions):
                             help="separate tracks again even when their done-marker exists")
         parser.add_argument("--batch_size", "--batch-size", type=int, default=None,
                             help="segments per model call (default: 16 where the launching "
-                                 "machine has an NVIDIA GPU, else 2)")
+                                 "machine has an NVIDIA GPU, else 4)")
         parser.add_argument("--run_id", "--run-id", default=None,
                             help="id of this run in the results table (default: UTC time + "
                                  "random suffix); reuse it to resume a killed run")

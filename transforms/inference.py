@@ -25,10 +25,9 @@ from transforms import metrics, storage
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.records import Segment
 
-# CPU: the U-Net's speed per segment falls with the batch (oneDNN keeps a small batch's
-# activations in cache: 26.5 / 25.3 / 23.4 audio s per s at batch 1 / 2 / 4, BENCHMARKS.md
-# section 2); 2 still amortises the per-call overhead. GPU: enough segments to fill it.
-CPU_BATCH_SIZE = 2
+# CPU: 4, as before (the U-Net alone is a few % faster per segment at batch 1-2, but a whole
+# run was not: `bench.precision batch-ab`, BENCHMARKS.md). GPU: enough segments to fill it.
+CPU_BATCH_SIZE = 4
 GPU_BATCH_SIZE = 16
 
 
