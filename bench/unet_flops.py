@@ -17,7 +17,12 @@ A/B of the mask convolution: the same model with Keras' own dilated Conv2D as th
 instead of ``model.unet.DilatedMaskConv`` (same weights), both timed in alternation, ``--runs``
 calls each at ``--ab-batch``.
 
+A/B of the precisions (``--precision-ab``): float32, bfloat16 with the thin layers in float32
+(``build_unet``'s default) and bfloat16 throughout, same weights, calls interleaved, at each
+``--batches`` size; prints medians, speed-ups over float32 and the largest output difference.
+
     python3 -m bench.unet_flops [--preset spleeter:2stems] [--batches 1 2 4 8] [--runs 3]
+    python3 -m bench.unet_flops --precision-ab [--batches 1 4] [--runs 5]
 """
 from __future__ import annotations
 
@@ -105,6 +110,34 @@ def mask_conv_ab(model: keras.Model, batch: int, runs: int) -> None:
           f"per call: {slow / fast:.2f}x")
 
 
+def precision_ab(cfg, batches: list[int], runs: int) -> None:
+    """Interleaved A/B of float32, bfloat16 (thin layers float32) and bfloat16 throughout."""
+    reference = build_unet(cfg, "float32")
+    weights = reference.get_weights()
+    variants = {"float32": reference}
+    for name, thin in (("bfloat16 (thin float32)", True), ("bfloat16 throughout", False)):
+        variants[name] = build_unet(cfg, "bfloat16", thin_layers_float32=thin)
+        variants[name].set_weights(weights)
+    flops = sum(conv_flops(layer) for layer in convs(reference))
+    predictors = {name: batch_predictor(model) for name, model in variants.items()}
+    for batch in batches:
+        x = tf.random.uniform((batch, cfg.T, cfg.F, cfg.channels), 0, 2).numpy()
+        outputs = {name: predict(x) for name, predict in predictors.items()}  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in predictors}
+        for _ in range(runs):
+            for name, predict in predictors.items():
+                t0 = time.perf_counter()
+                predict(x)
+                times[name].append(time.perf_counter() - t0)
+        base = statistics.median(times["float32"])
+        print(f"batch {batch}, {runs} interleaved calls each, load {os.getloadavg()[0]:.2f}")
+        for name, ts in times.items():
+            seconds = statistics.median(ts)
+            error = abs(outputs[name] - outputs["float32"]).max() / abs(outputs["float32"]).max()
+            print(f"  {name:26s} {seconds:6.2f} s/call  {batch * flops / seconds / 1e9:5.0f} "
+                  f"GFLOP/s  {base / seconds:5.2f}x float32  max |diff| / max {error:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="spleeter:2stems")
@@ -113,9 +146,14 @@ def main() -> None:
     parser.add_argument("--peak-batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ab-batch", type=int, default=4)
+    parser.add_argument("--precision-ab", action="store_true",
+                        help="only the interleaved A/B of the precisions")
     args = parser.parse_args()
 
     cfg = spleeter_config(args.preset)
+    if args.precision_ab:
+        precision_ab(cfg, args.batches, args.runs)
+        return
     print(f"{cfg.name}: {len(cfg.stems)} U-Nets, segment ({cfg.T}, {cfg.F}, {cfg.channels}); "
           f"TF {tf.__version__}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     for precision in args.precisions:

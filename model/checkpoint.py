@@ -15,16 +15,21 @@ A model folder holds ``model.keras`` (Keras 3) and ``model.json``: the ``ModelCo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-from typing import Any
+import re
+import zipfile
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from model.config import ModelConfig
-from model.unet import DECODER_FILTERS, ENCODER_FILTERS, build_unet
+
+# Keras and TensorFlow load inside the functions that use them: resolving a model folder (the
+# launcher's work) never imports them.
+if TYPE_CHECKING:
+    import keras
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -38,9 +43,6 @@ SPLEETER_INSTRUMENT_ORDER: dict[str, tuple[str, ...]] = {
     "5stems": ("vocals", "piano", "drums", "bass", "other"),
 }
 
-_CONVS_PER_STEM = len(ENCODER_FILTERS) + 1
-_DECONVS_PER_STEM = len(DECODER_FILTERS)
-_BNS_PER_STEM = len(ENCODER_FILTERS) + len(DECODER_FILTERS)
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
@@ -60,16 +62,20 @@ def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, .
     Returns:
       layer name -> checkpoint variable names, in the order of the layer's ``weights``.
     """
+    from model.unet import DECODER_FILTERS, ENCODER_FILTERS
+
     if sorted(stems) != sorted(instrument_order):
         raise ValueError(f"checkpoint stems {instrument_order} differ from model stems {stems}")
+    convs_per_stem, deconvs_per_stem = len(ENCODER_FILTERS) + 1, len(DECODER_FILTERS)
+    bns_per_stem = len(ENCODER_FILTERS) + len(DECODER_FILTERS)
     mapping: dict[str, list[str]] = {}
     for k, stem in enumerate(instrument_order):
         def conv(n: int) -> list[str]:
-            name = _keras_name("conv2d", _CONVS_PER_STEM * k + n)
+            name = _keras_name("conv2d", convs_per_stem * k + n)
             return [f"{name}/kernel", f"{name}/bias"]
 
         def bn(n: int) -> list[str]:
-            name = _keras_name("batch_normalization", _BNS_PER_STEM * k + n)
+            name = _keras_name("batch_normalization", bns_per_stem * k + n)
             return [f"{name}/{w}" for w in _BN_WEIGHTS]
 
         for i in range(len(ENCODER_FILTERS)):
@@ -77,7 +83,7 @@ def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, .
             if i < len(ENCODER_FILTERS) - 1:
                 mapping[f"{stem}_enc{i + 1}_bn"] = bn(i)
         for j in range(len(DECODER_FILTERS)):
-            deconv = _keras_name("conv2d_transpose", _DECONVS_PER_STEM * k + j)
+            deconv = _keras_name("conv2d_transpose", deconvs_per_stem * k + j)
             mapping[f"{stem}_dec{j + 1}_deconv"] = [f"{deconv}/kernel", f"{deconv}/bias"]
             mapping[f"{stem}_dec{j + 1}_bn"] = bn(len(ENCODER_FILTERS) + j)
         mapping[f"{stem}_mask"] = conv(len(ENCODER_FILTERS))
@@ -96,6 +102,10 @@ def import_spleeter_checkpoint(checkpoint: str, cfg: ModelConfig,
     Raises:
       ValueError: a variable is missing or has the wrong shape.
     """
+    import tensorflow as tf
+
+    from model.unet import build_unet
+
     reader = tf.train.load_checkpoint(checkpoint)
     shapes = reader.get_variable_to_shape_map()
     model = build_unet(cfg)
@@ -118,6 +128,8 @@ def import_spleeter_checkpoint(checkpoint: str, cfg: ModelConfig,
 def weights_sha256(model: keras.Model) -> str:
     """sha256 of a model's weights: each weight's path, shape and little-endian float32 bytes,
     in ``model.weights`` order. Independent of the file format the weights are stored in."""
+    import keras
+
     digest = hashlib.sha256()
     for weight in model.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight), dtype="<f4")
@@ -158,13 +170,47 @@ def read_model_meta(path: str) -> dict[str, Any]:
     return meta
 
 
+def _keras_archive_names(model: keras.Model) -> list[str]:
+    """The group name of each of ``model.layers`` inside a ``.keras`` archive's weights file:
+    the snake_case class name, numbered ``_1``, ``_2``... by order among layers of that class
+    (Keras 3's naming when it saves a model's layer list)."""
+    used: dict[str, int] = {}
+    names = []
+    for layer in model.layers:
+        name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", layer.__class__.__name__)
+        name = re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+        count = used.get(name)
+        used[name] = 0 if count is None else count + 1
+        names.append(name if count is None else f"{name}_{count + 1}")
+    return names
+
+
+def _read_archive_weights(model: keras.Model, archive: str) -> None:
+    """Assigns ``model``'s weights from the ``model.weights.h5`` of the ``.keras`` file
+    ``archive``, matching layers by their position among layers of the same class. A model of
+    another structure gets other weights or raises; callers check ``weights_sha256``."""
+    import h5py
+
+    with zipfile.ZipFile(archive) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")),
+                                                  "r") as h5:
+        for layer, name in zip(model.layers, _keras_archive_names(model), strict=True):
+            if layer.weights:
+                group = h5["layers"][name]["vars"]
+                layer.set_weights([group[str(i)][()] for i in range(len(layer.weights))])
+
+
 def load_model_folder(path: str, precision: str = "float32"
                       ) -> tuple[keras.Model, ModelConfig, dict[str, Any]]:
-    """Loads a local model folder.
+    """Loads a local model folder, building the model once.
+
+    The model is built by this version's ``build_unet`` in ``precision`` and its weights read
+    straight from ``model.keras``; folders that an older layout wrote (other layer classes)
+    fall back to Keras' loader, then the same build. Either way the folder runs with this
+    version's layers.
 
     Args:
       path: folder holding ``model.keras`` and ``model.json``.
-      precision: ``'float32'`` or ``'bfloat16'`` (see ``build_unet``).
+      precision: ``'float32'``, ``'bfloat16'`` or ``'auto'`` (see ``build_unet``).
 
     Returns:
       (model, config, meta) with ``meta`` the parsed ``model.json``.
@@ -172,16 +218,23 @@ def load_model_folder(path: str, precision: str = "float32"
     Raises:
       ValueError: the weights' sha256 differs from the one ``model.json`` records.
     """
+    import keras
+
+    from model.unet import build_unet
+
     meta = read_model_meta(path)
     cfg = ModelConfig.from_dict(meta)
-    model = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
+    model = build_unet(cfg, precision)
+    try:
+        _read_archive_weights(model, os.path.join(path, MODEL_FILE))
+        fast = weights_sha256(model) == meta["sha256"]
+    except (KeyError, ValueError):
+        fast = False
+    if not fast:
+        saved = keras.saving.load_model(os.path.join(path, MODEL_FILE), compile=False)
+        model.set_weights(saved.get_weights())
     sha256 = weights_sha256(model)
     if sha256 != meta["sha256"]:
         raise ValueError(f"{path}: weights sha256 {sha256} differs from {meta['sha256']} "
                          f"recorded in {META_FILE}; the folder is corrupt")
-    # Rebuilt by this version's builder (same weights): folders written before a layer got a
-    # faster implementation run with it too, and the precision applies.
-    weights = model.get_weights()
-    model = build_unet(cfg, precision)
-    model.set_weights(weights)
     return model, cfg, meta

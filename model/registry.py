@@ -37,12 +37,14 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-
-import keras
+from typing import TYPE_CHECKING
 
 from model.checkpoint import (META_FILE, MODEL_FILE, SPLEETER_INSTRUMENT_ORDER,
                               import_spleeter_checkpoint, load_model_folder, write_model_folder)
 from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
+
+if TYPE_CHECKING:  # only loading a model needs Keras (see model.checkpoint)
+    import keras
 
 SPLEETER_RELEASE_URL = "https://github.com/deezer/spleeter/releases/download/v1.4.0"
 # sha256 of the release archives, as published in the release's checksum.json.

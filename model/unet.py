@@ -44,6 +44,19 @@ BN_EPSILON = 1e-3
 DROPOUT_RATE = 0.5
 DROPOUT_LAYERS = 3
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# Layers kept in float32 in every precision (name suffixes): the 2-channel input conv, the
+# 1-channel last deconv with its activation and BatchNorm, and the dilated mask conv. They hold
+# 0.5 % of the FLOPs, but their bfloat16 kernels are slow on CPUs (few channels to vectorise).
+THIN_LAYERS = ("_enc1_conv", "_dec6_deconv", "_dec6_act", "_dec6_bn", "_mask")
+# Median SDR change of bfloat16 against float32 (worst stem, dB; bench/precision.py sdr):
+# ``auto`` picks bfloat16 only while it costs at most BF16_MAX_SDR_COST_DB.
+BF16_SDR_COST_DB = 0.0
+BF16_MAX_SDR_COST_DB = 0.05
+# CPU flags under which bfloat16 beats float32. AVX512_BF16 alone is not one: on such a CPU
+# without AMX (2 cores, TF 2.21) the 2stems model ran 0.59-0.71x float32's speed in bfloat16
+# (bench.unet_flops --precision-ab, BENCHMARKS.md), so ``auto`` keeps float32 there.
+NATIVE_BF16_CPU_FLAGS = ("amx_bf16",)
 
 
 @tf.function(jit_compile=True)
@@ -116,56 +129,106 @@ def _activation(kind: str, name: str, dtype) -> layers.Layer:
     raise ValueError(f"unknown activation {kind!r}; expected 'leaky_relu', 'relu' or 'elu'")
 
 
-def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype) -> "keras.KerasTensor":
-    """One stem's U-Net on ``mix`` (B, T, F, C); returns its mask logits (B, T, F, C)."""
+def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype: Callable[[str], keras.DTypePolicy]
+                 ) -> keras.KerasTensor:
+    """One stem's U-Net on ``mix`` (B, T, F, C); returns its mask logits (B, T, F, C).
+    ``dtype(name)`` is the dtype policy of the layer called ``name``."""
     raw_convs = []
     x = mix
     for i, filters in enumerate(ENCODER_FILTERS, start=1):
+        name = f"{stem}_enc{i}_conv"
         conv = layers.Conv2D(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
-                             name=f"{stem}_enc{i}_conv", dtype=dtype)(x)
+                             name=name, dtype=dtype(name))(x)
         raw_convs.append(conv)
         if i < len(ENCODER_FILTERS):
-            x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{stem}_enc{i}_bn",
-                                          dtype=dtype)(conv)
-            x = _activation(cfg.encoder_activation, f"{stem}_enc{i}_act", dtype)(x)
+            name = f"{stem}_enc{i}_bn"
+            x = layers.BatchNormalization(epsilon=BN_EPSILON, name=name, dtype=dtype(name))(conv)
+            name = f"{stem}_enc{i}_act"
+            x = _activation(cfg.encoder_activation, name, dtype(name))(x)
     x = raw_convs[-1]
     for i, filters in enumerate(DECODER_FILTERS, start=1):
+        name = f"{stem}_dec{i}_deconv"
         x = layers.Conv2DTranspose(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
-                                   name=f"{stem}_dec{i}_deconv", dtype=dtype)(x)
-        x = _activation(cfg.decoder_activation, f"{stem}_dec{i}_act", dtype)(x)
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{stem}_dec{i}_bn",
-                                      dtype=dtype)(x)
+                                   name=name, dtype=dtype(name))(x)
+        name = f"{stem}_dec{i}_act"
+        x = _activation(cfg.decoder_activation, name, dtype(name))(x)
+        name = f"{stem}_dec{i}_bn"
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=name, dtype=dtype(name))(x)
         if i <= DROPOUT_LAYERS:
-            x = layers.Dropout(DROPOUT_RATE, name=f"{stem}_dec{i}_dropout", dtype=dtype)(x)
+            name = f"{stem}_dec{i}_dropout"
+            x = layers.Dropout(DROPOUT_RATE, name=name, dtype=dtype(name))(x)
         if i < len(DECODER_FILTERS):
             skip = raw_convs[len(ENCODER_FILTERS) - 1 - i]
-            x = layers.Concatenate(axis=-1, name=f"{stem}_dec{i}_skip", dtype=dtype)([skip, x])
+            name = f"{stem}_dec{i}_skip"
+            x = layers.Concatenate(axis=-1, name=name, dtype=dtype(name))([skip, x])
+    name = f"{stem}_mask"
     return DilatedMaskConv(cfg.channels, (4, 4), dilation_rate=(2, 2), padding="same",
-                           name=f"{stem}_mask", dtype=dtype)(x)
+                           name=name, dtype=dtype(name))(x)
 
 
-def build_unet(cfg: ModelConfig, precision: str = "float32") -> keras.Model:
+def build_unet(cfg: ModelConfig, precision: str = "float32",
+               thin_layers_float32: bool = True) -> keras.Model:
     """Builds the multi-stem U-Net for ``cfg``.
 
     Args:
       cfg: model configuration; ``cfg.T`` and ``cfg.F`` must be multiples of 64 (six stride-2
         levels).
-      precision: ``'float32'``, or ``'bfloat16'`` for Keras mixed precision (bfloat16 compute,
-        float32 variables, float32 masks and output).
+      precision: ``'float32'``, ``'bfloat16'`` for Keras mixed precision (bfloat16 compute,
+        float32 variables, float32 masks and output), or ``'auto'`` (``resolve_precision``).
+      thin_layers_float32: keep the ``THIN_LAYERS`` in float32 in a bfloat16 model (False only
+        to measure what it saves).
 
     Returns:
       A Keras model mapping (B, T, F, C) float32 magnitudes to (B, T, F, C, S) float32 stem
       magnitude estimates, S = ``len(cfg.stems)`` in ``cfg.stems`` order.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+    precision = resolve_precision(precision)
     if cfg.T % 64 or cfg.F % 64:
         raise ValueError(f"T and F must be multiples of 64, got T={cfg.T}, F={cfg.F}")
-    dtype = keras.DTypePolicy(PRECISIONS[precision])
+    main = keras.DTypePolicy(PRECISIONS[precision])
+    thin = keras.DTypePolicy("float32") if thin_layers_float32 else main
+
+    def dtype(name: str) -> keras.DTypePolicy:
+        return thin if name.endswith(THIN_LAYERS) else main
+
     mix = keras.Input((cfg.T, cfg.F, cfg.channels), name="magnitude", dtype="float32")
     logits = [_stem_logits(mix, stem, cfg, dtype) for stem in cfg.stems]
     out = StemMasks(softmax=cfg.softmax, name="stem_masks")([mix, *logits])
     return keras.Model(mix, out, name=f"unet_{cfg.name}")
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU runs bfloat16 convolutions faster than float32: one of
+    ``NATIVE_BF16_CPU_FLAGS`` in ``cpuinfo`` (False where the file is missing, e.g. not
+    Linux)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = {word for line in f if line.startswith("flags") for word in line.split()}
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """``'float32'`` or ``'bfloat16'`` for a ``PRECISION_CHOICES`` value.
+
+    ``auto`` is bfloat16 where it is native (a visible GPU, or ``cpu_has_native_bf16``) and
+    its measured SDR cost ``BF16_SDR_COST_DB`` is within ``BF16_MAX_SDR_COST_DB``; float32
+    elsewhere.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}; expected one of "
+                         f"{', '.join(PRECISION_CHOICES)}")
+    if precision != "auto":
+        return precision
+    if BF16_SDR_COST_DB > BF16_MAX_SDR_COST_DB:
+        return "float32"
+    return "bfloat16" if gpu_visible() or cpu_has_native_bf16(cpuinfo) else "float32"
 
 
 def batch_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:

@@ -76,14 +76,16 @@ class SeparateOptions(PipelineOptions):
                                  "drops it as Spleeter does (default %(default)s)")
         parser.add_argument("--force", action="store_true", default=False,
                             help="separate tracks again even when their done-marker exists")
-        parser.add_argument("--batch_size", "--batch-size", type=int, default=4,
-                            help="segments per model call (default %(default)s)")
+        parser.add_argument("--batch_size", "--batch-size", type=int, default=None,
+                            help="segments per model call (default: 16 where the launching "
+                                 "machine has an NVIDIA GPU, else 4)")
         parser.add_argument("--run_id", "--run-id", default=None,
                             help="id of this run in the results table (default: UTC time + "
                                  "random suffix); reuse it to resume a killed run")
-        parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
-                            help="model arithmetic: bfloat16 uses AMX / tensor cores "
-                                 "(default %(default)s)")
+        parser.add_argument("--precision", default="auto",
+                            choices=("auto", "float32", "bfloat16"),
+                            help="model arithmetic; auto (the default) picks bfloat16 on each "
+                                 "worker that has a GPU or an AMX CPU, float32 elsewhere")
         parser.add_argument("--model_cache", "--model-cache", default=None,
                             help="local cache for model folders (default ~/.cache/stembeam)")
         parser.add_argument("--report", default=None,

@@ -116,7 +116,7 @@ def test_model_folder_round_trip(two_stem_checkpoint, tmp_path):
     np.testing.assert_array_equal(loaded.get_layer("vocals_dec3_deconv").kernel.numpy(),
                                   values["conv2d_transpose_2/kernel"])
     bf16, _, _ = load_model_folder(folder, precision="bfloat16")
-    assert bf16.get_layer("vocals_enc1_conv").compute_dtype == "bfloat16"
+    assert bf16.get_layer("vocals_enc2_conv").compute_dtype == "bfloat16"
 
 
 def test_model_folder_detects_changed_weights(two_stem_checkpoint, tmp_path):
@@ -129,3 +129,45 @@ def test_model_folder_detects_changed_weights(two_stem_checkpoint, tmp_path):
     json.dump(meta, open(meta_path, "w"))
     with pytest.raises(ValueError, match="corrupt"):
         load_model_folder(folder)
+
+
+def _weights_by_name(model: keras.Model) -> dict[str, np.ndarray]:
+    return {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+
+
+def test_model_folder_weights_equal_keras_loader(two_stem_checkpoint, tmp_path):
+    # the weights read straight from model.keras are the ones Keras' own loader reads, every
+    # one under the same layer/variable path, and the checkpoint's values
+    _, values, model = two_stem_checkpoint
+    folder = str(tmp_path / "folder")
+    write_model_folder(model, TWO, folder, source="test")
+    keras_loaded = keras.saving.load_model(os.path.join(folder, "model.keras"), compile=False)
+    for precision in ("float32", "bfloat16"):
+        loaded, _, _ = load_model_folder(folder, precision)
+        got, expected = _weights_by_name(loaded), _weights_by_name(keras_loaded)
+        assert got.keys() == expected.keys()
+        for path, value in expected.items():
+            np.testing.assert_array_equal(got[path], value, err_msg=path)
+        np.testing.assert_array_equal(got["accompaniment_dec2_bn/moving_variance"],
+                                      values["batch_normalization_19/moving_variance"])
+
+
+def test_model_folder_of_an_older_layout_loads(two_stem_checkpoint, tmp_path):
+    # a folder saved when the mask layers were Keras' Conv2D (other archive names) loads
+    # through Keras' loader into this version's layers, with the same outputs
+    _, _, model = two_stem_checkpoint
+    from model.unet import DilatedMaskConv
+
+    def older(layer):
+        cls = keras.layers.Conv2D if isinstance(layer, DilatedMaskConv) else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    old = keras.models.clone_model(model, clone_function=older)
+    old.set_weights(model.get_weights())
+    folder = str(tmp_path / "old")
+    write_model_folder(old, TWO, folder, source="older layout")
+    loaded, _, _ = load_model_folder(folder)
+    assert isinstance(loaded.get_layer("vocals_mask"), DilatedMaskConv)
+    x = np.random.default_rng(8).uniform(0, 2, (2, 64, 64, 2)).astype("float32")
+    np.testing.assert_allclose(loaded(x, training=False).numpy(),
+                               old(x, training=False).numpy(), rtol=1e-5, atol=1e-6)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
-from model.unet import DilatedMaskConv, build_unet
+from model.unet import (BF16_MAX_SDR_COST_DB, BF16_SDR_COST_DB, DilatedMaskConv, build_unet,
+                        resolve_precision)
 
 ENC = (16, 32, 64, 128, 256, 512)
 DEC = (256, 128, 64, 32, 16, 1)
@@ -99,7 +100,7 @@ def test_bfloat16_close_to_float32():
     f32 = _seeded(build_unet(cfg))
     bf16 = build_unet(cfg, precision="bfloat16")
     bf16.set_weights(f32.get_weights())
-    assert bf16.get_layer("a_enc1_conv").compute_dtype == "bfloat16"
+    assert bf16.get_layer("a_enc2_conv").compute_dtype == "bfloat16"
     x = np.random.default_rng(5).uniform(0.1, 3, (2, 64, 64, 2)).astype("float32")
     y32 = f32(x, training=False).numpy()
     y16 = bf16(x, training=False).numpy()
@@ -151,3 +152,50 @@ def test_dilated_mask_conv_gradients_equal_keras():
 def test_dilated_mask_conv_refuses_other_geometries():
     with pytest.raises(ValueError, match="one input channel"):
         DilatedMaskConv(2, (4, 4), dilation_rate=(2, 2), padding="same").build((1, 8, 8, 2))
+
+
+def test_thin_layers_stay_float32_in_bfloat16():
+    cfg = ModelConfig(name="tiny", stems=("a", "b"), T=64, F=64)
+    f32 = _seeded(build_unet(cfg))
+    mixed = build_unet(cfg, precision="bfloat16")
+    throughout = build_unet(cfg, precision="bfloat16", thin_layers_float32=False)
+    float32_layers = {layer.name for layer in mixed.layers if layer.compute_dtype == "float32"}
+    thin = {f"{s}_{n}" for s in cfg.stems
+            for n in ("enc1_conv", "dec6_deconv", "dec6_act", "dec6_bn", "mask")}
+    assert float32_layers == thin | {"magnitude", "stem_masks"}
+    assert {layer.compute_dtype for layer in throughout.layers if layer.name in thin} == {
+        "bfloat16"}
+    # the mask layer computes in float32: its output is float32 even though its input
+    # (dec6's BatchNorm) and everything before dec6 run in bfloat16
+    assert mixed.get_layer("a_mask").output.dtype == "float32"
+    assert mixed.get_layer("a_dec5_bn").output.dtype == "bfloat16"
+    x = np.random.default_rng(6).uniform(0.1, 3, (2, 64, 64, 2)).astype("float32")
+    y32 = f32(x, training=False).numpy()
+    for model in (mixed, throughout):
+        model.set_weights(f32.get_weights())
+        assert np.abs(model(x, training=False).numpy() - y32).mean() < 0.05 * np.abs(y32).mean()
+
+
+def _cpuinfo(tmp_path, flags: str) -> str:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\n"
+                    f"processor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n")
+    return str(path)
+
+
+def test_resolve_precision(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert resolve_precision("float32", _cpuinfo(tmp_path, "amx_bf16")) == "float32"
+    assert resolve_precision("bfloat16", _cpuinfo(tmp_path, "")) == "bfloat16"
+    assert resolve_precision("auto", _cpuinfo(tmp_path, "amx_bf16 amx_tile")) == "bfloat16"
+    # AVX512_BF16 without AMX ran bfloat16 slower than float32 (BENCHMARKS.md): float32
+    expected = "bfloat16" if gpu else "float32"
+    assert resolve_precision("auto", _cpuinfo(tmp_path, "avx512f avx512_bf16")) == expected
+    assert resolve_precision("auto", str(tmp_path / "missing")) == expected
+    assert BF16_SDR_COST_DB <= BF16_MAX_SDR_COST_DB
+    monkeypatch.setattr("model.unet.BF16_SDR_COST_DB", BF16_MAX_SDR_COST_DB + 0.01)
+    assert resolve_precision("auto", _cpuinfo(tmp_path, "amx_bf16")) == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("float16")

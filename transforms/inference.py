@@ -3,14 +3,16 @@
 ``StemModelHandler`` is our own Beam ``ModelHandler`` (Beam's TensorFlow handlers import
 tensorflow_hub). RunInference loads the model once per worker process and shares it between
 the process's threads; it batches segments, also across tracks of one bundle, and reports
-``stembeam/load_model_latency_milli_secs``, ``inference_request_batch_size`` and
-``inference_batch_latency_micro_secs`` metrics.
+``inference_request_batch_size`` and ``inference_batch_latency_micro_secs`` metrics (its
+``load_model_latency_milli_secs`` is ~0: the model loads on a thread, ``BackgroundModel``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import threading
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import apache_beam as beam
@@ -23,6 +25,10 @@ from transforms import metrics, storage
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.records import Segment
 
+# CPU: 4, as before (the U-Net alone is a few % faster per segment at batch 1-2, but a whole
+# run was not: `bench.precision batch-ab`, BENCHMARKS.md). GPU: enough segments to fill it.
+CPU_BATCH_SIZE = 4
+GPU_BATCH_SIZE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +64,58 @@ def describe_model(spec: str, cache_dir: Optional[str] = None) -> ModelInfo:
 Predictor = Callable[[np.ndarray], np.ndarray]  # (B, T, F, 2) -> (B, T, F, 2, S), float32
 
 
-class StemModelHandler(ModelHandler[Segment, Segment, Predictor]):
+class BackgroundModel:
+    """A model loading (and running its warm-up batch) on a thread, so that the worker decodes
+    and transforms its first segments meanwhile; ``get()`` waits for it and re-raises a load
+    failure."""
+
+    def __init__(self, load: Callable[[], Predictor]):
+        self._result: list = []
+        # not a daemon: a run with nothing to separate exits after the load finishes, never
+        # with TensorFlow half-imported on a thread (which aborts the interpreter)
+        self._thread = threading.Thread(target=self._run, args=(load,), name="stembeam-load")
+        self._thread.start()
+
+    def _run(self, load: Callable[[], Predictor]) -> None:
+        try:
+            self._result.append(load())
+        except BaseException as e:  # handed to get()
+            self._result.append(e)
+
+    def get(self) -> Predictor:
+        self._thread.join()
+        (result,) = self._result
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+def default_batch_size() -> int:
+    """Segments per model call for this machine: ``GPU_BATCH_SIZE`` where an NVIDIA GPU is
+    present (``/proc/driver/nvidia/gpus`` lists one; checked without importing TensorFlow),
+    else ``CPU_BATCH_SIZE``."""
+    try:
+        gpus = os.listdir("/proc/driver/nvidia/gpus")
+    except OSError:
+        gpus = []
+    return GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
+
+
+class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
     """Runs a stembeam model on ``Segment`` batches (``magnitude`` in, ``estimates`` out).
 
+    ``precision`` is resolved where the model loads (``model.unet.resolve_precision``: ``auto``
+    looks at that machine's CPU and GPU). The model loads and runs its warm-up batch on a thread
+    (``BackgroundModel``); the first batch waits for it, and a load failure fails the job there.
     A failing batch does not fail the job: its segments come out with ``error`` set.
     """
 
-    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None,
-                 precision: str = "float32"):
-        super().__init__(min_batch_size=1, max_batch_size=batch_size)
+    def __init__(self, spec: str, batch_size: int | None = None,
+                 cache_dir: str | None = None, precision: str = "auto"):
+        super().__init__(min_batch_size=1, max_batch_size=batch_size or default_batch_size())
         self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
 
-    def load_model(self) -> Predictor:
+    def _load(self) -> Predictor:
         from model.registry import load_model
         from model.unet import batch_predictor
 
@@ -79,14 +125,18 @@ class StemModelHandler(ModelHandler[Segment, Segment, Predictor]):
         predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # trace + warm up
         return predictor
 
-    def run_inference(self, batch: Sequence[Segment], model: Predictor,
+    def load_model(self) -> BackgroundModel:
+        return BackgroundModel(self._load)
+
+    def run_inference(self, batch: Sequence[Segment], model: BackgroundModel,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Segment]:
         todo = [i for i, s in enumerate(batch) if s.error is None]
         out = [dataclasses.replace(s, magnitude=None) for s in batch]
         if not todo:
             return out
+        predict = model.get()  # raises a load failure: the job fails, as Beam's own load would
         try:
-            estimates = model(np.stack([batch[i].magnitude for i in todo]))
+            estimates = predict(np.stack([batch[i].magnitude for i in todo]))
             if not np.isfinite(estimates).all():
                 raise ValueError("the model produced NaN or infinite values")
             for i, estimate in zip(todo, estimates):
@@ -132,8 +182,8 @@ class Spectrogram(beam.PTransform):
 class RunModel(beam.PTransform):
     """``Segment`` (magnitude) -> ``Segment`` (estimates) through Beam's RunInference."""
 
-    def __init__(self, spec: str, batch_size: int = 4, cache_dir: Optional[str] = None,
-                 precision: str = "float32"):
+    def __init__(self, spec: str, batch_size: int | None = None,
+                 cache_dir: str | None = None, precision: str = "auto"):
         super().__init__()
         self._handler = StemModelHandler(spec, batch_size, cache_dir, precision)
 
