@@ -49,9 +49,60 @@ def extend_masks(masks: np.ndarray, n_bins: int, mode: str = "zeros") -> np.ndar
     return np.concatenate([masks, fill], axis=1)
 
 
-def apply_masks(mix_stft: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """(n, bins, C) complex mixture x (n, bins, C, S) masks -> (n, bins, C, S) complex64 stems."""
-    return (mix_stft[..., None] * masks).astype(np.complex64, copy=False)
+def stem_masks(estimates: np.ndarray, extension: str = "zeros", residual: str = "none"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Ratio masks with the residual folded in, as two parts: per bin below F, per frame above.
+
+    The stems are ``mixture * mask``: ``residual='last'`` gives the last stem ``1 - (sum of the
+    other masks)``; ``'share'`` adds ``(1 - sum of masks) * weights`` to every mask, the weights
+    being the ratio masks extended with ``'average'``. Above F every bin of a frame has the same
+    mask (0 or the frame's mean), so no per-bin arithmetic is spent there.
+
+    Args:
+      estimates: (n, F, C, S) non-negative magnitude estimates.
+      extension: ``'zeros'`` or ``'average'`` (see :func:`extend_masks`).
+      residual: ``'none'``, ``'last'`` or ``'share'``.
+    Returns:
+      (low (n, F, C, S), high (n, 1, C, S)) float32: masks of bins < F and of every bin >= F.
+    """
+    low = ratio_masks(estimates)
+    mean = low.mean(axis=1, keepdims=True)
+    if extension == "zeros":
+        high = np.zeros_like(mean)
+    elif extension == "average":
+        high = mean
+    else:
+        raise ValueError(f"mask extension must be one of {MASK_EXTENSIONS}, got {extension!r}")
+    if residual == "last":
+        for part in (low, high):
+            part[..., -1] = 1 - part[..., :-1].sum(axis=-1)
+    elif residual == "share":
+        low = low + (1 - low.sum(axis=-1, keepdims=True)) * low
+        high = high + (1 - high.sum(axis=-1, keepdims=True)) * mean
+    elif residual != "none":
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+    return low, high
+
+
+def masked_spectra(mix: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Stem spectra ``mixture * mask`` laid out for the inverse FFT (bins last).
+
+    Args:
+      mix: (n, C, bins) complex mixture (bins last; any strides).
+      low, high: (n, F, C, S) and (n, 1, C, S) masks from :func:`stem_masks`.
+    Returns:
+      (n, C, S, bins) complex64, C-contiguous.
+    """
+    n, channels, n_bins = mix.shape
+    F, n_stems = low.shape[1], low.shape[-1]
+    out = np.empty((n, channels, n_stems, n_bins), np.complex64)
+    mix = mix[:, :, None, :]  # (n, C, 1, bins)
+    np.multiply(mix[..., :F], low.transpose(0, 2, 3, 1), out=out[..., :F])
+    if np.any(high):
+        np.multiply(mix[..., F:], high.transpose(0, 2, 3, 1), out=out[..., F:])
+    else:
+        out[..., F:] = 0
+    return out
 
 
 def wiener_filter(

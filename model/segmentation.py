@@ -111,21 +111,25 @@ class StreamingOverlapAdd:
         self._tail: np.ndarray | None = None  # pending samples from self._position on
 
     def push(self, start: int, block: np.ndarray) -> np.ndarray:
-        """Adds ``block`` (n, ...) at track sample ``start``; returns samples final before ``start``."""
+        """Adds ``block`` (n, ...) at track sample ``start``; returns samples final before ``start``.
+
+        ``block`` is taken over: the pending tail is added into its head in place.
+        """
         if self._tail is None:
             self._tail = np.zeros((0,) + block.shape[1:], dtype=block.dtype)
             self._position = start
         pending_stop = self._position + self._tail.shape[0]
         if start < self._position or start > pending_stop:
             raise ValueError(f"block at {start} does not continue the stream at [{self._position}, {pending_stop})")
-        stop = start + block.shape[0]
-        merged = np.zeros((max(stop, pending_stop) - self._position,) + block.shape[1:], dtype=block.dtype)
-        merged[: self._tail.shape[0]] = self._tail
-        merged[start - self._position : stop - self._position] += block
-        ready = merged[: start - self._position]
-        released_from = self._position
-        self._tail = merged[start - self._position :]
-        self._position = start
+        cut = start - self._position
+        if pending_stop <= start + block.shape[0]:
+            block[: pending_stop - start] += self._tail[cut:]
+            pending = block
+        else:  # the pending tail reaches past the block's end
+            pending = self._tail[cut:].copy()
+            pending[: block.shape[0]] += block
+        ready, released_from = self._tail[:cut], self._position
+        self._tail, self._position = pending, start
         return self._crop(released_from, ready)
 
     def finish(self) -> np.ndarray:

@@ -19,7 +19,7 @@ from model.segmentation import (
     plan_segments,
     segment_sample_range,
 )
-from model.spectral import frame_count, overlap_add, stft_frames
+from model.spectral import frame_count, overlap_add_last, stft_frames
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -35,7 +35,7 @@ def segment_spectrogram(samples: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarr
     mix_stft = stft_frames(samples, cfg.frame_length, cfg.frame_step)
     if mix_stft.shape[0] != cfg.T:
         raise ValueError(f"segment has {mix_stft.shape[0]} frames, the model expects T={cfg.T}")
-    return mix_stft, np.abs(mix_stft[:, : cfg.F])
+    return mix_stft, np.abs(mix_stft[:, : cfg.F])  # (T, F, C): strided like mix_stft
 
 
 def reconstruct_segment(
@@ -65,22 +65,23 @@ def reconstruct_segment(
     """
     lo, hi = plan.keep_start - plan.frame_start, plan.keep_stop - plan.frame_start
     if postprocess == "ratio":
-        masks = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins, cfg.mask_extension)
-        stems = mask_ops.apply_masks(mix_stft[lo:hi], masks)
+        low, high = mask_ops.stem_masks(estimates[lo:hi], cfg.mask_extension, residual)
+        spectra = mask_ops.masked_spectra(mix_stft[lo:hi].transpose(0, 2, 1), low, high)
     elif postprocess == "wiener":
         stems = mask_ops.wiener_filter(estimates, mix_stft, cfg.mask_extension)[lo:hi]
+        if residual == "last":
+            stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
+        elif residual == "share":
+            weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins,
+                                            "average")
+            stems = mask_ops.share_residual(stems, mix_stft[lo:hi], weights)
+        elif residual != "none":
+            raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")
+        spectra = np.moveaxis(stems, 1, -1)  # (n, C, S, bins)
     else:
         raise ValueError(f"postprocess must be one of {mask_ops.POSTPROCESS_MODES}, got {postprocess!r}")
-    if residual == "last":
-        stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
-    elif residual == "share":
-        weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins,
-                                        "average")
-        stems = mask_ops.share_residual(stems, mix_stft[lo:hi], weights)
-    elif residual != "none":
-        raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")
     start, _ = ola_sample_range(plan.keep_start, plan.keep_stop, cfg.frame_length, cfg.frame_step)
-    return start, overlap_add(stems, cfg.frame_length, cfg.frame_step)
+    return start, overlap_add_last(spectra, cfg.frame_length, cfg.frame_step)
 
 
 def slice_with_silence(waveform: np.ndarray, start: int, stop: int) -> np.ndarray:
