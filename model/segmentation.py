@@ -102,10 +102,11 @@ class StreamingOverlapAdd:
 
     A block ``(start, samples)`` covers track samples [start, start + len(samples)); blocks must be
     pushed in increasing ``start`` with no gaps, and may overlap the previous block's tail. Output is
-    cropped to [0, num_samples). Memory holds one block tail, not the track.
+    cropped to [0, num_samples); ``num_samples`` may stay None (no end crop) until it is known,
+    before the last push. Memory holds one block tail, not the track.
     """
 
-    def __init__(self, num_samples: int):
+    def __init__(self, num_samples: int | None):
         self.num_samples = num_samples
         self._position = 0  # next track sample to release
         self._tail: np.ndarray | None = None  # pending samples from self._position on
@@ -143,5 +144,7 @@ class StreamingOverlapAdd:
 
     def _crop(self, released_from: int, samples: np.ndarray) -> np.ndarray:
         lo = max(0, -released_from)
-        hi = max(lo, min(samples.shape[0], self.num_samples - released_from))
+        hi = samples.shape[0]
+        if self.num_samples is not None:
+            hi = max(lo, min(hi, self.num_samples - released_from))
         return samples[lo:hi]

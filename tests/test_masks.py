@@ -115,7 +115,7 @@ def test_split_masks_match_full_bin_products(extension, residual):
         weights = np.concatenate([ratio, np.broadcast_to(mean, (40, 8, 2, 3))], axis=1)
         want += (mix - want.sum(-1))[..., None] * weights
     low, high = masks.stem_masks(estimates, extension, residual)
-    assert low.shape == (40, 9, 2, 3) and high.shape == (40, 1, 2, 3)
+    assert low.shape == (40, 2, 3, 9) and high.shape == (40, 2, 3, 1)
     got = masks.masked_spectra(mix.transpose(0, 2, 1), low, high)
     assert got.dtype == np.complex64 and got.shape == (40, 2, 3, 17)
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, atol=1e-6 * np.abs(mix).max())
