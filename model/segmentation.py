@@ -9,7 +9,10 @@ index the track's waveform. Two modes:
   central frames, so every kept frame sees at least ``context`` frames of real neighbours on each
   side. The first segment starts at the track's first frame (keeping [0, T - context)) and the last
   one ends at the track's last frame when the track is longer than T, so no segment is fed more
-  silence than the track itself has.
+  silence than the track itself has. The last (or only) segment is cut to what it needs: its
+  kept frames plus ``context`` before them, rounded up to a multiple of ``SEGMENT_QUANTUM``
+  frames (the U-Net halves the time axis 6 times), so a 3 s track costs 192 frames of U-Net
+  work, not T = 512.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import numpy as np
 from model.config import FRAME_LENGTH, FRAME_STEP
 
 SEGMENTATION_MODES = ("overlap", "spleeter")
+SEGMENT_QUANTUM = 64  # U-Net input lengths are multiples of 2**6 frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +35,19 @@ class SegmentPlan:
       frame_start: first frame fed to the U-Net; frames [frame_start, frame_start + T) form the input
         (frames outside the track are silence).
       keep_start, keep_stop: frames [keep_start, keep_stop) of this segment's output are kept.
+      frames: frames fed to the U-Net when fewer than the model's T (a short last segment);
+        None: T.
     """
 
     index: int
     frame_start: int
     keep_start: int
     keep_stop: int
+    frames: int | None = None
+
+    def length(self, T: int) -> int:
+        """Frames fed to the U-Net for a model of segment length T."""
+        return T if self.frames is None else self.frames
 
 
 def default_context(T: int) -> int:
@@ -77,17 +88,22 @@ def plan_segments(n_frames: int, T: int, mode: str = "overlap", context: int | N
     while plans[-1].keep_stop < n_frames:
         keep = plans[-1].keep_stop
         plans.append(SegmentPlan(len(plans), min(keep - context, last_start), keep, min(keep + core, n_frames)))
+    last = plans[-1]
+    start = 0 if last.index == 0 else last.keep_start - context
+    frames = -(-(n_frames - start) // SEGMENT_QUANTUM) * SEGMENT_QUANTUM
+    if frames < T:
+        plans[-1] = SegmentPlan(last.index, start, last.keep_start, last.keep_stop, frames)
     return plans
 
 def segment_sample_range(
     plan: SegmentPlan, T: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
 ) -> tuple[int, int]:
-    """Track samples [start, stop) whose 'valid' STFT gives the segment's T frames.
+    """Track samples [start, stop) whose 'valid' STFT gives the segment's ``plan.length(T)`` frames.
 
-    ``stop - start == (T - 1) * frame_step + frame_length``. Samples outside the track are zeros.
+    ``stop - start == (plan.length(T) - 1) * frame_step + frame_length``. Samples outside the track are zeros.
     """
     start = plan.frame_start * frame_step - frame_length
-    return start, start + (T - 1) * frame_step + frame_length
+    return start, start + (plan.length(T) - 1) * frame_step + frame_length
 
 
 def ola_sample_range(

@@ -13,6 +13,7 @@ import numpy as np
 from model import masks as mask_ops
 from model.config import ModelConfig
 from model.segmentation import (
+    SEGMENT_QUANTUM,
     SegmentPlan,
     StreamingOverlapAdd,
     ola_sample_range,
@@ -28,13 +29,16 @@ def segment_spectrogram(samples: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarr
     """STFT of one segment.
 
     Args:
-      samples: (L, C) float32 at cfg.sample_rate, L = (T - 1) * frame_step + frame_length.
+      samples: (L, C) float32 at cfg.sample_rate, L = (n - 1) * frame_step + frame_length for
+        n = T frames, or a multiple of SEGMENT_QUANTUM below T (a short last segment).
     Returns:
-      mix_stft: (T, bins, C) complex64; magnitude: (T, F, C) float32, the U-Net's input.
+      mix_stft: (n, bins, C) complex64; magnitude: (n, F, C) float32, the U-Net's input.
     """
     mix_stft = stft_frames(samples, cfg.frame_length, cfg.frame_step)
-    if mix_stft.shape[0] != cfg.T:
-        raise ValueError(f"segment has {mix_stft.shape[0]} frames, the model expects T={cfg.T}")
+    n = mix_stft.shape[0]
+    if n != cfg.T and (n > cfg.T or n % SEGMENT_QUANTUM):
+        raise ValueError(f"segment has {n} frames, the model takes T={cfg.T} or a multiple of "
+                         f"{SEGMENT_QUANTUM} below it")
     return mix_stft, np.abs(mix_stft[:, : cfg.F])  # (T, F, C): strided like mix_stft
 
 
@@ -124,8 +128,11 @@ def separate_waveform(
     stitcher = StreamingOverlapAdd(num_samples)
     pieces = []
     segments = list(iter_segments(num_samples, cfg, segmentation, context))
-    for first in range(0, len(segments), batch_size):
-        batch = segments[first : first + batch_size]
+    # batches of up to batch_size segments of one length (only a short last segment differs)
+    edges = [i for i in range(len(segments) + 1) if i % batch_size == 0 or i == len(segments) or
+             segments[i][0].length(cfg.T) != segments[i - 1][0].length(cfg.T)]
+    for first, stop in zip(edges, edges[1:]):
+        batch = segments[first:stop]
         spectra = [segment_spectrogram(slice_with_silence(waveform, *span), cfg) for _, span in batch]
         estimates = np.asarray(predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32)
         for (plan, _), (mix_stft, _), estimate in zip(batch, spectra, estimates):

@@ -6,9 +6,10 @@ import pytest
 
 from model import spectral
 from model.config import ModelConfig
-from model.segmentation import plan_segments
+from model.segmentation import default_context, plan_segments
 from model.separate import separate_waveform
 from model.spectral import frame_count
+from tests.conftest import numpy_separate
 
 CFG = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=64, F=64, mask_extension="average")
 FRACTIONS = np.array([0.25, 0.75], np.float32)  # ratio masks with exponent 2: 0.1 and 0.9
@@ -94,3 +95,23 @@ def test_wiener_postprocess_sums_to_mixture_below_f():
     err = np.sum((stems.sum(-1) - x) ** 2) / np.sum(x**2)
     assert stems.shape == (100_000, 2, 2)
     assert 10 * np.log10(err) < -25  # norbert regularises quiet bins (sqrt(eps) I)
+
+
+@pytest.mark.parametrize("seconds", [0.4, 3.0, 7.3])
+def test_short_last_segments_match_the_whole_track_reference(seconds):
+    """T = 256: short tracks and tracks' ends are fed fewer frames (multiples of 64); with
+    frame-local estimates the result is the whole-track reference, whatever the cut."""
+    cfg = dataclasses.replace(CFG, T=256, mask_extension="zeros")
+    x = music_like(int(seconds * 44100), seed=3)
+    plans = plan_segments(frame_count(len(x)), cfg.T, "overlap")
+    assert plans[-1].frames is not None and plans[-1].frames < cfg.T
+    lengths = []
+
+    def predict(magnitude):
+        lengths.append(magnitude.shape[1])
+        return constant_ratio_predict(magnitude) ** 0.5 + magnitude[..., None] ** 2
+
+    got = separate_waveform(x, predict, cfg, "overlap", batch_size=4)
+    assert lengths[-1] == plans[-1].frames and set(lengths[:-1]) <= {cfg.T}
+    want = numpy_separate(x, predict, cfg, default_context(cfg.T))
+    np.testing.assert_allclose(got, want, atol=2e-5)

@@ -151,3 +151,21 @@ def test_dilated_mask_conv_gradients_equal_keras():
 def test_dilated_mask_conv_refuses_other_geometries():
     with pytest.raises(ValueError, match="one input channel"):
         DilatedMaskConv(2, (4, 4), dilation_rate=(2, 2), padding="same").build((1, 8, 8, 2))
+
+
+def test_batch_predictor_takes_shorter_segments():
+    """T' < T frames (a short last segment) give what a model built for T' with the same weights
+    gives; the model's own T still works after."""
+    from model.unet import batch_predictor
+
+    cfg = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=128, F=64)
+    model = _seeded(build_unet(cfg))
+    short = build_unet(dataclasses.replace(cfg, T=64))
+    short.set_weights(model.get_weights())
+    predict = batch_predictor(model)
+    x = np.random.default_rng(1).uniform(0, 1, (3, 64, 64, 2)).astype(np.float32)
+    got = predict(x)
+    assert got.shape == (3, 64, 64, 2, 2)
+    np.testing.assert_allclose(got, short.predict_on_batch(x), rtol=1e-4, atol=1e-5)
+    full = np.concatenate([x, x[:, ::-1]], axis=1)
+    np.testing.assert_allclose(predict(full), model.predict_on_batch(full), rtol=1e-4, atol=1e-5)

@@ -85,17 +85,21 @@ class StemModelHandler(ModelHandler[Segment, Segment, Predictor]):
         out = [dataclasses.replace(s, magnitude=None) for s in batch]
         if not todo:
             return out
-        try:
-            estimates = model(np.stack([batch[i].magnitude for i in todo]))
-            if not np.isfinite(estimates).all():
-                raise ValueError("the model produced NaN or infinite values")
-            for i, estimate in zip(todo, estimates):
-                out[i] = dataclasses.replace(out[i], estimates=estimate)
-        except Exception as e:
-            metrics.count(metrics.INFERENCE_FAILURES)
-            error = f"model inference failed: {type(e).__name__}: {e}"
-            for i in todo:
-                out[i] = dataclasses.replace(out[i], mix_stft=None, error=error)
+        groups: dict[int, list[int]] = {}  # one model call per segment length
+        for i in todo:
+            groups.setdefault(batch[i].magnitude.shape[0], []).append(i)
+        for group in groups.values():
+            try:
+                estimates = model(np.stack([batch[i].magnitude for i in group]))
+                if not np.isfinite(estimates).all():
+                    raise ValueError("the model produced NaN or infinite values")
+                for i, estimate in zip(group, estimates):
+                    out[i] = dataclasses.replace(out[i], estimates=estimate)
+            except Exception as e:
+                metrics.count(metrics.INFERENCE_FAILURES)
+                error = f"model inference failed: {type(e).__name__}: {e}"
+                for i in group:
+                    out[i] = dataclasses.replace(out[i], mix_stft=None, error=error)
         return out
 
     def get_num_bytes(self, batch: Sequence[Segment]) -> int:
