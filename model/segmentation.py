@@ -10,9 +10,9 @@ index the track's waveform. Two modes:
   side. The first segment starts at the track's first frame (keeping [0, T - context)) and the last
   one ends at the track's last frame when the track is longer than T, so no segment is fed more
   silence than the track itself has. The last (or only) segment is cut to what it needs: its
-  kept frames plus ``context`` before them, rounded up to a multiple of ``SEGMENT_QUANTUM``
-  frames (the U-Net halves the time axis 6 times), so a 3 s track costs 192 frames of U-Net
-  work, not T = 512.
+  kept frames, ``context`` frames before them and ``SILENCE_FRAMES`` of silence after them,
+  rounded up to a multiple of ``SEGMENT_QUANTUM`` frames, when that is fewer than T: a 3 s track
+  costs 384 frames of U-Net work, not 512, with the same result.
 """
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ from model.config import FRAME_LENGTH, FRAME_STEP
 
 SEGMENTATION_MODES = ("overlap", "spleeter")
 SEGMENT_QUANTUM = 64  # U-Net input lengths are multiples of 2**6 frames
+# Silence after a short last segment's kept frames, frames. The U-Net's receptive field reaches
+# about 250 frames: with the 2stems weights, kept frames followed by 220 or more frames of
+# silence are bit-identical to those of a whole T = 512 segment (186: 2e-5 relative, 122: 2e-2).
+SILENCE_FRAMES = 224
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ def plan_segments(n_frames: int, T: int, mode: str = "overlap", context: int | N
         plans.append(SegmentPlan(len(plans), min(keep - context, last_start), keep, min(keep + core, n_frames)))
     last = plans[-1]
     start = 0 if last.index == 0 else last.keep_start - context
-    frames = -(-(n_frames - start) // SEGMENT_QUANTUM) * SEGMENT_QUANTUM
+    frames = -(-(n_frames - start + SILENCE_FRAMES) // SEGMENT_QUANTUM) * SEGMENT_QUANTUM
     if frames < T:
         plans[-1] = SegmentPlan(last.index, start, last.keep_start, last.keep_stop, frames)
     return plans

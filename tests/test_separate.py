@@ -97,11 +97,11 @@ def test_wiener_postprocess_sums_to_mixture_below_f():
     assert 10 * np.log10(err) < -25  # norbert regularises quiet bins (sqrt(eps) I)
 
 
-@pytest.mark.parametrize("seconds", [0.4, 3.0, 7.3])
+@pytest.mark.parametrize("seconds", [0.4, 3.0, 15.0])
 def test_short_last_segments_match_the_whole_track_reference(seconds):
-    """T = 256: short tracks and tracks' ends are fed fewer frames (multiples of 64); with
+    """T = 512: short tracks and tracks' ends are fed fewer frames (multiples of 64); with
     frame-local estimates the result is the whole-track reference, whatever the cut."""
-    cfg = dataclasses.replace(CFG, T=256, mask_extension="zeros")
+    cfg = dataclasses.replace(CFG, T=512, mask_extension="zeros")
     x = music_like(int(seconds * 44100), seed=3)
     plans = plan_segments(frame_count(len(x)), cfg.T, "overlap")
     assert plans[-1].frames is not None and plans[-1].frames < cfg.T
