@@ -20,7 +20,7 @@ from model.segmentation import (
     plan_segments,
     segment_sample_range,
 )
-from model.spectral import frame_count, overlap_add_last, stft_frames
+from model.spectral import frame_count, overlap_add_gain, overlap_add_last, stft_frames
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -49,6 +49,7 @@ def reconstruct_segment(
     cfg: ModelConfig,
     postprocess: str = "ratio",
     residual: str = "none",
+    samples: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray]:
     """Stem waveforms of a segment's kept frames.
 
@@ -63,6 +64,9 @@ def reconstruct_segment(
         to the last stem (the catch-all 'other' / 'accompaniment'); ``'share'`` shares it out in
         proportion to the ratio masks (above F: each frame's mean mask). With 'last' or 'share'
         the stems sum to the mixture.
+      samples: the segment's (L_s, C) float32 mixture samples (``segment_spectrogram``'s input).
+        With a residual, the last stem is then the mixture minus the others in the time domain
+        (the inverse STFT being linear): one inverse STFT fewer.
     Returns:
       (start, samples): the overlap-add of the kept frames, samples (n, C, S) float32 starting at
       track sample ``start`` (``ola_sample_range``); consecutive segments' blocks overlap and sum.
@@ -70,6 +74,8 @@ def reconstruct_segment(
     lo, hi = plan.keep_start - plan.frame_start, plan.keep_stop - plan.frame_start
     if postprocess == "ratio":
         low, high = mask_ops.stem_masks(estimates[lo:hi], cfg.mask_extension, residual)
+        if samples is not None and residual != "none":
+            low, high = low[:, :, :-1], high[:, :, :-1]  # the last stem comes from the rest
         spectra = mask_ops.masked_spectra(mix_stft[lo:hi].transpose(0, 2, 1), low, high)
     elif postprocess == "wiener":
         stems = mask_ops.wiener_filter(estimates, mix_stft, cfg.mask_extension)[lo:hi]
@@ -82,10 +88,21 @@ def reconstruct_segment(
         elif residual != "none":
             raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")
         spectra = np.moveaxis(stems, 1, -1)  # (n, C, S, bins)
+        if samples is not None and residual != "none":
+            spectra = spectra[:, :, :-1]
     else:
         raise ValueError(f"postprocess must be one of {mask_ops.POSTPROCESS_MODES}, got {postprocess!r}")
     start, _ = ola_sample_range(plan.keep_start, plan.keep_stop, cfg.frame_length, cfg.frame_step)
-    return start, overlap_add_last(spectra, cfg.frame_length, cfg.frame_step)
+    blocks = overlap_add_last(spectra, cfg.frame_length, cfg.frame_step)  # (N, C, S or S - 1)
+    if blocks.shape[-1] == len(cfg.stems):
+        return start, blocks
+    gain = overlap_add_gain(hi - lo, cfg.frame_length, cfg.frame_step)  # (N,)
+    offset = lo * cfg.frame_step
+    out = np.empty(blocks.shape[:-1] + (len(cfg.stems),), np.float32)
+    out[..., :-1] = blocks
+    np.multiply(samples[offset : offset + len(gain)], gain[:, None], out=out[..., -1])
+    out[..., -1] -= blocks.sum(axis=-1)
+    return start, out
 
 
 def slice_with_silence(waveform: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -133,9 +150,11 @@ def separate_waveform(
              segments[i][0].length(cfg.T) != segments[i - 1][0].length(cfg.T)]
     for first, stop in zip(edges, edges[1:]):
         batch = segments[first:stop]
-        spectra = [segment_spectrogram(slice_with_silence(waveform, *span), cfg) for _, span in batch]
+        samples = [slice_with_silence(waveform, *span) for _, span in batch]
+        spectra = [segment_spectrogram(waves, cfg) for waves in samples]
         estimates = np.asarray(predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32)
-        for (plan, _), (mix_stft, _), estimate in zip(batch, spectra, estimates):
-            pieces.append(stitcher.push(*reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess, residual)))
+        for (plan, _), waves, (mix_stft, _), estimate in zip(batch, samples, spectra, estimates):
+            pieces.append(stitcher.push(*reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess,
+                                                             residual, waves)))
     pieces.append(stitcher.finish())
     return np.concatenate([p for p in pieces if p.size], axis=0) if num_samples else np.zeros((0,) + waveform.shape[1:] + (len(cfg.stems),), np.float32)

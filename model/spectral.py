@@ -71,22 +71,38 @@ def overlap_add_last(spec: np.ndarray, frame_length: int = FRAME_LENGTH,
     frames = scipy.fft.irfft(spec, n=frame_length, axis=-1)  # (n, ..., L) float32 for complex64
     frames = frames.astype(np.float32, copy=False)
     frames *= hann_window(frame_length) * np.float32(window_compensation(frame_length, frame_step))
-    frames = frames.reshape(n, -1, frame_length)  # (n, K, L), K = prod(lead)
-    width = frames.shape[1]
+    out = _overlap_add_frames(frames.reshape(n, -1, frame_length), frame_step)
+    return out.reshape(out.shape[:1] + lead)
+
+
+def _overlap_add_frames(frames: np.ndarray, frame_step: int) -> np.ndarray:
+    """(n, K, L) float32 frames -> ((n - 1) * frame_step + L, K) float32, frame k at k * step."""
+    n, width, frame_length = frames.shape
     total = (n - 1) * frame_step + frame_length
-    if frame_length % frame_step == 0:
-        # Frame k's h-th hop lands on output hop k + h: `hops` shifted adds of whole arrays.
-        hops = frame_length // frame_step
-        acc = np.zeros((n + hops - 1, width, frame_step), np.float32)
-        split = frames.reshape(n, width, hops, frame_step)
-        for h in range(hops):
-            acc[h : h + n] += split[:, :, h]
-        out = np.ascontiguousarray(acc.transpose(0, 2, 1)).reshape(total, width)
-    else:
+    if frame_length % frame_step:
         out = np.zeros((total, width), np.float32)
         for k in range(n):
             out[k * frame_step : k * frame_step + frame_length] += frames[k].T
-    return out.reshape((total,) + lead)
+        return out
+    # Frame k's h-th hop lands on output hop k + h: `hops` shifted adds of whole arrays.
+    hops = frame_length // frame_step
+    acc = np.zeros((n + hops - 1, width, frame_step), np.float32)
+    split = frames.reshape(n, width, hops, frame_step)
+    for h in range(hops):
+        acc[h : h + n] += split[:, :, h]
+    return np.ascontiguousarray(acc.transpose(0, 2, 1)).reshape(total, width)
+
+
+@functools.lru_cache(maxsize=16)
+def overlap_add_gain(n: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+    """What :func:`overlap_add_last` of the STFT of a signal multiplies it by: the compensated
+    squared window overlap-added over ``n`` frames, ((n - 1) * frame_step + frame_length,)
+    float32 (1 where ``hops`` frames overlap, less at both edges)."""
+    squared = hann_window(frame_length) ** 2 * np.float32(window_compensation(frame_length, frame_step))
+    frames = np.broadcast_to(squared[None, None], (n, 1, frame_length))
+    gain = _overlap_add_frames(np.ascontiguousarray(frames), frame_step)[:, 0]
+    gain.setflags(write=False)
+    return gain
 
 
 def overlap_add(spec: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:

@@ -6,8 +6,9 @@ import pytest
 
 from model import spectral
 from model.config import ModelConfig
-from model.segmentation import default_context, plan_segments
-from model.separate import separate_waveform
+from model.segmentation import default_context, plan_segments, segment_sample_range
+from model.separate import (reconstruct_segment, segment_spectrogram, separate_waveform,
+                            slice_with_silence)
 from model.spectral import frame_count
 from tests.conftest import numpy_separate
 
@@ -115,3 +116,26 @@ def test_short_last_segments_match_the_whole_track_reference(seconds):
     assert lengths[-1] == plans[-1].frames and set(lengths[:-1]) <= {cfg.T}
     want = numpy_separate(x, predict, cfg, default_context(cfg.T))
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("postprocess", ["ratio", "wiener"])
+@pytest.mark.parametrize("residual", ["last", "share"])
+def test_last_stem_from_the_mixture_samples_equals_its_inverse_stft(postprocess, residual):
+    """With a residual the last stem is the mixture samples minus the other stems: the same as
+    the inverse STFT of its own spectrum (without the samples)."""
+    x = music_like(150_000, seed=5)
+    plan = plan_segments(frame_count(len(x)), CFG.T, "overlap", 8)[2]
+    span = segment_sample_range(plan, CFG.T, CFG.frame_length, CFG.frame_step)
+    samples = slice_with_silence(x, *span)
+    mix_stft, magnitude = segment_spectrogram(samples, CFG)
+    estimates = position_predict(magnitude[None])[0]
+    start, want = reconstruct_segment(mix_stft, estimates, plan, CFG, postprocess, residual)
+    got_start, got = reconstruct_segment(mix_stft, estimates, plan, CFG, postprocess, residual,
+                                         samples)
+    assert got_start == start and got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    # the inverse STFTs of all stems sum to the mixture times the overlap-add gain
+    gain = spectral.overlap_add_gain(plan.keep_stop - plan.keep_start, 4096, 1024)
+    offset = (plan.keep_start - plan.frame_start) * 1024
+    np.testing.assert_allclose(want.sum(-1), samples[offset: offset + len(gain)] * gain[:, None],
+                               atol=1e-5)

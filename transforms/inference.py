@@ -110,7 +110,8 @@ class StemModelHandler(ModelHandler[Segment, Segment, Predictor]):
 
 
 def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
-    """A copy with ``mix_stft`` and ``magnitude`` and without ``samples``."""
+    """A copy with ``mix_stft`` and ``magnitude`` added; ``samples`` stay for the writer (with a
+    residual, the last stem is the mixture minus the others)."""
     if segment.error is not None:
         return dataclasses.replace(segment, samples=None)
     try:
@@ -118,12 +119,12 @@ def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
     except Exception as e:
         return dataclasses.replace(segment, samples=None,
                                    error=f"spectrogram failed: {type(e).__name__}: {e}")
-    return dataclasses.replace(segment, samples=None, mix_stft=mix_stft, magnitude=magnitude)
+    return dataclasses.replace(segment, mix_stft=mix_stft, magnitude=magnitude)
 
 
 class Spectrogram(beam.PTransform):
-    """``Segment`` with ``samples`` -> with ``mix_stft`` (T, n_bins, 2) and ``magnitude``
-    (T, F, 2)."""
+    """``Segment`` with ``samples`` -> with ``mix_stft`` (n, n_bins, 2) and ``magnitude``
+    (n, F, 2), n = T or a short last segment's frames."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -71,10 +71,12 @@ class Segment:
       info: what decoding learnt about the track; exact lengths at the latest with the last
         segment.
       started_at: UNIX time the track's decode started, s.
-      samples: ``(L_s, 2)`` float32 model-rate audio the segment's STFT needs.
-      mix_stft: ``(T, n_bins, 2)`` complex64 mixture STFT (after Spectrogram).
-      magnitude: ``(T, F, 2)`` float32 model input (after Spectrogram).
-      estimates: ``(T, F, 2, S)`` float32 model output (after RunInference).
+      samples: ``(L_s, 2)`` float32 model-rate audio the segment's STFT needs (kept until the
+        writer: with a residual the last stem is the mixture minus the others).
+      mix_stft: ``(n, n_bins, 2)`` complex64 mixture STFT (after Spectrogram); n = T, or fewer
+        frames (a multiple of 64) for a short last segment (``SegmentPlan.frames``).
+      magnitude: ``(n, F, 2)`` float32 model input (after Spectrogram).
+      estimates: ``(n, F, 2, S)`` float32 model output (after RunInference).
       error: set when a stage failed for this segment's track; the track ends there.
     """
 

@@ -178,7 +178,7 @@ class _TrackWriter:
             start, samples = reconstruct_segment(segment.mix_stft, segment.estimates,
                                                  segment.plan, self._cfg,
                                                  self._settings.postprocess,
-                                                 self._settings.residual)
+                                                 self._settings.residual, segment.samples)
         except Exception as e:
             raise TrackFailed(f"reconstruction ({self._settings.postprocess}) failed: "
                               f"{type(e).__name__}: {e}") from e
