@@ -29,7 +29,7 @@ from transforms.records import AudioInfo, Segment
 
 BLOCK_FRAMES = 1 << 16
 log = logging.getLogger("stembeam")
-# Containers whose header states the exact length; others are counted by decoding once.
+# Containers whose header states the exact length; others are counted while they are decoded.
 EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"})
 # Bytes per sample of the uncompressed subtypes, whose data chunk length gives the sample count.
 _PCM_WIDTHS = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
@@ -302,8 +302,11 @@ class SampleWindow:
         return self._start + len(self._buffer) + sum(len(b) for b in self._pending)
 
     def fill(self, stop: int) -> bool:
-        """Pull blocks until ``stop`` samples are in or the stream ends; True once it ended."""
+        """Pull blocks until ``stop`` samples are in or the stream ends; True when it ended
+        short of ``stop``."""
         end = self.end
+        if end >= stop:
+            return False
         for block in self._blocks:
             self._pending.append(block)
             end += len(block)
@@ -359,13 +362,12 @@ def _plans(window: SampleWindow, known: Optional[int], cfg: ModelConfig, segment
             plans = plan_segments(frame_count(length, cfg.frame_length, step), T, segmentation)
             yield from ((plan, plan is plans[-1], length) for plan in plans[index:])
             return
-        frames_in = max(1, frame_count(window.end, cfg.frame_length, step) - 1)
-        plans = plan_segments(frames_in, T, segmentation)
-        if index < len(plans) and plans[index].frame_start + 2 * T < frames_in:
-            yield plans[index], False, 0
-            index += 1
-        else:
-            window.fill(window.end + BLOCK_FRAMES)
+        # the plan as on an endless track (any track of (index + 3) T frames has it, not last)
+        plan = plan_segments((index + 3) * T, T, segmentation)[index]
+        if window.fill((plan.frame_start + 2 * T + 2) * step):
+            continue  # the stream ended first: plan from the exact length
+        yield plan, False, 0  # more than frame_start + 2 T frames are in
+        index += 1
 
 
 def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
