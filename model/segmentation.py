@@ -104,7 +104,8 @@ def segment_sample_range(
 ) -> tuple[int, int]:
     """Track samples [start, stop) whose 'valid' STFT gives the segment's ``plan.length(T)`` frames.
 
-    ``stop - start == (plan.length(T) - 1) * frame_step + frame_length``. Samples outside the track are zeros.
+    ``stop - start == (plan.length(T) - 1) * frame_step + frame_length``. Samples outside the
+    track are zeros.
     """
     start = plan.frame_start * frame_step - frame_length
     return start, start + (plan.length(T) - 1) * frame_step + frame_length
@@ -132,7 +133,8 @@ class StreamingOverlapAdd:
         self._tail: np.ndarray | None = None  # pending samples from self._position on
 
     def push(self, start: int, block: np.ndarray) -> np.ndarray:
-        """Adds ``block`` (n, ...) at track sample ``start``; returns samples final before ``start``.
+        """Adds ``block`` (n, ...) at track sample ``start``; returns the samples final before
+        ``start``.
 
         ``block`` is taken over: the pending tail is added into its head in place.
         """

@@ -154,7 +154,7 @@ def separate_waveform(
         spectra = [segment_spectrogram(waves, cfg) for waves in samples]
         estimates = np.asarray(predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32)
         for (plan, _), waves, (mix_stft, _), estimate in zip(batch, samples, spectra, estimates):
-            pieces.append(stitcher.push(*reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess,
-                                                             residual, waves)))
+            block = reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess, residual, waves)
+            pieces.append(stitcher.push(*block))
     pieces.append(stitcher.finish())
     return np.concatenate([p for p in pieces if p.size], axis=0) if num_samples else np.zeros((0,) + waveform.shape[1:] + (len(cfg.stems),), np.float32)

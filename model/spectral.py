@@ -94,11 +94,13 @@ def _overlap_add_frames(frames: np.ndarray, frame_step: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def overlap_add_gain(n: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+def overlap_add_gain(n: int, frame_length: int = FRAME_LENGTH,
+                     frame_step: int = FRAME_STEP) -> np.ndarray:
     """What :func:`overlap_add_last` of the STFT of a signal multiplies it by: the compensated
     squared window overlap-added over ``n`` frames, ((n - 1) * frame_step + frame_length,)
     float32 (1 where ``hops`` frames overlap, less at both edges)."""
-    squared = hann_window(frame_length) ** 2 * np.float32(window_compensation(frame_length, frame_step))
+    squared = hann_window(frame_length) ** 2
+    squared *= np.float32(window_compensation(frame_length, frame_step))
     frames = np.broadcast_to(squared[None, None], (n, 1, frame_length))
     gain = _overlap_add_frames(np.ascontiguousarray(frames), frame_step)[:, 0]
     gain.setflags(write=False)

@@ -173,9 +173,9 @@ def batch_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     model's T or a multiple of 64 frames (short last segments), returning the (B, T', F, C, S)
     float32 estimates as a numpy array.
 
-    The forward pass is traced once for every T' and batch size (Keras' ``predict_on_batch`` retraces
-    for each new batch size, about 1 s each time); only the small XLA mask kernel is compiled per
-    batch size.
+    The forward pass is traced once per T' for every batch size (Keras' ``predict_on_batch``
+    retraces for each new batch size, about 1 s each time); only the small XLA mask kernel is
+    compiled per batch size.
     """
     _, t, f, c = model.input.shape
     forwards = {}  # frames -> traced forward pass

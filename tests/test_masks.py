@@ -70,7 +70,8 @@ def test_wiener_follows_a_dominant_source():
 def test_residual_makes_stems_sum_to_mixture():
     rng = np.random.default_rng(3)
     mix = random_mix(rng)
-    stems = mix[..., None] * masks.extend_masks(masks.ratio_masks(rng.uniform(0, 1, (40, 9, 2, 4))), 17)
+    ratio = masks.ratio_masks(rng.uniform(0, 1, (40, 9, 2, 4)))
+    stems = mix[..., None] * masks.extend_masks(ratio, 17)
     fixed = masks.add_residual(stems, mix)
     np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
     np.testing.assert_array_equal(fixed[..., :-1], stems[..., :-1])
@@ -120,7 +121,8 @@ def test_split_masks_match_full_bin_products(extension, residual):
     assert got.dtype == np.complex64 and got.shape == (40, 2, 3, 17)
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, atol=1e-6 * np.abs(mix).max())
     if residual != "none":
-        np.testing.assert_allclose(got.sum(2), mix.transpose(0, 2, 1), atol=1e-6 * np.abs(mix).max())
+        np.testing.assert_allclose(got.sum(2), mix.transpose(0, 2, 1),
+                                   atol=1e-6 * np.abs(mix).max())
 
 
 def test_split_masks_reject_unknown_modes():
