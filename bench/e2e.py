@@ -10,6 +10,7 @@ audio in all, default 600). Long files loop those mixtures.
     python3 -m bench.e2e pipeline-profile [--seconds 180] [--model spleeter:2stems]
     python3 -m bench.e2e compare [--seconds 600] [--runs 3] [--models spleeter:2stems ...]
     python3 -m bench.e2e long [--minutes 20 120] [--tools stembeam spleeter spleeter-d600]
+    python3 -m bench.e2e short-tracks [--seconds 180] [--track-seconds 3] [--runs 3]
 
 profile  one track through the model-level path (model.separate.separate_waveform), each stage
          timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.bsseval)
@@ -28,6 +29,9 @@ compare  wall time of `stembeam separate` and `spleeter separate -d 20000` (its 
          the same arithmetic here, printed as a multiple of Spleeter's steady figure.
 compare and long need the Spleeter venv (bench/spleeter_venv.sh) and, for 4stems, the seeded
 random Spleeter-format checkpoint in ~/.cache/stembeam/spleeter-random-models/4stems.
+short-tracks
+         the per-track overhead: wall time of the ``--seconds`` catalog as it is (few long
+         tracks) and cut into ``--track-seconds`` tracks, interleaved, in this process.
 long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute and a 2-hour file
          (Spleeter with -d 20000 and with its default 600 s); Spleeter is killed past
          --spleeter-timeout s or --spleeter-max-gb GB resident, so it cannot take the machine down.
@@ -397,10 +401,10 @@ def profile(args: argparse.Namespace) -> None:
     timer.add("decode (2 OGG)", time.perf_counter() - t0)
 
     # Time the stages inside separate_waveform by wrapping the functions it looks up.
-    originals = {name: getattr(sep, name) for name in ("segment_spectrogram", "overlap_add",
+    originals = {name: getattr(sep, name) for name in ("segment_spectrogram", "overlap_add_last",
                                                        "reconstruct_segment")}
     sep.segment_spectrogram = timer.wrap("STFT", originals["segment_spectrogram"])
-    sep.overlap_add = timer.wrap("iSTFT", originals["overlap_add"])
+    sep.overlap_add_last = timer.wrap("iSTFT", originals["overlap_add_last"])
     sep.reconstruct_segment = timer.wrap("masks+iSTFT", originals["reconstruct_segment"])
     try:
         t0 = time.perf_counter()
@@ -502,6 +506,47 @@ def pipeline_profile(args: argparse.Namespace) -> None:
         print(f"  {stage:52s} {seconds:7.2f} s  {100 * seconds / wall:5.1f}%")
 
 
+def short_catalog(seconds: float, track_s: float) -> tuple[str, int]:
+    """The ``catalog(seconds)`` audio cut into tracks of ``track_s`` s (OGG): (folder, tracks)."""
+    long_folder, _ = catalog(seconds)
+    folder = os.path.join(BENCH, f"catalog-{int(seconds)}s-cut-{track_s:g}s")
+    if not os.path.isdir(folder):
+        tmp = tempfile.mkdtemp(dir=BENCH)
+        piece = int(track_s * RATE)
+        for path in sorted(glob.glob(os.path.join(long_folder, "*.ogg"))):
+            mix, _ = sf.read(path, dtype="float32")
+            name = os.path.splitext(os.path.basename(path))[0]
+            for k, start in enumerate(range(0, len(mix), piece)):
+                sf.write(os.path.join(tmp, f"{name}-{k:04d}.ogg"), mix[start:start + piece],
+                         RATE, format="OGG", subtype="VORBIS")
+        os.rename(tmp, folder)
+    return folder, len(glob.glob(os.path.join(folder, "*.ogg")))
+
+
+def short_tracks(args: argparse.Namespace) -> None:
+    """Per-track overhead: the same audio as few long tracks and as many short ones, each run
+    in this process (1 worker, model load included in both), interleaved over ``--runs``."""
+    from pipeline import separate as job
+
+    long_folder, audio_s = catalog(args.seconds)
+    n_long = len(glob.glob(os.path.join(long_folder, "*.ogg")))
+    short_folder, n_short = short_catalog(args.seconds, args.track_seconds)
+    walls: dict[str, list[float]] = {"long": [], "short": []}
+    for _ in range(args.runs):
+        for kind, folder in (("long", long_folder), ("short", short_folder)):
+            with tempfile.TemporaryDirectory(dir=BENCH) as out:
+                t0 = time.perf_counter()
+                job.run(["--input", folder, "--output", out, "--model",
+                         stembeam_model(args.model), "--force", "--direct_num_workers", "1"])
+                walls[kind].append(time.perf_counter() - t0)
+    long_s, short_s = (statistics.median(walls[k]) for k in ("long", "short"))
+    print(f"{args.model}, {audio_s:.0f} s of audio, 1 worker, medians of {args.runs}; "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"  {n_long:4d} tracks: {long_s:6.1f} s  {walls['long']}")
+    print(f"  {n_short:4d} tracks of {args.track_seconds:g} s: {short_s:6.1f} s  {walls['short']}")
+    print(f"  per extra track: {(short_s - long_s) / (n_short - n_long) * 1e3:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -514,6 +559,11 @@ def main() -> None:
     pp = sub.add_parser("pipeline-profile")
     pp.add_argument("--seconds", type=float, default=180)
     pp.add_argument("--model", default="spleeter:2stems")
+    st = sub.add_parser("short-tracks")
+    st.add_argument("--seconds", type=float, default=180)
+    st.add_argument("--track-seconds", type=float, default=3)
+    st.add_argument("--runs", type=int, default=3)
+    st.add_argument("--model", default="spleeter:2stems")
     c = sub.add_parser("compare")
     c.add_argument("--seconds", type=float, default=600)
     c.add_argument("--runs", type=int, default=3)
@@ -532,7 +582,7 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(BENCH, exist_ok=True)
     {"profile": profile, "pipeline-profile": pipeline_profile, "compare": compare,
-     "long": long_files}[args.command](args)
+     "long": long_files, "short-tracks": short_tracks}[args.command](args)
 
 
 if __name__ == "__main__":

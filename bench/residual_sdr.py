@@ -59,8 +59,10 @@ def main() -> None:
     parser.add_argument("--postprocess", nargs="+", default=["ratio", "wiener"])
     args = parser.parse_args()
     from model.registry import load_model
+    from model.unet import batch_predictor
 
     loaded = load_model("spleeter:2stems")
+    predict = batch_predictor(loaded.model)
     cfg = loaded.config
     songs = [stempeg_excerpt()] + (
         dataset_songs(args.data, args.split, args.songs) if args.data else [])
@@ -70,7 +72,7 @@ def main() -> None:
         for post in args.postprocess:
             base = None
             for mode in RESIDUAL_MODES:
-                stems = separate_waveform(mix, loaded.model.predict_on_batch, cfg,
+                stems = separate_waveform(mix, predict, cfg,
                                           postprocess=post, residual=mode)
                 sdr = bsseval.median_metrics(
                     bsseval.evaluate(refs, np.moveaxis(stems, -1, 0)))["sdr"]

@@ -49,9 +49,68 @@ def extend_masks(masks: np.ndarray, n_bins: int, mode: str = "zeros") -> np.ndar
     return np.concatenate([masks, fill], axis=1)
 
 
-def apply_masks(mix_stft: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """(n, bins, C) complex mixture x (n, bins, C, S) masks -> (n, bins, C, S) complex64 stems."""
-    return (mix_stft[..., None] * masks).astype(np.complex64, copy=False)
+def stem_masks(estimates: np.ndarray, extension: str = "zeros", residual: str = "none",
+               exponent: float = 2.0, eps: float = EPSILON) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ratio_masks` with the residual folded in, bins last, in two parts: per bin below F,
+    per frame above.
+
+    The stems are ``mixture * mask``: ``residual='last'`` gives the last stem ``1 - (sum of the
+    other masks)``; ``'share'`` adds ``(1 - sum of masks) * weights`` to every mask, the weights
+    being the ratio masks extended with ``'average'``. Above F every bin of a frame has the same
+    mask (0 or the frame's mean), so no per-bin arithmetic is spent there.
+
+    Args:
+      estimates: (n, F, C, S) non-negative magnitude estimates.
+      extension: ``'zeros'`` or ``'average'`` (see :func:`extend_masks`).
+      residual: ``'none'``, ``'last'`` or ``'share'``.
+    Returns:
+      (low (n, C, S, F), high (n, C, S, 1)) float32: masks of bins < F and of every bin >= F.
+    """
+    if extension not in MASK_EXTENSIONS:
+        raise ValueError(f"mask extension must be one of {MASK_EXTENSIONS}, got {extension!r}")
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+    # one transposing copy; from here on the stems axis (2) is an outer axis: cheap to reduce
+    low = np.ascontiguousarray(np.asarray(estimates, np.float32).transpose(0, 2, 3, 1))
+    if exponent == 2.0:
+        np.square(low, out=low)
+    else:
+        np.power(low, np.float32(exponent), out=low)
+    total = low.sum(axis=2, keepdims=True)
+    total += np.float32(eps)
+    low += np.float32(eps / low.shape[2])
+    low /= total
+    needs_mean = extension == "average" or residual == "share"
+    mean = low.mean(axis=-1, keepdims=True) if needs_mean else None
+    high = mean.copy() if extension == "average" else np.zeros(low.shape[:3] + (1,), np.float32)
+    if residual == "last":
+        for part in (low, high):
+            part[:, :, -1] = 1 - part[:, :, :-1].sum(axis=2)
+    elif residual == "share":
+        low *= 2 - low.sum(axis=2, keepdims=True)  # m + (1 - sum m) * m
+        high += (1 - high.sum(axis=2, keepdims=True)) * mean
+    return low, high
+
+
+def masked_spectra(mix: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Stem spectra ``mixture * mask`` laid out for the inverse FFT (bins last).
+
+    Args:
+      mix: (n, C, bins) complex mixture (bins last; any strides).
+      low, high: (n, C, S, F) and (n, C, S, 1) masks from :func:`stem_masks`.
+    Returns:
+      (n, C, S, bins) complex64, C-contiguous.
+    """
+    n, channels, n_bins = mix.shape
+    F, n_stems = low.shape[-1], low.shape[2]
+    out = np.empty((n, channels, n_stems, n_bins), np.complex64)
+    mix = mix[:, :, None, :]  # (n, C, 1, bins)
+    np.multiply(mix[..., :F], low, out=out[..., :F])
+    if np.any(high):
+        np.multiply(mix[..., F:], high, out=out[..., F:])
+    else:
+        out[..., F:] = 0
+    return out
 
 
 def wiener_filter(

@@ -13,13 +13,14 @@ import numpy as np
 from model import masks as mask_ops
 from model.config import ModelConfig
 from model.segmentation import (
+    SEGMENT_QUANTUM,
     SegmentPlan,
     StreamingOverlapAdd,
     ola_sample_range,
     plan_segments,
     segment_sample_range,
 )
-from model.spectral import frame_count, overlap_add, stft_frames
+from model.spectral import frame_count, overlap_add_gain, overlap_add_last, stft_frames
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -28,14 +29,17 @@ def segment_spectrogram(samples: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarr
     """STFT of one segment.
 
     Args:
-      samples: (L, C) float32 at cfg.sample_rate, L = (T - 1) * frame_step + frame_length.
+      samples: (L, C) float32 at cfg.sample_rate, L = (n - 1) * frame_step + frame_length for
+        n = T frames, or a multiple of SEGMENT_QUANTUM below T (a short last segment).
     Returns:
-      mix_stft: (T, bins, C) complex64; magnitude: (T, F, C) float32, the U-Net's input.
+      mix_stft: (n, bins, C) complex64; magnitude: (n, F, C) float32, the U-Net's input.
     """
     mix_stft = stft_frames(samples, cfg.frame_length, cfg.frame_step)
-    if mix_stft.shape[0] != cfg.T:
-        raise ValueError(f"segment has {mix_stft.shape[0]} frames, the model expects T={cfg.T}")
-    return mix_stft, np.abs(mix_stft[:, : cfg.F])
+    n = mix_stft.shape[0]
+    if n != cfg.T and (n > cfg.T or n % SEGMENT_QUANTUM):
+        raise ValueError(f"segment has {n} frames, the model takes T={cfg.T} or a multiple of "
+                         f"{SEGMENT_QUANTUM} below it")
+    return mix_stft, np.abs(mix_stft[:, : cfg.F])  # (T, F, C): strided like mix_stft
 
 
 def reconstruct_segment(
@@ -45,6 +49,7 @@ def reconstruct_segment(
     cfg: ModelConfig,
     postprocess: str = "ratio",
     residual: str = "none",
+    samples: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray]:
     """Stem waveforms of a segment's kept frames.
 
@@ -59,28 +64,45 @@ def reconstruct_segment(
         to the last stem (the catch-all 'other' / 'accompaniment'); ``'share'`` shares it out in
         proportion to the ratio masks (above F: each frame's mean mask). With 'last' or 'share'
         the stems sum to the mixture.
+      samples: the segment's (L_s, C) float32 mixture samples (``segment_spectrogram``'s input).
+        With a residual, the last stem is then the mixture minus the others in the time domain
+        (the inverse STFT being linear): one inverse STFT fewer.
     Returns:
       (start, samples): the overlap-add of the kept frames, samples (n, C, S) float32 starting at
       track sample ``start`` (``ola_sample_range``); consecutive segments' blocks overlap and sum.
     """
     lo, hi = plan.keep_start - plan.frame_start, plan.keep_stop - plan.frame_start
     if postprocess == "ratio":
-        masks = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins, cfg.mask_extension)
-        stems = mask_ops.apply_masks(mix_stft[lo:hi], masks)
+        low, high = mask_ops.stem_masks(estimates[lo:hi], cfg.mask_extension, residual)
+        if samples is not None and residual != "none":
+            low, high = low[:, :, :-1], high[:, :, :-1]  # the last stem comes from the rest
+        spectra = mask_ops.masked_spectra(mix_stft[lo:hi].transpose(0, 2, 1), low, high)
     elif postprocess == "wiener":
         stems = mask_ops.wiener_filter(estimates, mix_stft, cfg.mask_extension)[lo:hi]
+        if residual == "last":
+            stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
+        elif residual == "share":
+            weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins,
+                                            "average")
+            stems = mask_ops.share_residual(stems, mix_stft[lo:hi], weights)
+        elif residual != "none":
+            raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")
+        spectra = np.moveaxis(stems, 1, -1)  # (n, C, S, bins)
+        if samples is not None and residual != "none":
+            spectra = spectra[:, :, :-1]
     else:
         raise ValueError(f"postprocess must be one of {mask_ops.POSTPROCESS_MODES}, got {postprocess!r}")
-    if residual == "last":
-        stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
-    elif residual == "share":
-        weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins,
-                                        "average")
-        stems = mask_ops.share_residual(stems, mix_stft[lo:hi], weights)
-    elif residual != "none":
-        raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")
     start, _ = ola_sample_range(plan.keep_start, plan.keep_stop, cfg.frame_length, cfg.frame_step)
-    return start, overlap_add(stems, cfg.frame_length, cfg.frame_step)
+    blocks = overlap_add_last(spectra, cfg.frame_length, cfg.frame_step)  # (N, C, S or S - 1)
+    if blocks.shape[-1] == len(cfg.stems):
+        return start, blocks
+    gain = overlap_add_gain(hi - lo, cfg.frame_length, cfg.frame_step)  # (N,)
+    offset = lo * cfg.frame_step
+    out = np.empty(blocks.shape[:-1] + (len(cfg.stems),), np.float32)
+    out[..., :-1] = blocks
+    np.multiply(samples[offset : offset + len(gain)], gain[:, None], out=out[..., -1])
+    out[..., -1] -= blocks.sum(axis=-1)
+    return start, out
 
 
 def slice_with_silence(waveform: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -123,11 +145,16 @@ def separate_waveform(
     stitcher = StreamingOverlapAdd(num_samples)
     pieces = []
     segments = list(iter_segments(num_samples, cfg, segmentation, context))
-    for first in range(0, len(segments), batch_size):
-        batch = segments[first : first + batch_size]
-        spectra = [segment_spectrogram(slice_with_silence(waveform, *span), cfg) for _, span in batch]
+    # batches of up to batch_size segments of one length (only a short last segment differs)
+    edges = [i for i in range(len(segments) + 1) if i % batch_size == 0 or i == len(segments) or
+             segments[i][0].length(cfg.T) != segments[i - 1][0].length(cfg.T)]
+    for first, stop in zip(edges, edges[1:]):
+        batch = segments[first:stop]
+        samples = [slice_with_silence(waveform, *span) for _, span in batch]
+        spectra = [segment_spectrogram(waves, cfg) for waves in samples]
         estimates = np.asarray(predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32)
-        for (plan, _), (mix_stft, _), estimate in zip(batch, spectra, estimates):
-            pieces.append(stitcher.push(*reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess, residual)))
+        for (plan, _), waves, (mix_stft, _), estimate in zip(batch, samples, spectra, estimates):
+            block = reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess, residual, waves)
+            pieces.append(stitcher.push(*block))
     pieces.append(stitcher.finish())
     return np.concatenate([p for p in pieces if p.size], axis=0) if num_samples else np.zeros((0,) + waveform.shape[1:] + (len(cfg.stems),), np.float32)

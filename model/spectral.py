@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import scipy.fft
 
 from model.config import FRAME_LENGTH, FRAME_STEP
 
@@ -41,17 +42,69 @@ def stft_frames(samples: np.ndarray, frame_length: int = FRAME_LENGTH, frame_ste
     Args:
       samples: (L, C) float32 waveform, L >= frame_length.
     Returns:
-      (n, frame_length // 2 + 1, C) complex64, n = (L - frame_length) // frame_step + 1.
+      (n, frame_length // 2 + 1, C) complex64, n = (L - frame_length) // frame_step + 1: a
+      transposed view of a C-contiguous (n, C, bins) array (bins last, as the FFT writes them).
     """
-    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    samples = np.asarray(samples, dtype=np.float32)
     n = (samples.shape[0] - frame_length) // frame_step + 1
     if n < 1:
         raise ValueError(f"need at least {frame_length} samples, got {samples.shape[0]}")
     frames = np.lib.stride_tricks.sliding_window_view(samples, frame_length, axis=0)[::frame_step]
-    # frames: (n, C, frame_length) view -> windowed copy
+    # frames: (n, C, frame_length) view -> windowed copy; scipy's pocketfft transforms float32
+    # in single precision (3x numpy's rfft here)
     windowed = frames[:n] * hann_window(frame_length)
-    spec = np.fft.rfft(windowed, axis=-1)  # (n, C, bins), complex64 for float32 input
-    return np.ascontiguousarray(spec.transpose(0, 2, 1)).astype(np.complex64, copy=False)
+    spec = scipy.fft.rfft(windowed, axis=-1)  # (n, C, bins) complex64
+    return spec.transpose(0, 2, 1)
+
+
+def overlap_add_last(spec: np.ndarray, frame_length: int = FRAME_LENGTH,
+                     frame_step: int = FRAME_STEP) -> np.ndarray:
+    """Inverse of :func:`stft_frames` for spectra with bins on the last axis.
+
+    Args:
+      spec: (n, ..., frame_length // 2 + 1) complex (e.g. (n, C, S, bins)); fastest C-contiguous.
+    Returns:
+      ((n - 1) * frame_step + frame_length, ...) float32: inverse rFFT, Hann synthesis window
+      with the overlap-add compensation, overlap-added.
+    """
+    n, lead = spec.shape[0], spec.shape[1:-1]
+    frames = scipy.fft.irfft(spec, n=frame_length, axis=-1)  # (n, ..., L) float32 for complex64
+    frames = frames.astype(np.float32, copy=False)
+    frames *= hann_window(frame_length) * np.float32(window_compensation(frame_length, frame_step))
+    out = _overlap_add_frames(frames.reshape(n, -1, frame_length), frame_step)
+    return out.reshape(out.shape[:1] + lead)
+
+
+def _overlap_add_frames(frames: np.ndarray, frame_step: int) -> np.ndarray:
+    """(n, K, L) float32 frames -> ((n - 1) * frame_step + L, K) float32, frame k at k * step."""
+    n, width, frame_length = frames.shape
+    total = (n - 1) * frame_step + frame_length
+    if frame_length % frame_step:
+        out = np.zeros((total, width), np.float32)
+        for k in range(n):
+            out[k * frame_step : k * frame_step + frame_length] += frames[k].T
+        return out
+    # Frame k's h-th hop lands on output hop k + h: `hops` shifted adds of whole arrays.
+    hops = frame_length // frame_step
+    acc = np.zeros((n + hops - 1, width, frame_step), np.float32)
+    split = frames.reshape(n, width, hops, frame_step)
+    for h in range(hops):
+        acc[h : h + n] += split[:, :, h]
+    return np.ascontiguousarray(acc.transpose(0, 2, 1)).reshape(total, width)
+
+
+@functools.lru_cache(maxsize=16)
+def overlap_add_gain(n: int, frame_length: int = FRAME_LENGTH,
+                     frame_step: int = FRAME_STEP) -> np.ndarray:
+    """What :func:`overlap_add_last` of the STFT of a signal multiplies it by: the compensated
+    squared window overlap-added over ``n`` frames, ((n - 1) * frame_step + frame_length,)
+    float32 (1 where ``hops`` frames overlap, less at both edges)."""
+    squared = hann_window(frame_length) ** 2
+    squared *= np.float32(window_compensation(frame_length, frame_step))
+    frames = np.broadcast_to(squared[None, None], (n, 1, frame_length))
+    gain = _overlap_add_frames(np.ascontiguousarray(frames), frame_step)[:, 0]
+    gain.setflags(write=False)
+    return gain
 
 
 def overlap_add(spec: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
@@ -62,25 +115,7 @@ def overlap_add(spec: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: 
     Returns:
       ((n - 1) * frame_step + frame_length, C, ...) float32.
     """
-    n = spec.shape[0]
-    frames = np.fft.irfft(np.moveaxis(spec, 1, -1), n=frame_length, axis=-1)  # (n, C, ..., L)
-    frames = frames.astype(np.float32, copy=False)
-    frames *= hann_window(frame_length) * np.float32(window_compensation(frame_length, frame_step))
-    out = np.zeros(((n - 1) * frame_step + frame_length,) + frames.shape[1:-1], dtype=np.float32)
-    hops = frame_length // frame_step
-    if frame_length % frame_step == 0:
-        # Sum the frames in `hops` interleaved groups: each group tiles the output without overlap.
-        for offset in range(hops):
-            group = frames[offset::hops]  # (m, C, ..., L)
-            if group.shape[0] == 0:
-                continue
-            flat = np.moveaxis(group, -1, 1).reshape((-1,) + group.shape[1:-1])
-            start = offset * frame_step
-            out[start : start + flat.shape[0]] += flat
-    else:
-        for k in range(n):
-            out[k * frame_step : k * frame_step + frame_length] += np.moveaxis(frames[k], -1, 0)
-    return out
+    return overlap_add_last(np.moveaxis(spec, 1, -1), frame_length, frame_step)
 
 
 def stft(waveform: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:

@@ -232,14 +232,25 @@ def resolve_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def batch_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """``model`` in inference mode as a function of a (B, T, F, C) float32 array, any B, returning
-    the (B, T, F, C, S) float32 estimates as a numpy array.
+    """``model`` in inference mode as a function of a (B, T', F, C) float32 array, any B, T' the
+    model's T or a multiple of 64 frames (short last segments), returning the (B, T', F, C, S)
+    float32 estimates as a numpy array.
 
-    The forward pass is traced once for every batch size (Keras' ``predict_on_batch`` retraces
-    for each new batch size, about 1 s each time); only the small XLA mask kernel is compiled per
-    batch size.
+    The forward pass is traced once per T' for every batch size (Keras' ``predict_on_batch``
+    retraces for each new batch size, about 1 s each time); only the small XLA mask kernel is
+    compiled per batch size.
     """
     _, t, f, c = model.input.shape
-    forward = tf.function(lambda x: model(x, training=False),
-                          input_signature=[tf.TensorSpec((None, t, f, c), tf.float32)])
-    return lambda batch: forward(np.asarray(batch, np.float32)).numpy()
+    forwards = {}  # frames -> traced forward pass
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, np.float32)
+        frames = batch.shape[1]
+        if frames not in forwards:  # model.call: the layers take any multiple of 64 frames
+            run = model if frames == t else model.call
+            forwards[frames] = tf.function(lambda x: run(x, training=False),
+                                           input_signature=[tf.TensorSpec((None, frames, f, c),
+                                                                          tf.float32)])
+        return forwards[frames](batch).numpy()
+
+    return predict

@@ -3,6 +3,7 @@ container and channel layout; hostile files fail with a reason."""
 
 import numpy as np
 import pytest
+import soundfile
 
 from model.config import ModelConfig
 from model.segmentation import plan_segments, segment_sample_range
@@ -27,10 +28,13 @@ def expected_segments(wave: np.ndarray, mode: str) -> list[np.ndarray]:
 
 
 def decoded(path: str, mode: str = "overlap"):
-    info, n, segments = decode.decode_segments(path, CFG, mode)
-    segments = [samples for _, samples in segments]
-    assert len(segments) == n
-    return info, segments
+    """(the track's exact info, segments' samples); only the last segment carries the info."""
+    _, segments = decode.decode_segments(path, CFG, mode)
+    segments = list(segments)
+    finals = [final for _, _, final in segments]
+    assert finals[-1] is not None and not any(finals[:-1])
+    assert [plan.index for plan, _, _ in segments] == list(range(len(segments)))
+    return finals[-1], [samples for _, samples, _ in segments]
 
 
 @pytest.mark.parametrize("mode", ["overlap", "spleeter"])
@@ -121,3 +125,33 @@ def test_hostile_inputs_raise_readable_errors(tmp_path, name, reason):
 def test_missing_file(tmp_path):
     with pytest.raises(decode.DecodeError, match="cannot open"):
         decoded(str(tmp_path / "nope.wav"))
+
+
+@pytest.mark.parametrize("mode", ["overlap", "spleeter"])
+@pytest.mark.parametrize("name", ["a.ogg", "a.mp3"])
+def test_unstated_length_is_decoded_once_and_cut_like_the_whole_file(tmp_path, monkeypatch,
+                                                                     name, mode):
+    """OGG/MP3 state no exact length: segments are planned as samples arrive, from a single
+    decoding pass, and equal the cut of the whole file decoded in memory."""
+    monkeypatch.setattr(decode, "BLOCK_FRAMES", 4099)  # many read-ahead steps
+    path = write(str(tmp_path / name), tone(9.7))
+    whole, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    assert rate == 44100
+    passes = []
+    original = decode._soundfile_source
+
+    def counting_source(f):
+        source, sf = original(f)
+        assert source.frames is None
+        blocks = source.blocks
+        source.blocks = lambda: (passes.append(1), blocks())[1]
+        return source, sf
+
+    monkeypatch.setattr(decode, "_soundfile_source", counting_source)
+    info, segments = decoded(path, mode)
+    assert passes == [1]
+    assert info.num_samples == info.model_samples == len(whole)
+    expected = expected_segments(whole, mode)
+    assert len(segments) == len(expected) > 3
+    for got, want in zip(segments, expected):
+        np.testing.assert_array_equal(got, want)

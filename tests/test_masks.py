@@ -70,7 +70,8 @@ def test_wiener_follows_a_dominant_source():
 def test_residual_makes_stems_sum_to_mixture():
     rng = np.random.default_rng(3)
     mix = random_mix(rng)
-    stems = masks.apply_masks(mix, masks.extend_masks(masks.ratio_masks(rng.uniform(0, 1, (40, 9, 2, 4))), 17))
+    ratio = masks.ratio_masks(rng.uniform(0, 1, (40, 9, 2, 4)))
+    stems = mix[..., None] * masks.extend_masks(ratio, 17)
     fixed = masks.add_residual(stems, mix)
     np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
     np.testing.assert_array_equal(fixed[..., :-1], stems[..., :-1])
@@ -80,7 +81,7 @@ def test_shared_residual_sums_to_mixture_in_proportion_to_weights():
     rng = np.random.default_rng(4)
     mix = random_mix(rng)
     estimates = rng.uniform(0, 1, (40, 9, 2, 3))
-    stems = masks.apply_masks(mix, masks.extend_masks(masks.ratio_masks(estimates), 17))
+    stems = mix[..., None] * masks.extend_masks(masks.ratio_masks(estimates), 17)
     weights = rng.dirichlet(np.ones(3), size=(40, 17, 2)).astype(np.float32)
     fixed = masks.share_residual(stems, mix, weights)
     np.testing.assert_allclose(fixed.sum(-1), mix, atol=1e-5)
@@ -94,3 +95,39 @@ def test_wiener_leaves_the_mixture_unchanged():
     before = mix.copy()
     masks.wiener_filter(np.abs(mix)[:, :9, :, None].repeat(2, -1), mix)
     np.testing.assert_array_equal(mix, before)
+
+
+@pytest.mark.parametrize("extension", masks.MASK_EXTENSIONS)
+@pytest.mark.parametrize("residual", masks.RESIDUAL_MODES)
+def test_split_masks_match_full_bin_products(extension, residual):
+    """stem_masks + masked_spectra (F bins, constant above) == the per-bin float64 computation."""
+    rng = np.random.default_rng(6)
+    mix = random_mix(rng)  # (40, 17, 2)
+    estimates = rng.uniform(0, 1, (40, 9, 2, 3)).astype(np.float32)
+    power = estimates.astype(np.float64) ** 2
+    ratio = (power + 1e-10 / 3) / (power.sum(-1, keepdims=True) + 1e-10)
+    mean = ratio.mean(axis=1, keepdims=True)
+    full = np.concatenate([ratio, np.broadcast_to(mean if extension == "average" else 0 * mean,
+                                                  (40, 8, 2, 3))], axis=1)
+    want = mix[..., None].astype(np.complex128) * full
+    if residual == "last":
+        want[..., -1] += mix - want.sum(-1)
+    elif residual == "share":
+        weights = np.concatenate([ratio, np.broadcast_to(mean, (40, 8, 2, 3))], axis=1)
+        want += (mix - want.sum(-1))[..., None] * weights
+    low, high = masks.stem_masks(estimates, extension, residual)
+    assert low.shape == (40, 2, 3, 9) and high.shape == (40, 2, 3, 1)
+    got = masks.masked_spectra(mix.transpose(0, 2, 1), low, high)
+    assert got.dtype == np.complex64 and got.shape == (40, 2, 3, 17)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, atol=1e-6 * np.abs(mix).max())
+    if residual != "none":
+        np.testing.assert_allclose(got.sum(2), mix.transpose(0, 2, 1),
+                                   atol=1e-6 * np.abs(mix).max())
+
+
+def test_split_masks_reject_unknown_modes():
+    est = np.ones((2, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError):
+        masks.stem_masks(est, "mirror")
+    with pytest.raises(ValueError):
+        masks.stem_masks(est, "zeros", "all")

@@ -13,6 +13,7 @@ import pytest
 from model import bsseval
 from model.registry import ModelFetchError, load_model
 from model.separate import separate_waveform
+from model.unet import batch_predictor
 
 SPLEETER_SDR = {"ratio": {"vocals": 4.17, "accompaniment": 11.81},
                 "wiener": {"vocals": 4.04, "accompaniment": 11.83}}
@@ -42,7 +43,7 @@ def spleeter_2stems():
 def test_sdr_at_least_spleeters(excerpt, spleeter_2stems, segmentation, postprocess):
     mixture, references = excerpt
     cfg = spleeter_2stems.config
-    stems = separate_waveform(mixture, lambda x: spleeter_2stems.model.predict_on_batch(x), cfg,
+    stems = separate_waveform(mixture, batch_predictor(spleeter_2stems.model), cfg,
                               segmentation, postprocess)
     medians = bsseval.median_metrics(bsseval.evaluate(references, np.moveaxis(stems, -1, 0)))
     for i, stem in enumerate(cfg.stems):
@@ -51,3 +52,23 @@ def test_sdr_at_least_spleeters(excerpt, spleeter_2stems, segmentation, postproc
     # and far above the mixture-as-estimate baseline on the same clip
     baseline = bsseval.median_metrics(bsseval.evaluate(references, np.stack([mixture, mixture])))
     assert (medians["sdr"] > baseline["sdr"] + 3).all()
+
+
+def test_short_segments_give_the_whole_segment_result(excerpt, spleeter_2stems, monkeypatch):
+    """A 3 s track is fed 384 frames instead of 512 (the 224 frames of silence after it are as
+    far as the U-Net's receptive field reaches): same stems."""
+    from model import segmentation
+
+    mixture = excerpt[0][: 3 * 44100]
+    predict = batch_predictor(spleeter_2stems.model)
+    frames = []
+
+    def counting(magnitude):
+        frames.append(magnitude.shape[1])
+        return predict(magnitude)
+
+    short = separate_waveform(mixture, counting, spleeter_2stems.config)
+    monkeypatch.setattr(segmentation, "SILENCE_FRAMES", 10_000)  # always whole segments
+    whole = separate_waveform(mixture, counting, spleeter_2stems.config)
+    assert frames == [384, 512]
+    np.testing.assert_allclose(short, whole, atol=1e-6 * np.abs(whole).max())

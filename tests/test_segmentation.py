@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 
 from model.segmentation import (
+    SEGMENT_QUANTUM,
+    SILENCE_FRAMES,
+    SegmentPlan,
     StreamingOverlapAdd,
     ola_sample_range,
     plan_segments,
@@ -83,3 +86,41 @@ def test_streaming_overlap_add_rejects_gaps():
     stitcher.push(0, np.ones((10, 1)))
     with pytest.raises(ValueError):
         stitcher.push(20, np.ones((10, 1)))
+
+
+def test_short_last_segment_hand_examples():
+    # T=512, context 32: a 3 s track (134 frames) + 224 frames of silence -> 384 frames, not 512
+    assert plan_segments(134, 512, "overlap", 32) == [SegmentPlan(0, 0, 0, 134, 384)]
+    # 600 frames: keep [0, 480), then [480, 600) fed from 448: 152 + 224 frames -> 384
+    assert plan_segments(600, 512, "overlap", 32) == [SegmentPlan(0, 0, 0, 480),
+                                                      SegmentPlan(1, 448, 480, 600, 384)]
+    assert plan_segments(950, 512, "overlap", 32)[-1] == SegmentPlan(2, 896, 928, 950, 320)
+    # a last segment that needs (nearly) all T frames keeps the full-T rule: it ends the track
+    assert plan_segments(900, 512, "overlap", 32)[-1] == SegmentPlan(1, 388, 480, 900)
+    assert plan_segments(300, 512, "overlap", 32) == [SegmentPlan(0, 0, 0, 300)]
+    # Spleeter's cut pads its last segment to T, as Spleeter does
+    assert all(p.frames is None for p in plan_segments(134, 512, "spleeter"))
+    assert segment_sample_range(SegmentPlan(0, 0, 0, 134, 384), 512) == (-4096, 383 * 1024)
+
+
+@pytest.mark.parametrize("n_frames", [1, 63, 64, 65, 134, 287, 288, 479, 480, 481, 545, 600,
+                                      1000, 3001])
+def test_short_segments_cover_what_they_keep(n_frames):
+    T, context = 512, 32
+    plans = plan_segments(n_frames, T, "overlap", context)
+    kept = np.zeros(n_frames, int)
+    for p in plans:
+        length = p.length(T)
+        assert length % SEGMENT_QUANTUM == 0 and 0 < length <= T
+        assert p.frame_start <= p.keep_start < p.keep_stop <= p.frame_start + length
+        assert p.keep_start - p.frame_start >= min(context, p.keep_start)
+        kept[p.keep_start : p.keep_stop] += 1
+    assert (kept == 1).all()
+    assert all(p.frames is None for p in plans[:-1])
+    last = plans[-1]
+    needed = n_frames - (last.keep_start - context if last.index else 0) + SILENCE_FRAMES
+    if last.frames is None:
+        assert needed > T - SEGMENT_QUANTUM
+    else:  # enough silence after the track for the result not to change
+        assert last.frame_start + last.frames - n_frames >= SILENCE_FRAMES
+        assert last.frames - SEGMENT_QUANTUM < needed <= last.frames

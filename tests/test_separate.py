@@ -6,9 +6,11 @@ import pytest
 
 from model import spectral
 from model.config import ModelConfig
-from model.segmentation import plan_segments
-from model.separate import separate_waveform
+from model.segmentation import default_context, plan_segments, segment_sample_range
+from model.separate import (reconstruct_segment, segment_spectrogram, separate_waveform,
+                            slice_with_silence)
 from model.spectral import frame_count
+from tests.conftest import numpy_separate
 
 CFG = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=64, F=64, mask_extension="average")
 FRACTIONS = np.array([0.25, 0.75], np.float32)  # ratio masks with exponent 2: 0.1 and 0.9
@@ -94,3 +96,46 @@ def test_wiener_postprocess_sums_to_mixture_below_f():
     err = np.sum((stems.sum(-1) - x) ** 2) / np.sum(x**2)
     assert stems.shape == (100_000, 2, 2)
     assert 10 * np.log10(err) < -25  # norbert regularises quiet bins (sqrt(eps) I)
+
+
+@pytest.mark.parametrize("seconds", [0.4, 3.0, 15.0])
+def test_short_last_segments_match_the_whole_track_reference(seconds):
+    """T = 512: short tracks and tracks' ends are fed fewer frames (multiples of 64); with
+    frame-local estimates the result is the whole-track reference, whatever the cut."""
+    cfg = dataclasses.replace(CFG, T=512, mask_extension="zeros")
+    x = music_like(int(seconds * 44100), seed=3)
+    plans = plan_segments(frame_count(len(x)), cfg.T, "overlap")
+    assert plans[-1].frames is not None and plans[-1].frames < cfg.T
+    lengths = []
+
+    def predict(magnitude):
+        lengths.append(magnitude.shape[1])
+        return constant_ratio_predict(magnitude) ** 0.5 + magnitude[..., None] ** 2
+
+    got = separate_waveform(x, predict, cfg, "overlap", batch_size=4)
+    assert lengths[-1] == plans[-1].frames and set(lengths[:-1]) <= {cfg.T}
+    want = numpy_separate(x, predict, cfg, default_context(cfg.T))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("postprocess", ["ratio", "wiener"])
+@pytest.mark.parametrize("residual", ["last", "share"])
+def test_last_stem_from_the_mixture_samples_equals_its_inverse_stft(postprocess, residual):
+    """With a residual the last stem is the mixture samples minus the other stems: the same as
+    the inverse STFT of its own spectrum (without the samples)."""
+    x = music_like(150_000, seed=5)
+    plan = plan_segments(frame_count(len(x)), CFG.T, "overlap", 8)[2]
+    span = segment_sample_range(plan, CFG.T, CFG.frame_length, CFG.frame_step)
+    samples = slice_with_silence(x, *span)
+    mix_stft, magnitude = segment_spectrogram(samples, CFG)
+    estimates = position_predict(magnitude[None])[0]
+    start, want = reconstruct_segment(mix_stft, estimates, plan, CFG, postprocess, residual)
+    got_start, got = reconstruct_segment(mix_stft, estimates, plan, CFG, postprocess, residual,
+                                         samples)
+    assert got_start == start and got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    # the inverse STFTs of all stems sum to the mixture times the overlap-add gain
+    gain = spectral.overlap_add_gain(plan.keep_stop - plan.keep_start, 4096, 1024)
+    offset = (plan.keep_start - plan.frame_start) * 1024
+    np.testing.assert_allclose(want.sum(-1), samples[offset: offset + len(gain)] * gain[:, None],
+                               atol=1e-5)

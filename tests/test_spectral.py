@@ -76,3 +76,15 @@ def test_overlap_add_carries_trailing_axes():
 
 def test_window_compensation_for_spleeter_framing():
     assert spectral.window_compensation(4096, 1024) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_overlap_add_gain_is_the_summed_squared_window(n):
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(64) / 64)
+    want = np.zeros((n - 1) * 16 + 64)
+    for k in range(n):
+        want[k * 16: k * 16 + 64] += window**2
+    want /= np.sum(window**2) / 16
+    np.testing.assert_allclose(spectral.overlap_add_gain(n, 64, 16), want, atol=1e-6)
+    if n == 10:  # 1 wherever 4 frames overlap
+        np.testing.assert_allclose(want[48:-48], 1, atol=1e-12)

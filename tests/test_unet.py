@@ -199,3 +199,21 @@ def test_resolve_precision(tmp_path, monkeypatch):
     assert resolve_precision("auto", _cpuinfo(tmp_path, "amx_bf16")) == "float32"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("float16")
+
+
+def test_batch_predictor_takes_shorter_segments():
+    """T' < T frames (a short last segment) give what a model built for T' with the same weights
+    gives; the model's own T still works after."""
+    from model.unet import batch_predictor
+
+    cfg = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=128, F=64)
+    model = _seeded(build_unet(cfg))
+    short = build_unet(dataclasses.replace(cfg, T=64))
+    short.set_weights(model.get_weights())
+    predict = batch_predictor(model)
+    x = np.random.default_rng(1).uniform(0, 1, (3, 64, 64, 2)).astype(np.float32)
+    got = predict(x)
+    assert got.shape == (3, 64, 64, 2, 2)
+    np.testing.assert_allclose(got, short.predict_on_batch(x), rtol=1e-4, atol=1e-5)
+    full = np.concatenate([x, x[:, ::-1]], axis=1)
+    np.testing.assert_allclose(predict(full), model.predict_on_batch(full), rtol=1e-4, atol=1e-5)

@@ -29,7 +29,7 @@ from transforms.records import AudioInfo, Segment
 
 BLOCK_FRAMES = 1 << 16
 log = logging.getLogger("stembeam")
-# Containers whose header states the exact length; others are counted by decoding once.
+# Containers whose header states the exact length; others are counted while they are decoded.
 EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"})
 # Bytes per sample of the uncompressed subtypes, whose data chunk length gives the sample count.
 _PCM_WIDTHS = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
@@ -294,15 +294,35 @@ class SampleWindow:
         self._pending: list[np.ndarray] = []
         self._buffer = np.zeros((0, channels), np.float32)
         self._start = 0  # stream position of self._buffer[0]
+        self.ended = False
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """``(stop - start, C)`` float32; ``start`` must not precede an earlier ``drop``."""
-        end = self._start + len(self._buffer) + sum(len(b) for b in self._pending)
+    @property
+    def end(self) -> int:
+        """Stream position after the last sample pulled so far."""
+        return self._start + len(self._buffer) + sum(len(b) for b in self._pending)
+
+    def fill(self, stop: int) -> bool:
+        """Pull blocks until ``stop`` samples are in or the stream ends; True when it ended
+        short of ``stop``."""
+        end = self.end
+        if end >= stop:
+            return False
         for block in self._blocks:
             self._pending.append(block)
             end += len(block)
             if end >= stop:
-                break
+                return False
+        self.ended = True
+        return True
+
+    def truncate(self, length: int) -> None:
+        """Forget anything past stream position ``length`` (samples there read as zeros)."""
+        self.read(length, length)
+        self._buffer = self._buffer[: max(0, length - self._start)]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """``(stop - start, C)`` float32; ``start`` must not precede an earlier ``drop``."""
+        self.fill(stop)
         if self._pending:
             self._buffer = np.concatenate([self._buffer, *self._pending])
             self._pending = []
@@ -319,55 +339,83 @@ class SampleWindow:
         self._start += cut
 
 
-def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
-                    ) -> tuple[AudioInfo, int, Iterator[tuple[object, np.ndarray]]]:
-    """Open ``uri`` and plan its segments.
+def _plans(window: SampleWindow, known: Optional[int], cfg: ModelConfig, segmentation: str,
+           in_count: Callable[[], int], source: AudioSource
+           ) -> Iterator[tuple[SegmentPlan, bool, int]]:
+    """``(plan, is_last, model_samples)`` for each segment, planned as samples arrive.
 
-    Returns ``(info, n_segments, segments)`` where ``segments`` lazily yields
-    ``(plan, samples (L_s, 2) float32)`` in plan order at ``cfg.sample_rate``. Raises DecodeError,
-    also while iterating (NaN samples, truncation).
+    ``known``: the model-rate length when the header states it. Otherwise the window reads ahead
+    until the next plan can no longer change: a plan depends on the track's length only through
+    ``min(., n_frames)`` of frames before its ``frame_start + T``, so once more than
+    ``frame_start + 2 T`` frames are in (or the stream ended: the length is then exact) it is final
+    and, when not at the track's end, not the last. ``model_samples`` is exact with the last.
+    """
+    T, step, index = cfg.T, cfg.frame_step, 0
+    while True:
+        length = known
+        if length is None and window.ended:
+            length = model_length(in_count(), source.sample_rate, cfg.sample_rate)
+            window.truncate(length)
+        if length is not None:
+            if length <= 0:
+                raise DecodeError(f"the file holds no audio samples (zero-length {source.codec})")
+            plans = plan_segments(frame_count(length, cfg.frame_length, step), T, segmentation)
+            yield from ((plan, plan is plans[-1], length) for plan in plans[index:])
+            return
+        # the plan as on an endless track (any track of (index + 3) T frames has it, not last)
+        plan = plan_segments((index + 3) * T, T, segmentation)[index]
+        if window.fill((plan.frame_start + 2 * T + 2) * step):
+            continue  # the stream ended first: plan from the exact length
+        yield plan, False, 0  # more than frame_start + 2 T frames are in
+        index += 1
+
+
+def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
+                    ) -> tuple[AudioInfo, Iterator[tuple[SegmentPlan, np.ndarray, AudioInfo]]]:
+    """Open ``uri`` and cut its segments while decoding it once.
+
+    Returns ``(info, segments)``: ``info`` as the header states it (``num_samples`` and
+    ``model_samples`` None when the container does not state the length: MP3, OGG, M4A...);
+    ``segments`` lazily yields ``(plan, samples (L_s, 2) float32, final)`` in plan order at
+    ``cfg.sample_rate``, ``final`` None except with the last segment: the track's exact
+    ``AudioInfo``. Raises DecodeError, also while iterating (NaN samples, truncation, no audio).
     """
     stack = contextlib.ExitStack()
     source = stack.enter_context(open_audio(uri))
-    try:
-        frames = source.frames
-        if frames is None:  # length not in the header: count by decoding once
-            frames = sum(len(b) for b in _checked(source.blocks(), source.sample_rate))
-        if frames <= 0:
-            raise DecodeError(f"the file holds no audio samples (zero-length {source.codec})")
-        samples = model_length(frames, source.sample_rate, cfg.sample_rate)
-        info = AudioInfo(source.sample_rate, source.channels, source.codec, frames, samples)
-        plans = plan_segments(frame_count(samples, cfg.frame_length, cfg.frame_step), cfg.T,
-                              mode=segmentation)
-    except BaseException:
+    frames = source.frames
+    if frames is not None and frames <= 0:
         stack.close()
-        raise
+        raise DecodeError(f"the file holds no audio samples (zero-length {source.codec})")
+    known = None if frames is None else model_length(frames, source.sample_rate, cfg.sample_rate)
+    info = AudioInfo(source.sample_rate, source.channels, source.codec, frames, known)
+    decoded = [0]  # input samples decoded so far
 
     def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        n = 0
         for block in blocks:
-            n += len(block)
+            decoded[0] += len(block)
             yield block
-        if n < frames:
+        if frames is not None and decoded[0] < frames:
             raise DecodeError(f"the file is truncated: its header states {frames} samples but "
-                              f"only {n} could be decoded")
+                              f"only {decoded[0]} could be decoded")
 
-    def segments() -> Iterator[tuple[object, np.ndarray]]:
+    def segments() -> Iterator[tuple[SegmentPlan, np.ndarray, Optional[AudioInfo]]]:
         with stack:
             stream = counted(_checked(source.blocks(), source.sample_rate))
             stereo = (to_stereo(b) for b in stream)
-            window = SampleWindow(_exact(_resampled(stereo, source.sample_rate, cfg.sample_rate),
-                                         samples))
-            for plan in plans:
+            resampled = _resampled(stereo, source.sample_rate, cfg.sample_rate)
+            window = SampleWindow(resampled if known is None else _exact(resampled, known))
+            for plan, last, length in _plans(window, known, cfg, segmentation,
+                                             lambda: decoded[0], source):
                 start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
-                if plan is plans[-1]:  # decode to the end first: a bad tail fails the track
-                    segment = window.read(start, max(stop, samples + 1))[: stop - start]
-                else:
-                    segment = window.read(start, stop)
-                yield plan, segment
+                final = None
+                if last:  # decode to the end first: a bad tail fails the track
+                    window.fill(max(stop, length + 1))
+                    final = dataclasses.replace(info, num_samples=frames or decoded[0],
+                                                model_samples=length)
+                yield plan, window.read(start, stop), final
                 window.drop(start)
 
-    return info, len(plans), segments()
+    return info, segments()
 
 
 def limit_heap_fragmentation() -> None:
@@ -397,21 +445,21 @@ class _DecodeSegmentsFn(beam.DoFn):
 
     def process(self, track):
         started = time.time()
-        info, n_segments, index = None, 0, 0
+        info, index = None, 0
         try:
-            info, n_segments, segments = decode_segments(track.uri, self._cfg,
-                                                         self._segmentation)
-            for plan, samples in segments:
+            info, segments = decode_segments(track.uri, self._cfg, self._segmentation)
+            for plan, samples, final in segments:
                 index = plan.index + 1
-                yield Segment(track, plan, n_segments, info, started, samples=samples)
+                yield Segment(track, plan, final is not None, final or info, started,
+                              samples=samples)
         except Exception as e:  # an unexpected decoder failure is still one track's failure
             reason = str(e) if isinstance(e, DecodeError) else (
                 f"decoding failed: {type(e).__name__}: {e}")
             metrics.count(metrics.DECODE_FAILURES)
             plan = SegmentPlan(index, 0, 0, 0) if index else None
-            yield Segment(track, plan, n_segments, info, started, error=reason)
+            yield Segment(track, plan, False, info, started, error=reason)
             return
-        metrics.count(metrics.SEGMENTS, n_segments)
+        metrics.count(metrics.SEGMENTS, index)
 
 
 class DecodeSegments(beam.PTransform):

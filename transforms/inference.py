@@ -135,17 +135,21 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
         if not todo:
             return out
         predict = model.get()  # raises a load failure: the job fails, as Beam's own load would
-        try:
-            estimates = predict(np.stack([batch[i].magnitude for i in todo]))
-            if not np.isfinite(estimates).all():
-                raise ValueError("the model produced NaN or infinite values")
-            for i, estimate in zip(todo, estimates):
-                out[i] = dataclasses.replace(out[i], estimates=estimate)
-        except Exception as e:
-            metrics.count(metrics.INFERENCE_FAILURES)
-            error = f"model inference failed: {type(e).__name__}: {e}"
-            for i in todo:
-                out[i] = dataclasses.replace(out[i], mix_stft=None, error=error)
+        groups: dict[int, list[int]] = {}  # one model call per segment length
+        for i in todo:
+            groups.setdefault(batch[i].magnitude.shape[0], []).append(i)
+        for group in groups.values():
+            try:
+                estimates = predict(np.stack([batch[i].magnitude for i in group]))
+                if not np.isfinite(estimates).all():
+                    raise ValueError("the model produced NaN or infinite values")
+                for i, estimate in zip(group, estimates):
+                    out[i] = dataclasses.replace(out[i], estimates=estimate)
+            except Exception as e:
+                metrics.count(metrics.INFERENCE_FAILURES)
+                error = f"model inference failed: {type(e).__name__}: {e}"
+                for i in group:
+                    out[i] = dataclasses.replace(out[i], mix_stft=None, error=error)
         return out
 
     def get_num_bytes(self, batch: Sequence[Segment]) -> int:
@@ -156,7 +160,8 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
 
 
 def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
-    """A copy with ``mix_stft`` and ``magnitude`` and without ``samples``."""
+    """A copy with ``mix_stft`` and ``magnitude`` added; ``samples`` stay for the writer (with a
+    residual, the last stem is the mixture minus the others)."""
     if segment.error is not None:
         return dataclasses.replace(segment, samples=None)
     try:
@@ -164,12 +169,12 @@ def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
     except Exception as e:
         return dataclasses.replace(segment, samples=None,
                                    error=f"spectrogram failed: {type(e).__name__}: {e}")
-    return dataclasses.replace(segment, samples=None, mix_stft=mix_stft, magnitude=magnitude)
+    return dataclasses.replace(segment, mix_stft=mix_stft, magnitude=magnitude)
 
 
 class Spectrogram(beam.PTransform):
-    """``Segment`` with ``samples`` -> with ``mix_stft`` (T, n_bins, 2) and ``magnitude``
-    (T, F, 2)."""
+    """``Segment`` with ``samples`` -> with ``mix_stft`` (n, n_bins, 2) and ``magnitude``
+    (n, F, 2), n = T or a short last segment's frames."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

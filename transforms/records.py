@@ -43,19 +43,20 @@ class AudioInfo:
       sample_rate: input rate, Hz.
       channels: input channel count.
       codec: container/codec name as decoded (e.g. ``'WAV/PCM_16'``, ``'aac'``).
-      num_samples: input length in samples at ``sample_rate``.
-      model_samples: length after resampling to the model rate, samples.
+      num_samples: input length in samples at ``sample_rate``; None until the last segment
+        when the container does not state it (it is counted while decoding).
+      model_samples: length after resampling to the model rate, samples; None likewise.
     """
 
     sample_rate: int
     channels: int
     codec: str
-    num_samples: int
-    model_samples: int
+    num_samples: Optional[int]
+    model_samples: Optional[int]
 
     @property
-    def duration_s(self) -> float:
-        return self.num_samples / self.sample_rate
+    def duration_s(self) -> Optional[float]:
+        return None if self.num_samples is None else self.num_samples / self.sample_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,19 +67,22 @@ class Segment:
     Attributes:
       track: the track.
       plan: where the segment sits in the track; None for a track that failed before any segment.
-      n_segments: segments of the whole track (the last one has ``plan.index == n_segments - 1``).
-      info: what decoding learnt about the track.
+      is_last: the track's last segment (decoding sets it once the stream ended).
+      info: what decoding learnt about the track; exact lengths at the latest with the last
+        segment.
       started_at: UNIX time the track's decode started, s.
-      samples: ``(L_s, 2)`` float32 model-rate audio the segment's STFT needs.
-      mix_stft: ``(T, n_bins, 2)`` complex64 mixture STFT (after Spectrogram).
-      magnitude: ``(T, F, 2)`` float32 model input (after Spectrogram).
-      estimates: ``(T, F, 2, S)`` float32 model output (after RunInference).
+      samples: ``(L_s, 2)`` float32 model-rate audio the segment's STFT needs (kept until the
+        writer: with a residual the last stem is the mixture minus the others).
+      mix_stft: ``(n, n_bins, 2)`` complex64 mixture STFT (after Spectrogram); n = T, or fewer
+        frames (a multiple of 64) for a short last segment (``SegmentPlan.frames``).
+      magnitude: ``(n, F, 2)`` float32 model input (after Spectrogram).
+      estimates: ``(n, F, 2, S)`` float32 model output (after RunInference).
       error: set when a stage failed for this segment's track; the track ends there.
     """
 
     track: Track
     plan: Optional[SegmentPlan]
-    n_segments: int
+    is_last: bool
     info: Optional[AudioInfo]
     started_at: float
     samples: Optional[np.ndarray] = None
@@ -90,10 +94,6 @@ class Segment:
     @property
     def index(self) -> int:
         return self.plan.index if self.plan is not None else -1
-
-    @property
-    def is_last(self) -> bool:
-        return self.plan is not None and self.plan.index == self.n_segments - 1
 
 
 RESULT_NAMES = frozenset(column_names(RESULT_COLUMNS))

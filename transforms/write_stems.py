@@ -126,7 +126,8 @@ class _TrackWriter:
 
     def __init__(self, first: Segment, settings: StemSettings):
         self.track, self.info = first.track, first.info
-        self.started_at, self.n_segments = first.started_at, first.n_segments
+        self.started_at = first.started_at
+        self._last: Optional[int] = None  # index of the last segment, once it arrived
         self._settings, self._cfg = settings, settings.config
         self._next = 0
         self._waiting: dict[int, Segment] = {}
@@ -156,13 +157,16 @@ class _TrackWriter:
 
     @property
     def complete(self) -> bool:
-        return self._next == self.n_segments
+        return self._last is not None and self._next > self._last
 
     def add(self, segment: Segment) -> None:
         """Takes the next segment(s) in order; raises TrackFailed on a failed segment."""
         if segment.error is not None:
             raise TrackFailed(segment.error)
         self._waiting[segment.plan.index] = segment
+        if segment.is_last:  # its info has the exact lengths (counted while decoding)
+            self._last, self.info = segment.plan.index, segment.info
+            self._ola.num_samples = self.info.model_samples
         while self._next in self._waiting:
             self._push(self._waiting.pop(self._next))
             self._next += 1
@@ -174,7 +178,7 @@ class _TrackWriter:
             start, samples = reconstruct_segment(segment.mix_stft, segment.estimates,
                                                  segment.plan, self._cfg,
                                                  self._settings.postprocess,
-                                                 self._settings.residual)
+                                                 self._settings.residual, segment.samples)
         except Exception as e:
             raise TrackFailed(f"reconstruction ({self._settings.postprocess}) failed: "
                               f"{type(e).__name__}: {e}") from e
@@ -188,7 +192,8 @@ class _TrackWriter:
         if self._resampler is not None:
             flat = np.ascontiguousarray(block.reshape(len(block), 2 * n_stems), dtype=np.float32)
             block = self._resampler.resample_chunk(flat, last=last).reshape(-1, 2, n_stems)
-        block = block[: max(0, self.info.num_samples - self._written)]
+        if self.info.num_samples is not None:  # known at the latest with the last segment
+            block = block[: max(0, self.info.num_samples - self._written)]
         if last and self._written + len(block) < self.info.num_samples:
             pad = np.zeros((self.info.num_samples - self._written - len(block), 2, n_stems),
                            np.float32)
@@ -283,10 +288,9 @@ class _WriteStemsFn(beam.DoFn):
 
     def finish_bundle(self):
         for track_id, writer in list(self._open.items()):  # only if a runner split a track
-            missing = Segment(writer.track, None, writer.n_segments, writer.info,
-                              writer.started_at,
-                              error=f"internal error: the bundle ended before all "
-                                    f"{writer.n_segments} segments were separated; run again")
+            missing = Segment(writer.track, None, False, writer.info, writer.started_at,
+                              error="internal error: the bundle ended before the track's last "
+                                    "segment was separated; run again")
             yield GlobalWindows.windowed_value(self._failed(missing, writer, TrackFailed(
                 missing.error)))
 
