@@ -22,7 +22,7 @@ from transforms.records import Segment
 
 def _segments(n: int, seed: int = 0) -> list[Segment]:
     rng = np.random.default_rng(seed)
-    return [Segment(track=None, plan=None, n_segments=n, info=None, started_at=0.0,
+    return [Segment(track=None, plan=None, is_last=False, info=None, started_at=0.0,
                     magnitude=rng.uniform(0, 2, (TINY.T, TINY.F, TINY.channels)).astype("float32"))
             for _ in range(n)]
 
