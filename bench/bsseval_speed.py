@@ -1,4 +1,4 @@
-"""Speed of model.bsseval against museval.evaluate: 4 stems x 30 s of real music, v4, 1 s windows.
+"""Speed of model.evaluation against museval.evaluate: 4 stems x 30 s of real music, v4, 1 s windows.
 
 The references are the four stems of the MUSDB18 excerpt shipped in the stempeg wheel, looped to
 the requested length; the estimates are references with mixture leakage, filtering and noise.
@@ -18,7 +18,7 @@ import time
 import numpy as np
 from scipy.signal import lfilter
 
-from model import bsseval
+from model import evaluation
 
 
 def musdb_excerpt(seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +40,7 @@ def musdb_excerpt(seconds: float) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--runs", type=int, default=5, help="runs of model.bsseval")
+    parser.add_argument("--runs", type=int, default=5, help="runs of model.evaluation")
     parser.add_argument("--museval-runs", type=int, default=3)
     args = parser.parse_args()
 
@@ -51,17 +51,17 @@ def main() -> None:
     for i in range(max(args.runs, args.museval_runs)):
         if i < args.runs:
             t0 = time.perf_counter()
-            ours = bsseval.evaluate(refs, ests)
+            ours = evaluation.evaluate(refs, ests)
             ours_t.append(time.perf_counter() - t0)
         if i < args.museval_runs:
             t0 = time.perf_counter()
             theirs = museval.evaluate(refs, ests)
             theirs_t.append(time.perf_counter() - t0)
-    diff = max(np.nanmax(np.abs(ours[m] - t)) for m, t in zip(bsseval.METRICS, theirs))
+    diff = max(np.nanmax(np.abs(ours[m] - t)) for m, t in zip(evaluation.METRICS, theirs))
     fast, slow = statistics.median(ours_t), statistics.median(theirs_t)
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"4 stems x {args.seconds:.0f} s, win=hop=1 s, v4")
-    for name, median, times in (("model.bsseval", fast, ours_t), ("museval", slow, theirs_t)):
+    for name, median, times in (("model.evaluation", fast, ours_t), ("museval", slow, theirs_t)):
         print(f"{name:15s} median {median:7.2f} s over {len(times)} runs  "
               f"{[round(t, 2) for t in times]}")
     print(f"speed-up {slow / fast:.1f}x; real-time factor {args.seconds / fast:.0f}x (ours), "

@@ -4,7 +4,7 @@ Songs in MUSDB18-HQ layout with true stems (``stembeam make-dataset``, see
 bench/oracle_baselines.py) are concatenated into one long track, so it holds many segment
 boundaries. For Spleeter's cut and overlap contexts of 0, T/32, T/16, T/8 frames the 2stems model
 (real weights) separates it with ``separate_waveform``; vocals and accompaniment (= mixture -
-vocals) are scored with BSSEval v4 (``model.bsseval``):
+vocals) are scored with BSSEval v4 (``model.evaluation``):
 
 - whole track: median SDR over 1 s windows;
 - seams: SDR of the 1 s either side of each of Spleeter's segment boundaries (windows where a
@@ -24,9 +24,9 @@ import time
 import numpy as np
 import soundfile as sf
 
-from model import bsseval
+from model import evaluation
 from model.segmentation import plan_segments
-from model.training import find_tracks
+from model.training.train import find_tracks
 
 SEAM_HALF_S = 1.0
 
@@ -48,7 +48,7 @@ def seam_sdrs(refs: np.ndarray, estimates: np.ndarray, boundaries: list[int],
         r, e = refs[:, b - half:b + half], estimates[:, b - half:b + half]
         if np.abs(r).max(axis=(1, 2)).min() < 1e-4:
             continue
-        rows.append(bsseval.evaluate(r, e, win=2 * half, hop=2 * half)["sdr"][:, 0])
+        rows.append(evaluation.evaluate(r, e, win=2 * half, hop=2 * half)["sdr"][:, 0])
     return np.array(rows)
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from model.registry import load_model
-    from model.separate import separate_waveform
+    from model.reconstruct import separate_waveform
     from model.unet import batch_predictor
 
     tracks = [t for split in ("train", "test")
@@ -85,7 +85,7 @@ def main() -> None:
         stems = separate_waveform(mix, predict, cfg, segmentation=mode, context=context)
         seconds = time.perf_counter() - t0
         estimates = np.moveaxis(stems, 2, 0)
-        whole = np.nanmedian(bsseval.evaluate(refs, estimates)["sdr"], axis=1)
+        whole = np.nanmedian(evaluation.evaluate(refs, estimates)["sdr"], axis=1)
         seams = seam_sdrs(refs, estimates, boundaries, int(SEAM_HALF_S * cfg.sample_rate))
         work = len(plan_segments(n_frames, cfg.T, mode, context)) / n_cut
         print(f"{label:16s}  {work:9.2f}x  {seconds:6.1f}  {whole[0]:8.2f} / {whole[1]:5.2f}  "

@@ -16,7 +16,7 @@ import numpy as np
 
 from model.config import spleeter_config
 from model.segmentation import default_context, plan_segments, segment_sample_range
-from model.separate import reconstruct_segment, segment_spectrogram
+from model.reconstruct import reconstruct_segment, segment_spectrogram
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ audio in all, default 600). Long files loop those mixtures.
     python3 -m bench.e2e long [--minutes 20 120] [--tools stembeam spleeter spleeter-d600]
     python3 -m bench.e2e short-tracks [--seconds 180] [--track-seconds 3] [--runs 3]
 
-profile  one track through the model-level path (model.separate.separate_waveform), each stage
-         timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.bsseval)
+profile  one track through the model-level path (model.reconstruct.separate_waveform), each stage
+         timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.evaluation)
          against the song/guitar references.
 pipeline-profile
          `stembeam separate` itself (in this process, 1 worker) on ``--seconds`` of the catalog,
@@ -380,8 +380,8 @@ class StageTimer:
 
 def profile(args: argparse.Namespace) -> None:
     """Stage profile of the model-level path on the first song, cut to ``--seconds``."""
-    from model import bsseval
-    from model import separate as sep
+    from model import evaluation
+    from model import reconstruct as sep
     from model.registry import load_model
     from model.unet import batch_predictor
 
@@ -423,7 +423,7 @@ def profile(args: argparse.Namespace) -> None:
         timer.add("write WAV", time.perf_counter() - t0)
     if len(cfg.stems) == 2:  # guitar/rest references: evaluation cost, not separation quality
         t0 = time.perf_counter()
-        bsseval.evaluate(refs, np.moveaxis(stems, 2, 0))
+        evaluation.evaluate(refs, np.moveaxis(stems, 2, 0))
         timer.add("evaluate (BSSEval v4)", time.perf_counter() - t0)
 
     timer.add("other (separate_waveform)", separate_s - sum(

@@ -8,7 +8,7 @@
 - ``model`` (with ``--model``): the model, run with ``separate_waveform`` (overlapping segments,
   ratio masks) exactly as the pipeline runs it.
 
-SDR is the global signal-to-distortion ratio in dB (``model.training.signal_to_distortion``);
+SDR is the global signal-to-distortion ratio in dB (``model.evaluation.global_sdr``);
 ``--museval`` adds the median BSSEval v4 SDR (museval, 1 s windows), which is much slower.
 Each figure is the median over the songs where the stem is not silent.
 
@@ -32,7 +32,8 @@ import numpy as np
 
 from model.config import FRAME_LENGTH, FRAME_STEP
 from model.spectral import istft, stft
-from model.training import evaluation_excerpt, find_tracks, median_sdr, stem_sdrs
+from model.evaluation import median_global_sdr, stem_global_sdrs
+from model.training.train import evaluation_excerpt, find_tracks
 
 MUSDB_STEMS = ("vocals", "drums", "bass", "other")
 
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                           args.frame_step, args.F)}
     if args.model:
         from model.registry import load_model
-        from model.separate import separate_waveform
+        from model.reconstruct import separate_waveform
         from model.unet import batch_predictor
 
         loaded = load_model(args.model)
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mixture, references = evaluation_excerpt(track, MUSDB_STEMS, args.seconds)
         for name, method in methods.items():
             estimates = method(mixture, references)
-            scores[name].append(stem_sdrs(references, estimates, MUSDB_STEMS))
+            scores[name].append(stem_global_sdrs(references, estimates, MUSDB_STEMS))
             if args.museval:
                 bss[name].append(museval_median_sdr(references, estimates, MUSDB_STEMS))
     present = {s: int(sum(np.isfinite(t[s]) for t in scores["mixture"])) for s in MUSDB_STEMS}
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tables = [("global SDR", scores[name])] + ([("BSSEval v4 SDR", bss[name])]
                                                   if args.museval else [])
         for metric, per_track in tables:
-            medians = median_sdr(per_track, MUSDB_STEMS)
+            medians = median_global_sdr(per_track, MUSDB_STEMS)
             print(f"| {name} | {metric} | "
                   + " | ".join(f"{medians[s]:.2f}" for s in MUSDB_STEMS) + " |")
     return 0

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model.checkpoint import SPLEETER_INSTRUMENT_ORDER, import_spleeter_checkpoint  # noqa: E402
 from model.config import spleeter_config  # noqa: E402
 from model.registry import cache_root, load_model  # noqa: E402
-from model.separate import separate_waveform  # noqa: E402
+from model.reconstruct import separate_waveform  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 
 BENCH = os.path.dirname(os.path.abspath(__file__))

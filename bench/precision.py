@@ -4,7 +4,7 @@ sdr      the real Spleeter 2stems weights in float32 and in bfloat16 (``build_un
          thin layers float32) on the MUSDB18 excerpt of the stempeg wheel and on rendered
          multitracks (``stembeam make-dataset --output DIR``: every ``DIR/*/*/mixture.wav``
          with its vocals/drums/bass/other; accompaniment = drums + bass + other); overlap
-         segmentation, ratio masks; BSSEval v4 (model.bsseval) per song and stem. Prints each
+         segmentation, ratio masks; BSSEval v4 (model.evaluation) per song and stem. Prints each
          song's SDR change (bfloat16 - float32, dB) and the median over songs per stem: the
          figure ``model.unet.BF16_SDR_COST_DB`` records (its negative, worst stem).
 startup  seconds from the start of a fresh process to its first U-Net batch, split into
@@ -66,9 +66,9 @@ def songs(dataset: str | None, max_songs: int) -> list[tuple[str, np.ndarray, np
 
 
 def sdr(args: argparse.Namespace) -> None:
-    from model import bsseval
+    from model import evaluation
     from model.registry import load_model
-    from model.separate import separate_waveform
+    from model.reconstruct import separate_waveform
     from model.unet import batch_predictor
 
     predictors = {}
@@ -82,8 +82,8 @@ def sdr(args: argparse.Namespace) -> None:
         medians = {}
         for precision, predict in predictors.items():
             stems = separate_waveform(mixture, predict, cfg)
-            metrics = bsseval.evaluate(references, np.moveaxis(stems, -1, 0))
-            medians[precision] = bsseval.median_metrics(metrics)["sdr"]
+            metrics = evaluation.evaluate(references, np.moveaxis(stems, -1, 0))
+            medians[precision] = evaluation.median_metrics(metrics)["sdr"]
         diff = medians["bfloat16"] - medians["float32"]
         rows.append(dict(song=name, float32=medians["float32"].tolist(),
                          bfloat16=medians["bfloat16"].tolist(), diff=diff.tolist()))

@@ -6,7 +6,7 @@ extension: everything above F=1024 bins, about 11 kHz); ``last`` adds it to the 
 mask). Tracks: the MUSDB18 excerpt shipped in the stempeg wheel, plus, with ``--data``, the test
 songs of a MUSDB18-HQ style folder (``stembeam make-dataset``). Model: the real 2stems weights,
 default segmentation (overlap). References are vocals and the mixture minus vocals; BSSEval v4
-(``model.bsseval``), median over 1 s windows.
+(``model.evaluation``), median over 1 s windows.
 
     python3 -m bench.residual_sdr [--data DIR] [--split test] [--songs 4]
                                   [--postprocess ratio wiener]
@@ -20,10 +20,10 @@ import os
 import numpy as np
 import soundfile as sf
 
-from model import bsseval
+from model import evaluation
 from model.masks import RESIDUAL_MODES
-from model.separate import separate_waveform
-from model.training import find_tracks
+from model.reconstruct import separate_waveform
+from model.training.train import find_tracks
 
 
 def stempeg_excerpt() -> tuple[str, np.ndarray, np.ndarray]:
@@ -74,8 +74,8 @@ def main() -> None:
             for mode in RESIDUAL_MODES:
                 stems = separate_waveform(mix, predict, cfg,
                                           postprocess=post, residual=mode)
-                sdr = bsseval.median_metrics(
-                    bsseval.evaluate(refs, np.moveaxis(stems, -1, 0)))["sdr"]
+                sdr = evaluation.median_metrics(
+                    evaluation.evaluate(refs, np.moveaxis(stems, -1, 0)))["sdr"]
                 base = sdr if base is None else base
                 cells = " ".join(f"{v:7.2f} ({v - b:+.2f})" for v, b in zip(sdr, base))
                 print(f"{name[:24]:<24} {post:<7} {mode:<8} {cells}", flush=True)

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +41,8 @@ import zipfile
 from typing import TYPE_CHECKING
 
 from model.checkpoint import (META_FILE, MODEL_FILE, SPLEETER_INSTRUMENT_ORDER,
-                              import_spleeter_checkpoint, load_model_folder, write_model_folder)
+                              import_spleeter_checkpoint, load_model_folder, read_model_meta,
+                              write_model_folder)
 from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
 
 if TYPE_CHECKING:  # only loading a model needs Keras (see model.checkpoint)
@@ -360,3 +362,30 @@ def load_model(spec: str, cache_dir: str | None = None,
     model, cfg, meta = load_model_folder(folder, precision)
     return LoadedModel(model=model, config=cfg, sha256=meta["sha256"],
                        source=meta.get("source", spec))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the launcher needs to know about a model without loading its weights.
+
+    Attributes:
+      spec: as given (``spleeter:2stems``, a folder, a gs:// folder).
+      config: the model's ModelConfig.
+      sha256: sha256 of its weights.
+    """
+
+    spec: str
+    config: ModelConfig
+    sha256: str
+
+    @property
+    def key(self) -> str:
+        """Filename-safe id of these weights: ``<name>-<sha256[:12]>``."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.config.name}-{self.sha256[:12]}")
+
+
+def describe_model(spec: str, cache_dir: str | None = None) -> ModelInfo:
+    """The config and weights sha256 of ``spec``'s model folder (``model.json``, format
+    checked), fetching or importing the folder if needed."""
+    meta = read_model_meta(resolve_model_dir(spec, cache_dir))
+    return ModelInfo(spec, ModelConfig.from_dict(meta), str(meta.get("sha256", "")))

@@ -27,7 +27,8 @@ from transforms import metrics, storage
 from transforms.catalog import ListCatalog
 from transforms.decode import DecodeSegments
 from transforms.evaluate import Evaluate
-from transforms.inference import ModelInfo, RunModel, Spectrogram, describe_model
+from model.registry import ModelInfo, describe_model
+from transforms.inference import RunModel, Spectrogram
 from transforms.output_state import (MarkDone, RunLock, clean_dead_runs, remove_run_temp_dir,
                                      signature)
 from transforms.records import Track

@@ -1,5 +1,5 @@
 """`stembeam train` and `stembeam make-dataset`: argument parsing around model.training and
-model.dataset_render."""
+model.training.dataset."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +10,8 @@ from model.config import PRECISIONS, ModelConfig, spleeter_config
 
 
 def make_dataset_main(argv: Sequence[str] | None = None) -> int:
-    """Renders a MUSDB18-HQ style dataset from GM MIDI songs (see model/dataset_render.py)."""
-    from model.dataset_render import DEFAULT_MIDI_SOURCES, DEFAULT_SOUNDFONT, render_dataset
+    """Renders a MUSDB18-HQ style dataset from GM MIDI songs (see model/training/dataset.py)."""
+    from model.training.dataset import DEFAULT_MIDI_SOURCES, DEFAULT_SOUNDFONT, render_dataset
 
     parser = argparse.ArgumentParser(
         prog="stembeam make-dataset",
@@ -52,8 +52,8 @@ def training_config(name: str | None, init_config: ModelConfig | None, T: int | 
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """Trains or fine-tunes a U-Net and exports a model folder (see model/training.py)."""
-    from model.training import TrainSettings, train
+    """Trains or fine-tunes a U-Net and exports a model folder (see model/training/train.py)."""
+    from model.training.train import TrainSettings, train
 
     defaults = TrainSettings()
     parser = argparse.ArgumentParser(

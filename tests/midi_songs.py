@@ -5,7 +5,7 @@ import io
 
 import mido
 
-from model.dataset_render import MidiSource
+from model.training.dataset import MidiSource
 
 
 def make_song(name: str, bass: bool = True, seconds: float = 6.0) -> MidiSource:

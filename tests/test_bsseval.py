@@ -1,4 +1,4 @@
-"""model.bsseval against museval itself (the independent reference), to 0.01 dB."""
+"""model.evaluation against museval itself (the independent reference), to 0.01 dB."""
 from __future__ import annotations
 
 import glob
@@ -13,7 +13,7 @@ import pytest
 import simplejson
 from scipy.signal import lfilter
 
-from model import bsseval
+from model import evaluation
 
 RATE = 44100
 TOL_DB = 0.01
@@ -25,7 +25,7 @@ def _museval(references: np.ndarray, estimates: np.ndarray, **kwargs) -> dict[st
 
 
 def _assert_agree(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> None:
-    for name in bsseval.METRICS:
+    for name in evaluation.METRICS:
         np.testing.assert_array_equal(np.isnan(ours[name]), np.isnan(theirs[name]), err_msg=name)
         np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=TOL_DB, err_msg=name)
 
@@ -53,7 +53,7 @@ def _generated(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def generated_scores() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(ours, museval's) scores of 5 s of generated signals, computed once for this module."""
     refs, ests = _generated(5.0)
-    return bsseval.evaluate(refs, ests), _museval(refs, ests)
+    return evaluation.evaluate(refs, ests), _museval(refs, ests)
 
 
 def test_generated_signals_match_museval(generated_scores):
@@ -66,13 +66,13 @@ def test_generated_signals_match_museval(generated_scores):
 def test_overlapping_windows_and_float32_match_museval():
     refs, ests = _generated(3.0, seed=1)
     refs, ests = refs[:2].astype(np.float32), ests[:2].astype(np.float32)
-    _assert_agree(bsseval.evaluate(refs, ests, win=30000, hop=12000),
+    _assert_agree(evaluation.evaluate(refs, ests, win=30000, hop=12000),
                   _museval(refs, ests, win=30000, hop=12000))
 
 
 def test_window_longer_than_track_is_one_window():
     refs, ests = _generated(1.2, seed=2)
-    ours = bsseval.evaluate(refs[:2], ests[:2], win=10 * RATE, hop=10 * RATE)
+    ours = evaluation.evaluate(refs[:2], ests[:2], win=10 * RATE, hop=10 * RATE)
     assert ours["sdr"].shape == (2, 1)
     _assert_agree(ours, _museval(refs[:2], ests[:2], win=10 * RATE, hop=10 * RATE))
 
@@ -89,7 +89,7 @@ def test_real_music_excerpt_matches_museval():
     rng = np.random.default_rng(3)
     ests = 0.8 * refs + 0.15 * mixture + 0.01 * rng.standard_normal(refs.shape)
     ests[1] = lfilter([0.6, 0.3], [1.0], ests[1], axis=0)
-    ours = bsseval.evaluate(refs, ests)
+    ours = evaluation.evaluate(refs, ests)
     theirs = _museval(refs, ests)
     assert ours["sdr"].shape[1] == refs.shape[1] // RATE
     _assert_agree(ours, theirs)
@@ -100,14 +100,14 @@ def test_medians_and_json_match_museval_trackstore(generated_scores):
     names = ["a", "b", "c"]
     store = museval.TrackStore(track_name="t", win=1.0, hop=1.0)
     for i, name in enumerate(names):
-        store.add_target(name, {k.upper(): theirs[k][i].tolist() for k in bsseval.METRICS})
+        store.add_target(name, {k.upper(): theirs[k][i].tolist() for k in evaluation.METRICS})
     expected = store.df.groupby(["target", "metric"])["score"].median()
-    medians = bsseval.median_metrics(ours)
+    medians = evaluation.median_metrics(ours)
     for i, name in enumerate(names):
-        for metric in bsseval.METRICS:
+        for metric in evaluation.METRICS:
             assert medians[metric][i] == pytest.approx(expected[(name, metric.upper())], abs=TOL_DB)
 
-    written = json.loads(bsseval.museval_json(ours, names))
+    written = json.loads(evaluation.museval_json(ours, names))
     reference = simplejson.loads(store.json, allow_nan=True)
     assert [t["name"] for t in written["targets"]] == names
     for got, want in zip(written["targets"], reference["targets"], strict=True):
@@ -129,4 +129,4 @@ def test_silent_reference_is_rejected_like_museval():
     with pytest.raises(ValueError, match="silent"):
         museval.evaluate(refs, ests)
     with pytest.raises(ValueError, match=r"reference source\(s\) \[1\] are silent"):
-        bsseval.evaluate(refs, ests)
+        evaluation.evaluate(refs, ests)

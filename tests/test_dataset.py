@@ -1,4 +1,4 @@
-"""Tests for the MIDI-rendered MUSDB18-HQ style dataset (model/dataset_render.py).
+"""Tests for the MIDI-rendered MUSDB18-HQ style dataset (model/training/dataset.py).
 
 Songs are generated here with mido, so the instrument families each one holds are known
 independently of the renderer's channel classification.
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from model import dataset_render
-from model.dataset_render import MidiSource, render_dataset, render_track, wad_midi_lumps
+from model.training import dataset
+from model.training.dataset import MidiSource, render_dataset, render_track, wad_midi_lumps
 from tests.midi_songs import make_song
 
 pytestmark = pytest.mark.skipif(
     shutil.which("fluidsynth") is None
-    or not pathlib.Path(dataset_render.DEFAULT_SOUNDFONT).exists(),
+    or not pathlib.Path(dataset.DEFAULT_SOUNDFONT).exists(),
     reason="needs fluidsynth and fluid-soundfont-gm")
 
 
@@ -76,7 +76,7 @@ def test_stem_non_silent_exactly_where_family_exists(bass):
             assert not np.any(audio), name
     # vocals are the flute line re-voiced with a GM voice program, other keeps the piano family
     assert set(meta["stems"]["vocals"]["programs"]) == {"1"}
-    assert set(meta["stems"]["vocals"]["programs"].values()) <= set(dataset_render.VOICE_PROGRAMS)
+    assert set(meta["stems"]["vocals"]["programs"].values()) <= set(dataset.VOICE_PROGRAMS)
     assert all(p < 8 for p in meta["stems"]["other"]["programs"].values())
 
 

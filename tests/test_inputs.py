@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from model import bsseval
+from model import evaluation
 from model.config import ModelConfig
 from tests.audio_files import tone, write
 from transforms import decode
@@ -210,9 +210,9 @@ def test_reference_of_another_length_leaves_metrics_null_and_says_why(tmp_path):
 def test_reference_within_tolerance_is_cropped_and_scored(tmp_path):
     row, estimates, refs = evaluated(tmp_path, track_s=3.0, reference_s=3.0 + 5 / 8000)
     n = len(estimates[0])
-    scores = bsseval.evaluate(np.stack([r[:n] for r in refs]), np.stack(estimates),
+    scores = evaluation.evaluate(np.stack([r[:n] for r in refs]), np.stack(estimates),
                               win=8000, hop=8000)
-    medians = bsseval.median_metrics(scores)
+    medians = evaluation.median_metrics(scores)
     assert not row["error"]
     for metric, values in medians.items():
         for name, value in zip(CFG.stems, values, strict=True):

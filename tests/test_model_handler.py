@@ -60,7 +60,7 @@ def test_launcher_does_not_import_tensorflow(tiny_model):
     # loading thread
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys, pipeline.separate\n"
-            "from transforms.inference import describe_model\n"
+            "from model.registry import describe_model\n"
             f"info = describe_model({tiny_model!r})\n"
             "print(info.config.name, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,

@@ -20,7 +20,7 @@ from pipeline.options import SeparateOptions, results_url
 from pipeline.separate import build
 from tests.audio_files import hostile_files, tone, write, write_m4a
 from tests.conftest import TINY, numpy_separate
-from transforms.inference import describe_model
+from model.registry import describe_model
 
 GOOD = {"good": "ok", "low": "ok", "high": "ok", "surround": "ok", "aac": "ok", "__/evil": "ok"}
 BAD = {"bad_empty": "not a decodable audio file", "bad_garbage": "not a decodable audio file",

@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from model import bsseval
+from model import evaluation
 from model.registry import ModelFetchError, load_model
-from model.separate import separate_waveform
+from model.reconstruct import separate_waveform
 from model.unet import batch_predictor
 
 SPLEETER_SDR = {"ratio": {"vocals": 4.17, "accompaniment": 11.81},
@@ -45,12 +45,12 @@ def test_sdr_at_least_spleeters(excerpt, spleeter_2stems, segmentation, postproc
     cfg = spleeter_2stems.config
     stems = separate_waveform(mixture, batch_predictor(spleeter_2stems.model), cfg,
                               segmentation, postprocess)
-    medians = bsseval.median_metrics(bsseval.evaluate(references, np.moveaxis(stems, -1, 0)))
+    medians = evaluation.median_metrics(evaluation.evaluate(references, np.moveaxis(stems, -1, 0)))
     for i, stem in enumerate(cfg.stems):
         sdr = medians["sdr"][i]
         assert sdr >= SPLEETER_SDR[postprocess][stem] - 0.01, (stem, sdr)
     # and far above the mixture-as-estimate baseline on the same clip
-    baseline = bsseval.median_metrics(bsseval.evaluate(references, np.stack([mixture, mixture])))
+    baseline = evaluation.median_metrics(evaluation.evaluate(references, np.stack([mixture, mixture])))
     assert (medians["sdr"] > baseline["sdr"] + 3).all()
 
 

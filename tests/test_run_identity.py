@@ -203,7 +203,7 @@ def test_a_failed_commit_leaves_no_done_marker_and_the_rerun_separates(tmp_path,
 
     from pipeline.options import SeparateOptions
     from pipeline.separate import build
-    from transforms.inference import describe_model
+    from model.registry import describe_model
 
     write(str(tmp_path / "in" / "a.wav"), tone(1.0, seed=9))
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""Tests for model/training.py on a tiny configuration and synthetic multitracks.
+"""Tests for model/training/train.py on a tiny configuration and synthetic multitracks.
 
 The multitracks are generated here (sine vocals with vibrato, noise-burst drums, low sine bass,
 square-wave other) in the MUSDB18-HQ layout, so training has something separable to learn.
@@ -15,14 +15,14 @@ import soundfile
 import tensorflow as tf
 
 from model.config import ModelConfig
+from model.evaluation import global_sdr
 from model.registry import load_model
-from model.training import (
+from model.training.train import (
     TrainSettings,
     examples,
     find_tracks,
     init_from,
     localize,
-    signal_to_distortion,
     spleeter_l1_loss,
     train,
 )
@@ -88,7 +88,7 @@ def test_sdr_of_known_noise_level():
     reference = rng.normal(size=(44100, 2))
     noise = rng.normal(size=(44100, 2))
     noise *= np.sqrt(np.sum(reference ** 2) / np.sum(noise ** 2)) / 10.0  # 20 dB below
-    assert signal_to_distortion(reference, reference + noise) == pytest.approx(20.0, abs=1e-9)
+    assert global_sdr(reference, reference + noise) == pytest.approx(20.0, abs=1e-9)
 
 
 def test_examples_mixture_is_sum_of_augmented_stems(data_root):
@@ -121,8 +121,8 @@ def test_export_loads_in_registry_with_right_shape(trained):
     # mask * input with masks in [0, 1]
     assert np.all(estimates >= 0) and np.all(estimates <= magnitude[..., None] * (1 + 1e-6))
     validation = json.loads((out / "validation.json").read_text())
-    assert validation["tracks"] == ["d"] and set(validation["median_sdr_db"]) == set(TINY.stems)
-    assert validation["median_sdr_db"] == pytest.approx(result.validation)
+    assert validation["tracks"] == ["d"] and set(validation["median_global_sdr_db"]) == set(TINY.stems)
+    assert validation["median_global_sdr_db"] == pytest.approx(result.validation)
 
 
 @pytest.mark.slow  # trains the tiny model (~1 min of CPU)

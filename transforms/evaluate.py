@@ -1,4 +1,4 @@
-"""Evaluate: BSSEval v4 metrics (model.bsseval, museval's figures) of written stems against
+"""Evaluate: BSSEval v4 metrics (model.evaluation, museval's figures) of written stems against
 reference stems.
 
 Runs right after the stems are written, in the same fused stage (BSSEval v4 costs far less than
@@ -14,7 +14,7 @@ import apache_beam as beam
 import numpy as np
 import soundfile
 
-from model import bsseval
+from model import evaluation
 from transforms import metrics, storage
 from transforms.records import Track
 
@@ -69,12 +69,12 @@ def evaluate_track(track: Track, row: dict[str, Any], output: str) -> dict[str, 
     if mismatches:
         return dict(row, error="; ".join(mismatches) + ": metrics not computed")
     n = min(len(e) for e in estimates)
-    scores = bsseval.evaluate(np.stack([r[:n] for r in refs]), np.stack([e[:n] for e in estimates]),
+    scores = evaluation.evaluate(np.stack([r[:n] for r in refs]), np.stack([e[:n] for e in estimates]),
                               win=rate, hop=rate)
     storage.write_atomic(storage.join(output, track.track_id, MUSEVAL_JSON),
-                         bsseval.museval_json(scores, names).encode())
+                         evaluation.museval_json(scores, names).encode())
     row = dict(row)
-    for metric, medians in bsseval.median_metrics(scores).items():
+    for metric, medians in evaluation.median_metrics(scores).items():
         for name, median in zip(names, medians):
             column = f"{metric}_{name}"
             if column in row:

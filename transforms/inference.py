@@ -9,9 +9,7 @@ the process's threads; it batches segments, also across tracks of one bundle, an
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 import threading
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -20,8 +18,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from model.config import ModelConfig
-from model.separate import segment_spectrogram
-from transforms import metrics, storage
+from model.reconstruct import segment_spectrogram
+from transforms import metrics
 from transforms.metrics import METRICS_NAMESPACE
 from transforms.records import Segment
 
@@ -29,36 +27,6 @@ from transforms.records import Segment
 # run was not: `bench.precision batch-ab`, BENCHMARKS.md). GPU: enough segments to fill it.
 CPU_BATCH_SIZE = 4
 GPU_BATCH_SIZE = 16
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """What the launcher needs to know about a model without loading its weights.
-
-    Attributes:
-      spec: as given (``spleeter:2stems``, a folder, a gs:// folder).
-      config: the model's ModelConfig.
-      sha256: sha256 of its weights.
-    """
-
-    spec: str
-    config: ModelConfig
-    sha256: str
-
-    @property
-    def key(self) -> str:
-        """Filename-safe id of these weights, used for done-markers: ``<name>-<sha256[:12]>``."""
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.config.name}-{self.sha256[:12]}")
-
-
-def describe_model(spec: str, cache_dir: Optional[str] = None) -> ModelInfo:
-    """Read the model folder's ``model.json`` (config and weights sha256) for ``spec``."""
-    from model.registry import resolve_model_dir
-
-    folder = resolve_model_dir(spec, cache_dir)
-    meta = json.loads(storage.read_text(storage.join(folder, "model.json")))
-    config = ModelConfig.from_dict(meta)
-    return ModelInfo(spec, config, str(meta.get("sha256", "")))
 
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (B, T, F, 2) -> (B, T, F, 2, S), float32

@@ -31,7 +31,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from model.config import ModelConfig
 from model.segmentation import StreamingOverlapAdd
-from model.separate import reconstruct_segment
+from model.reconstruct import reconstruct_segment
 from transforms import metrics, storage
 from transforms.delivery import (DEFAULT_TEMPLATE, OutputFormat, mix_is_identity, stem_mix,
                                  stem_path, validate_template)
@@ -54,7 +54,7 @@ class StemSettings:
       fmt: the delivery format.
       template: file name template (``delivery.stem_path``), relative to ``output``.
       stems: ``--stems`` spec (``delivery.stem_mix``): which sums of the model's stems to deliver.
-      residual: ``'none'``, ``'last'`` or ``'share'`` (``model.separate.reconstruct_segment``).
+      residual: ``'none'``, ``'last'`` or ``'share'`` (``model.reconstruct.reconstruct_segment``).
     """
 
     output: str

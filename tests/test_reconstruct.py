@@ -7,7 +7,7 @@ import pytest
 from model import spectral
 from model.config import ModelConfig
 from model.segmentation import default_context, plan_segments, segment_sample_range
-from model.separate import (reconstruct_segment, segment_spectrogram, separate_waveform,
+from model.reconstruct import (reconstruct_segment, segment_spectrogram, separate_waveform,
                             slice_with_silence)
 from model.spectral import frame_count
 from tests.conftest import numpy_separate

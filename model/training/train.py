@@ -28,9 +28,10 @@ import soundfile
 import tensorflow as tf
 
 from model.checkpoint import write_model_folder
+from model.evaluation import median_global_sdr, stem_global_sdrs
 from model.config import ModelConfig
 from model.registry import cache_root, load_model
-from model.separate import separate_waveform
+from model.reconstruct import separate_waveform
 from model.spectral import stft_frames
 from model.unet import batch_predictor, build_unet
 
@@ -219,14 +220,6 @@ def init_from(model: keras.Model, source: keras.Model) -> list[str]:
     return sorted(copied - missed)
 
 
-def signal_to_distortion(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """Global SDR in dB, ``10 log10(sum s^2 / sum (s - s_hat)^2)`` over all samples and channels
-    (the MDX challenge's SDR; no BSSEval filter allowance)."""
-    reference = reference.astype(np.float64)
-    error = np.sum((reference - estimate) ** 2)
-    return float(10.0 * np.log10(np.sum(reference ** 2) / max(error, 1e-20)))
-
-
 def evaluation_excerpt(track: Track, stems: Sequence[str], seconds: float
                        ) -> tuple[np.ndarray, np.ndarray]:
     """The middle ``seconds`` of a track: mixture (N, 2) = sum of the stems, stems (N, 2, S)."""
@@ -234,19 +227,6 @@ def evaluation_excerpt(track: Track, stems: Sequence[str], seconds: float
     start = (track.num_samples - n) // 2
     references = np.stack([read_stem(track, s, start, n) for s in stems], axis=-1)
     return references.sum(axis=-1), references
-
-
-def median_sdr(per_track: Sequence[dict[str, float]], stems: Sequence[str]) -> dict[str, float]:
-    """Median over tracks of each stem's SDR, ignoring tracks where that stem is silent (NaN)."""
-    return {s: float(np.nanmedian([t[s] for t in per_track]))
-            if any(np.isfinite(t[s]) for t in per_track) else float("nan") for s in stems}
-
-
-def stem_sdrs(references: np.ndarray, estimates: np.ndarray, stems: Sequence[str]
-              ) -> dict[str, float]:
-    """SDR per stem of (N, C, S) estimates; NaN where the reference is silent."""
-    return {stem: signal_to_distortion(references[..., s], estimates[..., s])
-            if np.any(references[..., s]) else float("nan") for s, stem in enumerate(stems)}
 
 
 def validate(model: keras.Model, cfg: ModelConfig, tracks: Sequence[Track],
@@ -258,8 +238,8 @@ def validate(model: keras.Model, cfg: ModelConfig, tracks: Sequence[Track],
     for track in tracks:
         mixture, references = evaluation_excerpt(track, cfg.stems, seconds)
         estimates = separate_waveform(mixture, predict, cfg)
-        results.append(stem_sdrs(references, estimates, cfg.stems))
-    return median_sdr(results, cfg.stems)
+        results.append(stem_global_sdrs(references, estimates, cfg.stems))
+    return median_global_sdr(results, cfg.stems)
 
 
 def _log(path: pathlib.Path, record: dict) -> None:
@@ -349,7 +329,7 @@ def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = Tr
         validation = validate(model, cfg, valid_tracks, settings.validation_seconds)
     (out / "validation.json").write_text(json.dumps(
         {"step": int(step), "tracks": [t.name for t in valid_tracks],
-         "seconds": settings.validation_seconds, "median_sdr_db": validation}, indent=2))
+         "seconds": settings.validation_seconds, "median_global_sdr_db": validation}, indent=2))
     source = f"trained on {data} for {int(step)} steps" + (f" from {init}" if init else "")
     write_model_folder(model, cfg, str(out), source)
     log(f"exported {out} (step {int(step)}); validation SDR {validation}")

@@ -1,4 +1,9 @@
-"""BSSEval v4 (SiSEC 2018, "bss_eval_images" with time-invariant distortion filters), fast.
+"""Separation quality: BSSEval v4 (the results table's ``sdr_<stem>``...) and the global SDR
+(training validation's ``median_global_sdr_db``). Two different figures: BSSEval allows each
+estimate a 512-tap distortion filter and takes medians over 1 s windows; the global SDR compares
+the samples as they are over the whole excerpt.
+
+BSSEval v4 (SiSEC 2018, "bss_eval_images" with time-invariant distortion filters), fast.
 
 Computes the same figures as ``museval.evaluate(references, estimates, win, hop, mode='v4')``
 without its per-window recomputation:
@@ -366,3 +371,26 @@ def _silent_windows(sources: np.ndarray, starts: np.ndarray, window: int) -> np.
     """(len(starts),) bool: some source's channel sum is zero over the whole window."""
     nonzero = sources.sum(axis=2) != 0  # (S, N)
     return np.array([not nonzero[:, s:s + window].any(axis=1).all() for s in starts], dtype=bool)
+
+
+# --- global SDR (training validation; the MDX challenge's figure, not BSSEval) -----------
+
+def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Global SDR in dB, ``10 log10(sum s^2 / sum (s - s_hat)^2)`` over all samples and channels
+    (the MDX challenge's SDR; no BSSEval filter allowance)."""
+    reference = reference.astype(np.float64)
+    error = np.sum((reference - estimate) ** 2)
+    return float(10.0 * np.log10(np.sum(reference ** 2) / max(error, 1e-20)))
+
+
+def median_global_sdr(per_track: Sequence[dict[str, float]], stems: Sequence[str]) -> dict[str, float]:
+    """Median over tracks of each stem's global SDR, ignoring tracks where that stem is silent (NaN)."""
+    return {s: float(np.nanmedian([t[s] for t in per_track]))
+            if any(np.isfinite(t[s]) for t in per_track) else float("nan") for s in stems}
+
+
+def stem_global_sdrs(references: np.ndarray, estimates: np.ndarray, stems: Sequence[str]
+              ) -> dict[str, float]:
+    """Global SDR per stem of (N, C, S) estimates; NaN where the reference is silent."""
+    return {stem: global_sdr(references[..., s], estimates[..., s])
+            if np.any(references[..., s]) else float("nan") for s, stem in enumerate(stems)}

@@ -1,0 +1,1 @@
+"""Training a U-Net (``train``) and rendering multitrack datasets to train on (``dataset``)."""
