@@ -1,4 +1,5 @@
-"""Speed of model.evaluation against museval.evaluate: 4 stems x 30 s of real music, v4, 1 s windows.
+"""Speed of model.evaluation against museval.evaluate: 4 stems x 30 s of real music, v4,
+1 s windows.
 
 The references are the four stems of the MUSDB18 excerpt shipped in the stempeg wheel, looped to
 the requested length; the estimates are references with mixture leakage, filtering and noise.
@@ -7,6 +8,7 @@ largest difference between their figures.
 
     python3 bench/bsseval_speed.py [--seconds 30] [--runs 5] [--museval-runs 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +20,7 @@ import time
 import numpy as np
 from scipy.signal import lfilter
 
-from model import evaluation
+from stembeam.model import evaluation
 
 
 def musdb_excerpt(seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +64,14 @@ def main() -> None:
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"4 stems x {args.seconds:.0f} s, win=hop=1 s, v4")
     for name, median, times in (("model.evaluation", fast, ours_t), ("museval", slow, theirs_t)):
-        print(f"{name:15s} median {median:7.2f} s over {len(times)} runs  "
-              f"{[round(t, 2) for t in times]}")
-    print(f"speed-up {slow / fast:.1f}x; real-time factor {args.seconds / fast:.0f}x (ours), "
-          f"{args.seconds / slow:.1f}x (museval)")
+        print(
+            f"{name:15s} median {median:7.2f} s over {len(times)} runs  "
+            f"{[round(t, 2) for t in times]}"
+        )
+    print(
+        f"speed-up {slow / fast:.1f}x; real-time factor {args.seconds / fast:.0f}x (ours), "
+        f"{args.seconds / slow:.1f}x (museval)"
+    )
     print(f"largest |difference| over SDR/ISR/SIR/SAR windows: {diff:.2e} dB")
 
 

@@ -7,6 +7,7 @@ Decoding, resampling and file writes are not included. Prints seconds of CPU per
 
     OMP_NUM_THREADS=1 python3 -m bench.cpu_cost_per_audio_second [--wiener] [--segments 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ import time
 
 import numpy as np
 
-from model.config import spleeter_config
-from model.segmentation import default_context, plan_segments, segment_sample_range
-from model.reconstruct import reconstruct_segment, segment_spectrogram
+from stembeam.model.config import spleeter_config
+from stembeam.model.reconstruct import reconstruct_segment, segment_spectrogram
+from stembeam.model.segmentation import default_context, plan_segments, segment_sample_range
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=3)
     args = parser.parse_args()
     cfg = spleeter_config("spleeter:4stems")
-    plans = plan_segments(10_000, cfg.T, "overlap", default_context(cfg.T))[1:1 + args.segments]
+    plans = plan_segments(10_000, cfg.T, "overlap", default_context(cfg.T))[1 : 1 + args.segments]
     rng = np.random.default_rng(0)
     postprocess = "wiener" if args.wiener else "ratio"
     spent = audio = 0.0
@@ -33,14 +34,17 @@ def main() -> None:
         start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
         samples = rng.uniform(-0.5, 0.5, (stop - start, cfg.channels)).astype(np.float32)
         estimates = rng.uniform(0, 1, (cfg.T, cfg.F, cfg.channels, len(cfg.stems))).astype(
-            np.float32)
+            np.float32
+        )
         began = time.process_time()
         mix_stft, _ = segment_spectrogram(samples, cfg)
         reconstruct_segment(mix_stft, estimates, plan, cfg, postprocess)
         spent += time.process_time() - began
         audio += (plan.keep_stop - plan.keep_start) * cfg.frame_step / cfg.sample_rate
-    print(f"{postprocess}: {spent / audio:.4f} CPU s per audio s "
-          f"({len(plans)} segments, {audio:.1f} s of audio kept, 4 stems)")
+    print(
+        f"{postprocess}: {spent / audio:.4f} CPU s per audio s "
+        f"({len(plans)} segments, {audio:.1f} s of audio kept, 4 stems)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute
          (Spleeter with -d 20000 and with its default 600 s); Spleeter is killed past
          --spleeter-timeout s or --spleeter-max-gb GB resident, so it cannot take the machine down.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,10 +92,16 @@ def catalog(seconds: float) -> tuple[str, float]:
             mix, _ = read_song(song)
             mix = mix[: int((seconds - total) * RATE)]
             # libsndfile's Vorbis encoder crashes on long single writes: write in blocks
-            with sf.SoundFile(os.path.join(tmp, os.path.basename(song) + ".ogg"), "w", RATE, 2,
-                              format="OGG", subtype="VORBIS") as out:
+            with sf.SoundFile(
+                os.path.join(tmp, os.path.basename(song) + ".ogg"),
+                "w",
+                RATE,
+                2,
+                format="OGG",
+                subtype="VORBIS",
+            ) as out:
                 for start in range(0, len(mix), 1 << 16):
-                    out.write(mix[start:start + (1 << 16)])
+                    out.write(mix[start : start + (1 << 16)])
             total += len(mix) / RATE
         os.rename(tmp, folder)
     total = sum(sf.info(f).duration for f in glob.glob(os.path.join(folder, "*.ogg")))
@@ -135,7 +142,9 @@ def _tree_rss_gb(root: int) -> float:
         todo.extend(children.get(pid, []))
         try:
             with open(f"/proc/{pid}/status") as f:
-                total_kb += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+                total_kb += next(
+                    (int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0
+                )
         except OSError:
             pass
     return total_kb / 1e6
@@ -150,20 +159,32 @@ class Stopped(RuntimeError):
     """A command killed by ``timed`` for running past its time or memory limit."""
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float | None = None,
-          max_rss_gb: float | None = None, min_available_gb: float = 1.5) -> tuple[float, float]:
+def timed(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    max_rss_gb: float | None = None,
+    min_available_gb: float = 1.5,
+) -> tuple[float, float]:
     """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS GB); raises on failure.
 
     The command (its whole process group) is killed, raising ``Stopped``, when it runs longer
     than ``timeout_s``, when its process tree holds more than ``max_rss_gb`` resident, or when
     the machine's available memory falls below ``min_available_gb`` while ``max_rss_gb`` is set.
     """
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report, \
-            tempfile.TemporaryFile("w+") as stderr:
+    with (
+        tempfile.NamedTemporaryFile("r", suffix=".time") as report,
+        tempfile.TemporaryFile("w+") as stderr,
+    ):
         t0 = time.perf_counter()
-        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd],
-                                env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                                stderr=stderr, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
         seen_gb, reason = 0.0, ""
         while proc.poll() is None:
             time.sleep(0.5)
@@ -194,9 +215,12 @@ def stembeam_model(preset: str) -> str:
     are reachable here)."""
     if preset == "spleeter:2stems":
         return preset
-    from model.checkpoint import SPLEETER_INSTRUMENT_ORDER, import_spleeter_checkpoint
-    from model.checkpoint import write_model_folder
-    from model.config import spleeter_config
+    from stembeam.model.checkpoint import (
+        SPLEETER_INSTRUMENT_ORDER,
+        import_spleeter_checkpoint,
+        write_model_folder,
+    )
+    from stembeam.model.config import spleeter_config
 
     name = preset.split(":")[1]
     folder = os.path.join(BENCH, f"random-{name}")
@@ -209,9 +233,25 @@ def stembeam_model(preset: str) -> str:
 
 
 def stembeam_cmd(inputs: str, out: str, model: str, postprocess: str, workers: int) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "separate", "--input", inputs, "--output", out,
-            "--model", model, "--postprocess", postprocess, "--force",
-            "--direct_num_workers", str(workers), "--results", f"sqlite:///{out}/results.db"]
+    return [
+        sys.executable,
+        "-m",
+        "stembeam.pipeline",
+        "separate",
+        "--input",
+        inputs,
+        "--output",
+        out,
+        "--model",
+        model,
+        "--postprocess",
+        postprocess,
+        "--force",
+        "--direct_num_workers",
+        str(workers),
+        "--results",
+        f"sqlite:///{out}/results.db",
+    ]
 
 
 def spleeter_cmd(files: list[str], out: str, model: str, wiener: bool) -> list[str]:
@@ -240,8 +280,8 @@ def unet_audio_rate(model: str, batch: int = 4, runs: int = 3) -> float:
     """Seconds of audio per wall second of the U-Net alone on random segments at ``batch``
     (median of ``runs`` calls after a warm-up): Spleeter's cut, no decode, STFT, masks, iSTFT or
     writing. No tool running these weights with the same arithmetic can be faster."""
-    from model.registry import load_model
-    from model.unet import batch_predictor
+    from stembeam.model.registry import load_model
+    from stembeam.model.unet import batch_predictor
 
     loaded = load_model(stembeam_model(model))
     cfg = loaded.config
@@ -263,22 +303,29 @@ def compare(args: argparse.Namespace) -> None:
     short, short_s = catalog(5)
     files = sorted(glob.glob(os.path.join(folder, "*.ogg")))
     short_files = sorted(glob.glob(os.path.join(short, "*.ogg")))
-    print(f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; "
-          f"load {os.getloadavg()[0]:.2f}")
-    configs = [(model, postprocess, tool, workers) for model in args.models
-               for postprocess in args.modes
-               for tool, workers in [("spleeter", 1)] + [("stembeam", w) for w in args.workers]]
+    print(
+        f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; load {os.getloadavg()[0]:.2f}"
+    )
+    configs = [
+        (model, postprocess, tool, workers)
+        for model in args.models
+        for postprocess in args.modes
+        for tool, workers in [("spleeter", 1)] + [("stembeam", w) for w in args.workers]
+    ]
 
     def run(config: tuple, inputs: list[str], src: str) -> tuple[float, float, float]:
         """(wall s, peak GB, shortest stem written s) of one command."""
         model, postprocess, tool, workers = config
         with tempfile.TemporaryDirectory(dir=BENCH) as out:
             if tool == "spleeter":
-                wall, peak = timed(spleeter_cmd(inputs, out, model, postprocess == "wiener"),
-                                   {"MODEL_PATH": SPLEETER_MODELS[model]})
+                wall, peak = timed(
+                    spleeter_cmd(inputs, out, model, postprocess == "wiener"),
+                    {"MODEL_PATH": SPLEETER_MODELS[model]},
+                )
             else:
-                wall, peak = timed(stembeam_cmd(src, out, stembeam_model(model), postprocess,
-                                                workers))
+                wall, peak = timed(
+                    stembeam_cmd(src, out, stembeam_model(model), postprocess, workers)
+                )
             return wall, peak, shortest_stem_seconds(out)
 
     measured: dict[tuple, list[tuple]] = {c: [] for c in configs}
@@ -287,14 +334,18 @@ def compare(args: argparse.Namespace) -> None:
         for config in configs:
             startup = run(config, short_files, short)[0]
             measured[config].append((startup, *run(config, files, folder)))
-            print(f"round {round_}: {' '.join(map(str, config))}: start-up {startup:.1f} s, "
-                  f"wall {measured[config][-1][1]:.1f} s; load {os.getloadavg()[0]:.2f}",
-                  flush=True)
+            print(
+                f"round {round_}: {' '.join(map(str, config))}: start-up {startup:.1f} s, "
+                f"wall {measured[config][-1][1]:.1f} s; load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
         for model in args.models:
             unet_rates[model].append(unet_audio_rate(model))
 
-    print("tool      model            mode    workers  wall s  start-up s  RTF(with)  "
-          "RTF(steady)  peak GB  shortest stem s")
+    print(
+        "tool      model            mode    workers  wall s  start-up s  RTF(with)  "
+        "RTF(steady)  peak GB  shortest stem s"
+    )
     rows = []
     for config, results in measured.items():
         model, postprocess, tool, workers = config
@@ -302,39 +353,61 @@ def compare(args: argparse.Namespace) -> None:
         startup, wall = statistics.median(startups), statistics.median(walls)
         # wall = start-up + audio / steady-RTF, and the 5 s run gives start-up + 5 s / RTF
         # (noise swamps it when start-up dominates the run: then it is not reported)
-        steady = ((audio_s - short_s) / (wall - startup) if wall - startup > 0.2 * wall
-                  else float("nan"))
-        row = dict(tool=tool, model=model, mode=postprocess, workers=workers, wall=wall,
-                   walls=walls, startup=startup, startups=startups, rtf=audio_s / wall,
-                   rtf_steady=steady, peak=max(peaks), shortest_stem=min(shortest))
+        steady = (
+            (audio_s - short_s) / (wall - startup) if wall - startup > 0.2 * wall else float("nan")
+        )
+        row = dict(
+            tool=tool,
+            model=model,
+            mode=postprocess,
+            workers=workers,
+            wall=wall,
+            walls=walls,
+            startup=startup,
+            startups=startups,
+            rtf=audio_s / wall,
+            rtf_steady=steady,
+            peak=max(peaks),
+            shortest_stem=min(shortest),
+        )
         rows.append(row)
-        print(f"{tool:9s} {model:16s} {postprocess:7s} {workers:7d}  {wall:6.1f}  "
-              f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}  "
-              f"{min(shortest):9.1f}")
+        print(
+            f"{tool:9s} {model:16s} {postprocess:7s} {workers:7d}  {wall:6.1f}  "
+            f"{startup:10.1f}  {row['rtf']:9.1f}  {steady:11.1f}  {max(peaks):7.2f}  "
+            f"{min(shortest):9.1f}"
+        )
     for model in args.models:
         unet = statistics.median(unet_rates[model])
         for postprocess in args.modes:
-            spl = next(r for r in rows if r["tool"] == "spleeter" and r["model"] == model
-                       and r["mode"] == postprocess)
+            spl = next(
+                r
+                for r in rows
+                if r["tool"] == "spleeter" and r["model"] == model and r["mode"] == postprocess
+            )
             for r in rows:
                 if r["tool"] == "stembeam" and r["model"] == model and r["mode"] == postprocess:
-                    print(f"ratio stembeam/spleeter {model} {postprocess} workers={r['workers']}: "
-                          f"{r['rtf'] / spl['rtf']:.2f}x with start-up, "
-                          f"{r['rtf_steady'] / spl['rtf_steady']:.2f}x steady")
-            print(f"U-Net alone {model}: {unet:.1f}x real time (rounds: "
-                  f"{', '.join(f'{u:.1f}' for u in unet_rates[model])}) = "
-                  f"{unet / spl['rtf_steady']:.2f}x Spleeter's steady {postprocess} figure: the "
-                  "ceiling for any tool doing this U-Net's arithmetic here")
-        rows.append(dict(tool="unet-alone", model=model, rtf_steady=unet,
-                         rounds=unet_rates[model]))
+                    print(
+                        f"ratio stembeam/spleeter {model} {postprocess} workers={r['workers']}: "
+                        f"{r['rtf'] / spl['rtf']:.2f}x with start-up, "
+                        f"{r['rtf_steady'] / spl['rtf_steady']:.2f}x steady"
+                    )
+            print(
+                f"U-Net alone {model}: {unet:.1f}x real time (rounds: "
+                f"{', '.join(f'{u:.1f}' for u in unet_rates[model])}) = "
+                f"{unet / spl['rtf_steady']:.2f}x Spleeter's steady {postprocess} figure: the "
+                "ceiling for any tool doing this U-Net's arithmetic here"
+            )
+        rows.append(dict(tool="unet-alone", model=model, rtf_steady=unet, rounds=unet_rates[model]))
     with open(os.path.join(BENCH, "compare.json"), "w") as f:
         json.dump(rows, f, indent=1)
 
 
 def long_files(args: argparse.Namespace) -> None:
     """Peak RSS and output length of each tool on looped files of ``args.minutes`` minutes."""
-    print(f"Spleeter stopped beyond {args.spleeter_max_gb:g} GB resident or "
-          f"{args.spleeter_timeout:.0f} s")
+    print(
+        f"Spleeter stopped beyond {args.spleeter_max_gb:g} GB resident or "
+        f"{args.spleeter_timeout:.0f} s"
+    )
     print("file     tool              wall s  peak GB  output s  load")
     for minutes in args.minutes:
         path = long_file(minutes)
@@ -352,11 +425,16 @@ def long_files(args: argparse.Namespace) -> None:
                 label = f"{minutes:4.0f} min {tool:16s}"
                 try:
                     wall, peak = timed(cmd, env, **limits)
-                    print(f"{label} {wall:6.0f}  {peak:7.2f}  {output_seconds(out):8.0f}  "
-                          f"{os.getloadavg()[0]:.2f}", flush=True)
+                    print(
+                        f"{label} {wall:6.0f}  {peak:7.2f}  {output_seconds(out):8.0f}  "
+                        f"{os.getloadavg()[0]:.2f}",
+                        flush=True,
+                    )
                 except RuntimeError as e:
-                    print(f"{label} {str(e).splitlines()[-1]}; load {os.getloadavg()[0]:.2f}",
-                          flush=True)
+                    print(
+                        f"{label} {str(e).splitlines()[-1]}; load {os.getloadavg()[0]:.2f}",
+                        flush=True,
+                    )
 
 
 class StageTimer:
@@ -375,15 +453,16 @@ class StageTimer:
                 return fn(*a, **k)
             finally:
                 self.add(stage, time.perf_counter() - t0)
+
         return timed_fn
 
 
 def profile(args: argparse.Namespace) -> None:
     """Stage profile of the model-level path on the first song, cut to ``--seconds``."""
-    from model import evaluation
-    from model import reconstruct as sep
-    from model.registry import load_model
-    from model.unet import batch_predictor
+    from stembeam.model import evaluation
+    from stembeam.model import reconstruct as sep
+    from stembeam.model.registry import load_model
+    from stembeam.model.unet import batch_predictor
 
     timer = StageTimer()
     t0 = time.perf_counter()
@@ -401,15 +480,18 @@ def profile(args: argparse.Namespace) -> None:
     timer.add("decode (2 OGG)", time.perf_counter() - t0)
 
     # Time the stages inside separate_waveform by wrapping the functions it looks up.
-    originals = {name: getattr(sep, name) for name in ("segment_spectrogram", "overlap_add_last",
-                                                       "reconstruct_segment")}
+    originals = {
+        name: getattr(sep, name)
+        for name in ("segment_spectrogram", "overlap_add_last", "reconstruct_segment")
+    }
     sep.segment_spectrogram = timer.wrap("STFT", originals["segment_spectrogram"])
     sep.overlap_add_last = timer.wrap("iSTFT", originals["overlap_add_last"])
     sep.reconstruct_segment = timer.wrap("masks+iSTFT", originals["reconstruct_segment"])
     try:
         t0 = time.perf_counter()
-        stems = sep.separate_waveform(mix, predict, cfg, postprocess=args.postprocess,
-                                      batch_size=args.batch_size)
+        stems = sep.separate_waveform(
+            mix, predict, cfg, postprocess=args.postprocess, batch_size=args.batch_size
+        )
         separate_s = time.perf_counter() - t0
     finally:
         for name, fn in originals.items():
@@ -426,31 +508,38 @@ def profile(args: argparse.Namespace) -> None:
         evaluation.evaluate(refs, np.moveaxis(stems, 2, 0))
         timer.add("evaluate (BSSEval v4)", time.perf_counter() - t0)
 
-    timer.add("other (separate_waveform)", separate_s - sum(
-        timer.seconds[k] for k in ("STFT", "U-Net", "masks/Wiener", "iSTFT")))
+    timer.add(
+        "other (separate_waveform)",
+        separate_s - sum(timer.seconds[k] for k in ("STFT", "U-Net", "masks/Wiener", "iSTFT")),
+    )
     total = sum(v for k, v in timer.seconds.items() if "start-up" not in k)
-    print(f"{args.model} {args.postprocess} {args.precision}, {args.seconds:.0f} s of "
-          f"{os.path.basename(song)}, batch {args.batch_size}; load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.model} {args.postprocess} {args.precision}, {args.seconds:.0f} s of "
+        f"{os.path.basename(song)}, batch {args.batch_size}; load {os.getloadavg()[0]:.2f}"
+    )
     for stage, seconds in timer.seconds.items():
         share = "" if "start-up" in stage else f"{100 * seconds / total:5.1f}%"
         print(f"  {stage:28s} {seconds:7.2f} s  {share}")
-    print(f"  total (excl. start-up)       {total:7.2f} s  -> "
-          f"{args.seconds / total:.1f}x real time")
+    print(
+        f"  total (excl. start-up)       {total:7.2f} s  -> {args.seconds / total:.1f}x real time"
+    )
 
 
 def pipeline_profile(args: argparse.Namespace) -> None:
     """Stage times inside a real `stembeam separate` run on ``args.seconds`` of the catalog."""
-    from model import unet
-    from pipeline import separate as job
-    from transforms import decode, inference, storage, write_stems
+    from stembeam.model import unet
+    from stembeam.pipeline import separate as job
+    from stembeam.transforms import decode, inference, storage, write_stems
 
     folder, audio_s = catalog(args.seconds)
     timer = StageTimer()
-    patches = [(inference, "segment_spectrogram", "STFT"),
-               (write_stems, "reconstruct_segment", "masks+iSTFT"),
-               (write_stems._TrackWriter, "_write_model_rate", "overlap-add tail, resample, write"),
-               (write_stems._TrackWriter, "publish", "publish stems"),
-               (storage, "write_atomic", "marker writes")]
+    patches = [
+        (inference, "segment_spectrogram", "STFT"),
+        (write_stems, "reconstruct_segment", "masks+iSTFT"),
+        (write_stems._TrackWriter, "_write_model_rate", "overlap-add tail, resample, write"),
+        (write_stems._TrackWriter, "publish", "publish stems"),
+        (storage, "write_atomic", "marker writes"),
+    ]
     originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
     batch_predictor = unet.batch_predictor
     load_model = inference.StemModelHandler.load_model
@@ -466,6 +555,7 @@ def pipeline_profile(args: argparse.Namespace) -> None:
                 return predict(magnitudes)
             finally:
                 unet_calls.append(time.perf_counter() - t0)
+
         return timed_predict
 
     def timed_decode(self, track):
@@ -483,14 +573,26 @@ def pipeline_profile(args: argparse.Namespace) -> None:
     for module, name, stage in patches:
         setattr(module, name, timer.wrap(stage, getattr(module, name)))
     unet.batch_predictor = timed_batch_predictor  # the handler imports it when loading
-    inference.StemModelHandler.load_model = timer.wrap("model load (incl. warm-up call)",
-                                                       load_model)
+    inference.StemModelHandler.load_model = timer.wrap(
+        "model load (incl. warm-up call)", load_model
+    )
     decode._DecodeSegmentsFn.process = timed_decode
     try:
         with tempfile.TemporaryDirectory(dir=BENCH) as out:
             t0 = time.perf_counter()
-            job.run(["--input", folder, "--output", out, "--model", stembeam_model(args.model),
-                     "--force", "--direct_num_workers", "1"])
+            job.run(
+                [
+                    "--input",
+                    folder,
+                    "--output",
+                    out,
+                    "--model",
+                    stembeam_model(args.model),
+                    "--force",
+                    "--direct_num_workers",
+                    "1",
+                ]
+            )
             wall = time.perf_counter() - t0
     finally:
         for module, name, fn in originals:
@@ -500,8 +602,10 @@ def pipeline_profile(args: argparse.Namespace) -> None:
         decode._DecodeSegmentsFn.process = decode_process
     timer.add("U-Net", sum(unet_calls[1:]))  # the first call is the warm-up, inside model load
     timer.add("other (runner, catalog, results, report)", wall - sum(timer.seconds.values()))
-    print(f"stembeam separate, {args.model}, {audio_s:.0f} s of audio, 1 worker; "
-          f"load {os.getloadavg()[0]:.2f}; wall {wall:.1f} s = {audio_s / wall:.1f}x real time")
+    print(
+        f"stembeam separate, {args.model}, {audio_s:.0f} s of audio, 1 worker; "
+        f"load {os.getloadavg()[0]:.2f}; wall {wall:.1f} s = {audio_s / wall:.1f}x real time"
+    )
     for stage, seconds in timer.seconds.items():
         print(f"  {stage:52s} {seconds:7.2f} s  {100 * seconds / wall:5.1f}%")
 
@@ -517,8 +621,13 @@ def short_catalog(seconds: float, track_s: float) -> tuple[str, int]:
             mix, _ = sf.read(path, dtype="float32")
             name = os.path.splitext(os.path.basename(path))[0]
             for k, start in enumerate(range(0, len(mix), piece)):
-                sf.write(os.path.join(tmp, f"{name}-{k:04d}.ogg"), mix[start:start + piece],
-                         RATE, format="OGG", subtype="VORBIS")
+                sf.write(
+                    os.path.join(tmp, f"{name}-{k:04d}.ogg"),
+                    mix[start : start + piece],
+                    RATE,
+                    format="OGG",
+                    subtype="VORBIS",
+                )
         os.rename(tmp, folder)
     return folder, len(glob.glob(os.path.join(folder, "*.ogg")))
 
@@ -526,7 +635,7 @@ def short_catalog(seconds: float, track_s: float) -> tuple[str, int]:
 def short_tracks(args: argparse.Namespace) -> None:
     """Per-track overhead: the same audio as few long tracks and as many short ones, each run
     in this process (1 worker, model load included in both), interleaved over ``--runs``."""
-    from pipeline import separate as job
+    from stembeam.pipeline import separate as job
 
     long_folder, audio_s = catalog(args.seconds)
     n_long = len(glob.glob(os.path.join(long_folder, "*.ogg")))
@@ -536,12 +645,25 @@ def short_tracks(args: argparse.Namespace) -> None:
         for kind, folder in (("long", long_folder), ("short", short_folder)):
             with tempfile.TemporaryDirectory(dir=BENCH) as out:
                 t0 = time.perf_counter()
-                job.run(["--input", folder, "--output", out, "--model",
-                         stembeam_model(args.model), "--force", "--direct_num_workers", "1"])
+                job.run(
+                    [
+                        "--input",
+                        folder,
+                        "--output",
+                        out,
+                        "--model",
+                        stembeam_model(args.model),
+                        "--force",
+                        "--direct_num_workers",
+                        "1",
+                    ]
+                )
                 walls[kind].append(time.perf_counter() - t0)
     long_s, short_s = (statistics.median(walls[k]) for k in ("long", "short"))
-    print(f"{args.model}, {audio_s:.0f} s of audio, 1 worker, medians of {args.runs}; "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.model}, {audio_s:.0f} s of audio, 1 worker, medians of {args.runs}; "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     print(f"  {n_long:4d} tracks: {long_s:6.1f} s  {walls['long']}")
     print(f"  {n_short:4d} tracks of {args.track_seconds:g} s: {short_s:6.1f} s  {walls['short']}")
     print(f"  per extra track: {(short_s - long_s) / (n_short - n_long) * 1e3:.0f} ms")
@@ -569,20 +691,34 @@ def main() -> None:
     c.add_argument("--runs", type=int, default=3)
     c.add_argument("--models", nargs="+", default=["spleeter:2stems", "spleeter:4stems"])
     c.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    c.add_argument("--modes", nargs="+", default=["ratio", "wiener"], choices=("ratio", "wiener"),
-                   help="stembeam --postprocess; Spleeter's default / --mwf respectively")
+    c.add_argument(
+        "--modes",
+        nargs="+",
+        default=["ratio", "wiener"],
+        choices=("ratio", "wiener"),
+        help="stembeam --postprocess; Spleeter's default / --mwf respectively",
+    )
     g = sub.add_parser("long")
     g.add_argument("--minutes", type=float, nargs="+", default=[20, 120])
     g.add_argument("--model", default="spleeter:2stems")
-    g.add_argument("--tools", nargs="+", default=["stembeam", "spleeter", "spleeter-d600"],
-                   choices=("stembeam", "spleeter", "spleeter-d600"),
-                   help="spleeter: -d 20000 (whole file); spleeter-d600: its default 600 s")
+    g.add_argument(
+        "--tools",
+        nargs="+",
+        default=["stembeam", "spleeter", "spleeter-d600"],
+        choices=("stembeam", "spleeter", "spleeter-d600"),
+        help="spleeter: -d 20000 (whole file); spleeter-d600: its default 600 s",
+    )
     g.add_argument("--spleeter-timeout", type=float, default=900, help="seconds")
     g.add_argument("--spleeter-max-gb", type=float, default=18, help="resident GB")
     args = parser.parse_args()
     os.makedirs(BENCH, exist_ok=True)
-    {"profile": profile, "pipeline-profile": pipeline_profile, "compare": compare,
-     "long": long_files, "short-tracks": short_tracks}[args.command](args)
+    {
+        "profile": profile,
+        "pipeline-profile": pipeline_profile,
+        "compare": compare,
+        "long": long_files,
+        "short-tracks": short_tracks,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

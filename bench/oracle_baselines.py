@@ -22,6 +22,7 @@ on 2 busy CPU cores) and its table:
   python3 -m bench.oracle_baselines --data ~/.cache/stembeam/midi-musdb --split test \
       --frame-length 1024 --frame-step 256 --F 128 --model ~/.cache/stembeam/models/midi-4stems-demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.config import FRAME_LENGTH, FRAME_STEP
-from model.spectral import istft, stft
-from model.evaluation import median_global_sdr, stem_global_sdrs
-from model.training.train import evaluation_excerpt, find_tracks
+from stembeam.model.config import FRAME_LENGTH, FRAME_STEP
+from stembeam.model.evaluation import median_global_sdr, stem_global_sdrs
+from stembeam.model.spectral import istft, stft
+from stembeam.model.training.train import evaluation_excerpt, find_tracks
 
 MUSDB_STEMS = ("vocals", "drums", "bass", "other")
 
 
-def oracle_irm(references: np.ndarray, frame_length: int = FRAME_LENGTH,
-               frame_step: int = FRAME_STEP, F: int | None = None) -> np.ndarray:
+def oracle_irm(
+    references: np.ndarray,
+    frame_length: int = FRAME_LENGTH,
+    frame_step: int = FRAME_STEP,
+    F: int | None = None,
+) -> np.ndarray:
     """Ideal ratio mask (power) estimates.
 
     Args:
@@ -49,27 +54,38 @@ def oracle_irm(references: np.ndarray, frame_length: int = FRAME_LENGTH,
       (N, C, S) float32 estimates.
     """
     n = references.shape[0]
-    spectra = np.stack([stft(references[..., s], frame_length, frame_step)
-                        for s in range(references.shape[-1])], axis=-1)  # (frames, bins, C, S)
+    spectra = np.stack(
+        [stft(references[..., s], frame_length, frame_step) for s in range(references.shape[-1])],
+        axis=-1,
+    )  # (frames, bins, C, S)
     power = np.abs(spectra) ** 2
     masks = power / np.maximum(power.sum(axis=-1, keepdims=True), 1e-20)
     if F is not None:
         masks[:, F:] = 0.0
     mix = spectra.sum(axis=-1)
-    return np.stack([istft(mix * masks[..., s], n, frame_length, frame_step)
-                     for s in range(references.shape[-1])], axis=-1)
+    return np.stack(
+        [
+            istft(mix * masks[..., s], n, frame_length, frame_step)
+            for s in range(references.shape[-1])
+        ],
+        axis=-1,
+    )
 
 
-def museval_median_sdr(references: np.ndarray, estimates: np.ndarray,
-                       stems: Sequence[str]) -> dict[str, float]:
+def museval_median_sdr(
+    references: np.ndarray, estimates: np.ndarray, stems: Sequence[str]
+) -> dict[str, float]:
     """Median over 1 s windows of museval's BSSEval v4 SDR per stem; silent reference stems
     (which museval rejects) are left out of the evaluation and get NaN."""
     import museval
 
     audible = [s for s in range(len(stems)) if np.any(references[..., s])]
-    sdr, _, _, _ = museval.evaluate(np.moveaxis(references[..., audible], -1, 0),
-                                    np.moveaxis(estimates[..., audible], -1, 0),
-                                    win=44100, hop=44100)
+    sdr, _, _, _ = museval.evaluate(
+        np.moveaxis(references[..., audible], -1, 0),
+        np.moveaxis(estimates[..., audible], -1, 0),
+        win=44100,
+        hop=44100,
+    )
     result = {stem: float("nan") for stem in stems}
     result.update({stems[s]: float(np.nanmedian(sdr[k])) for k, s in enumerate(audible)})
     return result
@@ -80,8 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="MUSDB18-HQ style root")
     parser.add_argument("--split", default="test")
     parser.add_argument("--model", help="model spec to evaluate next to the baselines")
-    parser.add_argument("--seconds", type=float, default=600.0,
-                        help="evaluate the middle N seconds of each song")
+    parser.add_argument(
+        "--seconds", type=float, default=600.0, help="evaluate the middle N seconds of each song"
+    )
     parser.add_argument("--frame-length", type=int, default=FRAME_LENGTH)
     parser.add_argument("--frame-step", type=int, default=FRAME_STEP)
     parser.add_argument("--F", type=int, help="zero the oracle masks above F bins")
@@ -89,13 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     tracks = find_tracks(args.data, args.split, MUSDB_STEMS)
-    methods = {"mixture": lambda mix, refs: np.repeat(mix[..., None], refs.shape[-1], -1),
-               "oracle IRM": lambda mix, refs: oracle_irm(refs, args.frame_length,
-                                                          args.frame_step, args.F)}
+    methods = {
+        "mixture": lambda mix, refs: np.repeat(mix[..., None], refs.shape[-1], -1),
+        "oracle IRM": lambda mix, refs: oracle_irm(
+            refs, args.frame_length, args.frame_step, args.F
+        ),
+    }
     if args.model:
-        from model.registry import load_model
-        from model.reconstruct import separate_waveform
-        from model.unet import batch_predictor
+        from stembeam.model.reconstruct import separate_waveform
+        from stembeam.model.registry import load_model
+        from stembeam.model.unet import batch_predictor
 
         loaded = load_model(args.model)
         if tuple(loaded.config.stems) != MUSDB_STEMS:
@@ -116,12 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = "| method | metric | " + " | ".join(MUSDB_STEMS) + " |"
     print(header + "\n|" + "---|" * (len(MUSDB_STEMS) + 2))
     for name in methods:
-        tables = [("global SDR", scores[name])] + ([("BSSEval v4 SDR", bss[name])]
-                                                  if args.museval else [])
+        tables = [("global SDR", scores[name])] + (
+            [("BSSEval v4 SDR", bss[name])] if args.museval else []
+        )
         for metric, per_track in tables:
             medians = median_global_sdr(per_track, MUSDB_STEMS)
-            print(f"| {name} | {metric} | "
-                  + " | ".join(f"{medians[s]:.2f}" for s in MUSDB_STEMS) + " |")
+            print(
+                f"| {name} | {metric} | "
+                + " | ".join(f"{medians[s]:.2f}" for s in MUSDB_STEMS)
+                + " |"
+            )
     return 0
 
 

@@ -11,6 +11,7 @@ Runs Spleeter in its own venv (bench/spleeter_venv.sh) and stembeam here on the 
 
     python3 bench/parity.py [--skip-sdr] [--skip-parity]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.checkpoint import SPLEETER_INSTRUMENT_ORDER, import_spleeter_checkpoint  # noqa: E402
-from model.config import spleeter_config  # noqa: E402
-from model.registry import cache_root, load_model  # noqa: E402
-from model.reconstruct import separate_waveform  # noqa: E402
-from model.unet import build_unet  # noqa: E402
+from stembeam.model.checkpoint import SPLEETER_INSTRUMENT_ORDER, import_spleeter_checkpoint  # noqa: E402
+from stembeam.model.config import spleeter_config  # noqa: E402
+from stembeam.model.reconstruct import separate_waveform  # noqa: E402
+from stembeam.model.registry import cache_root, load_model  # noqa: E402
+from stembeam.model.unet import build_unet  # noqa: E402
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 VENV_PYTHON = os.path.join(cache_root(), "spleeter-venv", "bin", "python")
@@ -48,27 +49,35 @@ def excerpt() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return stems[0], refs
 
 
-def spleeter_separate(model: str, waveform: np.ndarray, model_path: str, mwf: bool = False
-                      ) -> dict[str, np.ndarray]:
+def spleeter_separate(
+    model: str, waveform: np.ndarray, model_path: str, mwf: bool = False
+) -> dict[str, np.ndarray]:
     """Runs Spleeter 2.4.2 (in its venv) on ``waveform``; returns its stems, (N, 2) each."""
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.npy"), os.path.join(tmp, "out.npz")
         np.save(src, waveform)
         cmd = [VENV_PYTHON, os.path.join(BENCH, "spleeter_separate.py"), model, src, dst]
         env = {**os.environ, "MODEL_PATH": model_path, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        proc = subprocess.run(cmd + (["--mwf"] if mwf else []), env=env, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            cmd + (["--mwf"] if mwf else []), env=env, capture_output=True, text=True
+        )
         if proc.returncode:
             raise RuntimeError(f"Spleeter failed:\n{proc.stderr[-3000:]}")
         with np.load(dst) as out:
             return {k: out[k] for k in out.files}
 
 
-def stembeam_separate(model, cfg, waveform: np.ndarray, segmentation: str, postprocess: str
-                      ) -> dict[str, np.ndarray]:
+def stembeam_separate(
+    model, cfg, waveform: np.ndarray, segmentation: str, postprocess: str
+) -> dict[str, np.ndarray]:
     """stembeam's stems of ``waveform`` (N, 2), by name."""
-    stems = separate_waveform(waveform, lambda x: model(x, training=False).numpy(), cfg,
-                              segmentation=segmentation, postprocess=postprocess)
+    stems = separate_waveform(
+        waveform,
+        lambda x: model(x, training=False).numpy(),
+        cfg,
+        segmentation=segmentation,
+        postprocess=postprocess,
+    )
     return {name: stems[..., i] for i, name in enumerate(cfg.stems)}
 
 
@@ -81,11 +90,18 @@ def difference_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 def parity(waveform: np.ndarray) -> None:
     print("== parity: stembeam (segmentation='spleeter', ratio masks) vs Spleeter 2.4.2")
     print("   dB = energy of the stem / energy of the difference (target >= 60)")
-    spleeter_models = subprocess.run(["bash", os.path.join(BENCH, "spleeter_venv.sh")],
-                                     capture_output=True, text=True, check=True).stdout.strip()
+    spleeter_models = subprocess.run(
+        ["bash", os.path.join(BENCH, "spleeter_venv.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if not os.path.exists(os.path.join(RANDOM_MODELS, "5stems", ".probe")):
-        subprocess.run([VENV_PYTHON, os.path.join(BENCH, "spleeter_random_checkpoint.py"),
-                        RANDOM_MODELS], check=True, capture_output=True)
+        subprocess.run(
+            [VENV_PYTHON, os.path.join(BENCH, "spleeter_random_checkpoint.py"), RANDOM_MODELS],
+            check=True,
+            capture_output=True,
+        )
     for name in ("2stems", "4stems", "5stems"):
         cfg = spleeter_config(name)
         if name == "2stems":
@@ -93,16 +109,19 @@ def parity(waveform: np.ndarray) -> None:
             model = load_model("spleeter:2stems").model
         else:
             model_path, weights = RANDOM_MODELS, "seeded random checkpoint"
-            model = import_spleeter_checkpoint(os.path.join(RANDOM_MODELS, name, "model"), cfg,
-                                               SPLEETER_INSTRUMENT_ORDER[name])
+            model = import_spleeter_checkpoint(
+                os.path.join(RANDOM_MODELS, name, "model"), cfg, SPLEETER_INSTRUMENT_ORDER[name]
+            )
         theirs = spleeter_separate(f"spleeter:{name}", waveform, model_path)
         ours = stembeam_separate(model, cfg, waveform, "spleeter", "ratio")
         mix_energy = np.sum(waveform.astype(np.float64) ** 2)
         print(f"-- {name} ({weights})")
         for stem in cfg.stems:
             share = np.sum(theirs[stem].astype(np.float64) ** 2) / mix_energy
-            print(f"   {stem:14s} {difference_db(theirs[stem], ours[stem]):6.1f} dB   "
-                  f"(stem energy {10 * np.log10(share):6.1f} dB re mixture)")
+            print(
+                f"   {stem:14s} {difference_db(theirs[stem], ours[stem]):6.1f} dB   "
+                f"(stem energy {10 * np.log10(share):6.1f} dB re mixture)"
+            )
 
 
 def median_sdr(refs: dict[str, np.ndarray], stems: dict[str, np.ndarray]) -> dict[str, float]:
@@ -110,15 +129,20 @@ def median_sdr(refs: dict[str, np.ndarray], stems: dict[str, np.ndarray]) -> dic
     import museval
 
     names = list(refs)
-    sdr, _, _, _ = museval.evaluate(np.stack([refs[n] for n in names]),
-                                    np.stack([stems[n] for n in names]))
+    sdr, _, _, _ = museval.evaluate(
+        np.stack([refs[n] for n in names]), np.stack([stems[n] for n in names])
+    )
     return {n: float(np.nanmedian(sdr[i])) for i, n in enumerate(names)}
 
 
 def sdr_table(waveform: np.ndarray, refs: dict[str, np.ndarray]) -> None:
     print("== SDR on the stempeg MUSDB18 excerpt (museval median, dB), real 2stems weights")
-    spleeter_models = subprocess.run(["bash", os.path.join(BENCH, "spleeter_venv.sh")],
-                                     capture_output=True, text=True, check=True).stdout.strip()
+    spleeter_models = subprocess.run(
+        ["bash", os.path.join(BENCH, "spleeter_venv.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     rows = []
     for mwf in (False, True):
         stems = spleeter_separate("spleeter:2stems", waveform, spleeter_models, mwf=mwf)
@@ -130,8 +154,7 @@ def sdr_table(waveform: np.ndarray, refs: dict[str, np.ndarray]) -> None:
         for segmentation in ("spleeter", "overlap"):
             for postprocess in ("ratio", "wiener"):
                 t0 = time.perf_counter()
-                stems = stembeam_separate(model, loaded.config, waveform, segmentation,
-                                          postprocess)
+                stems = stembeam_separate(model, loaded.config, waveform, segmentation, postprocess)
                 label = f"stembeam {precision} {segmentation} {postprocess}"
                 rows.append((label, median_sdr(refs, stems)))
                 print(f"   ({label}: separated in {time.perf_counter() - t0:.1f} s)")

@@ -26,6 +26,7 @@ startup-ab  the whole command on the same 5 s file, rounds interleaving ``stembe
             from this tree, from ``--baseline`` (another checkout) and Spleeter 2.4.2's
             ``spleeter separate`` (its venv from bench/spleeter_venv.sh, when present); medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,13 +52,20 @@ def songs(dataset: str | None, max_songs: int) -> list[tuple[str, np.ndarray, np
     (path,) = glob.glob(os.path.join(os.path.dirname(stempeg.__file__), "data", "*.stem.mp4"))
     stems, _ = stempeg.read_stems(path)  # mixture, drums, bass, other, vocals
     stems = stems.astype(np.float32)
-    out = [("musdb:" + os.path.basename(path), stems[0],
-            np.stack([stems[4], stems[1] + stems[2] + stems[3]]))]
+    out = [
+        (
+            "musdb:" + os.path.basename(path),
+            stems[0],
+            np.stack([stems[4], stems[1] + stems[2] + stems[3]]),
+        )
+    ]
     folders = sorted(glob.glob(os.path.join(dataset, "*", "*", "mixture.wav"))) if dataset else []
     for mixture in folders[:max_songs]:
         folder = os.path.dirname(mixture)
-        parts = {s: sf.read(os.path.join(folder, f"{s}.wav"), dtype="float32")[0]
-                 for s in ("mixture", "vocals", "drums", "bass", "other")}
+        parts = {
+            s: sf.read(os.path.join(folder, f"{s}.wav"), dtype="float32")[0]
+            for s in ("mixture", "vocals", "drums", "bass", "other")
+        }
         references = np.stack([parts["vocals"], parts["drums"] + parts["bass"] + parts["other"]])
         if np.abs(parts["vocals"]).max() == 0:  # no lead part: SDR undefined for vocals
             continue
@@ -66,10 +74,10 @@ def songs(dataset: str | None, max_songs: int) -> list[tuple[str, np.ndarray, np
 
 
 def sdr(args: argparse.Namespace) -> None:
-    from model import evaluation
-    from model.registry import load_model
-    from model.reconstruct import separate_waveform
-    from model.unet import batch_predictor
+    from stembeam.model import evaluation
+    from stembeam.model.reconstruct import separate_waveform
+    from stembeam.model.registry import load_model
+    from stembeam.model.unet import batch_predictor
 
     predictors = {}
     for precision in ("float32", "bfloat16"):
@@ -85,17 +93,30 @@ def sdr(args: argparse.Namespace) -> None:
             metrics = evaluation.evaluate(references, np.moveaxis(stems, -1, 0))
             medians[precision] = evaluation.median_metrics(metrics)["sdr"]
         diff = medians["bfloat16"] - medians["float32"]
-        rows.append(dict(song=name, float32=medians["float32"].tolist(),
-                         bfloat16=medians["bfloat16"].tolist(), diff=diff.tolist()))
-        print(f"{name[:32]:32s} " + "  ".join(
-            f"{medians['float32'][i]:6.2f} / {medians['bfloat16'][i]:6.2f} / {diff[i]:+.3f}"
-            for i in range(len(STEMS_2))), flush=True)
+        rows.append(
+            dict(
+                song=name,
+                float32=medians["float32"].tolist(),
+                bfloat16=medians["bfloat16"].tolist(),
+                diff=diff.tolist(),
+            )
+        )
+        print(
+            f"{name[:32]:32s} "
+            + "  ".join(
+                f"{medians['float32'][i]:6.2f} / {medians['bfloat16'][i]:6.2f} / {diff[i]:+.3f}"
+                for i in range(len(STEMS_2))
+            ),
+            flush=True,
+        )
     diffs = np.array([r["diff"] for r in rows])
     median = np.median(diffs, axis=0)
-    print(f"median over {len(rows)} songs, bfloat16 - float32 SDR (dB): " + ", ".join(
-        f"{s} {m:+.3f}" for s, m in zip(STEMS_2, median, strict=True)) +
-        f"; worst song/stem {diffs.min():+.3f}; cost (worst stem's median) "
-        f"{max(0, -median.min()):.3f}")
+    print(
+        f"median over {len(rows)} songs, bfloat16 - float32 SDR (dB): "
+        + ", ".join(f"{s} {m:+.3f}" for s, m in zip(STEMS_2, median, strict=True))
+        + f"; worst song/stem {diffs.min():+.3f}; cost (worst stem's median) "
+        f"{max(0, -median.min()):.3f}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -107,10 +128,10 @@ t0 = time.perf_counter()
 import numpy as np
 import apache_beam
 import tensorflow
-import pipeline.separate
+import stembeam.pipeline.separate
 t1 = time.perf_counter()
-from model.registry import load_model
-from model.unet import batch_predictor
+from stembeam.model.registry import load_model
+from stembeam.model.unet import batch_predictor
 loaded = load_model("spleeter:2stems", precision=sys.argv[1])
 t2 = time.perf_counter()
 cfg = loaded.config
@@ -128,11 +149,19 @@ def startup(args: argparse.Namespace) -> None:
     times: dict[str, list[float]] = {}
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", STARTUP_CHILD, args.precision], cwd=root,
-                             env=env, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", STARTUP_CHILD, args.precision],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         total = time.perf_counter() - t0
-        for key, value in {**json.loads(out.strip().splitlines()[-1]), "process"
-                           " total": total}.items():
+        for key, value in {
+            **json.loads(out.strip().splitlines()[-1]),
+            "process total": total,
+        }.items():
             times.setdefault(key, []).append(value)
     from bench import gpu
 
@@ -142,17 +171,21 @@ def startup(args: argparse.Namespace) -> None:
             row = gpu.run_separate(folder, out, "spleeter:2stems", args.precision, True, None)
         times.setdefault("separate: first batch", []).append(row["first_batch_s"])
         times.setdefault("separate: whole 5 s run", []).append(row["wall_s"])
-    print(f"start-up, {args.runs} fresh processes, precision {args.precision}, "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+        f"start-up, {args.runs} fresh processes, precision {args.precision}, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     for key, values in times.items():
-        print(f"  {key:24s} {statistics.median(values):6.2f} s  "
-              f"({', '.join(f'{v:.2f}' for v in values)})")
+        print(
+            f"  {key:24s} {statistics.median(values):6.2f} s  "
+            f"({', '.join(f'{v:.2f}' for v in values)})"
+        )
 
 
 def startup_ab(args: argparse.Namespace) -> None:
     """Whole-command wall times on one 5 s file, tools interleaved (module docstring)."""
     from bench import gpu
-    from model.registry import cache_root
+    from stembeam.model.registry import cache_root
 
     folder, _ = gpu.catalog(gpu.STARTUP_SECONDS)
     (song,) = glob.glob(os.path.join(folder, "*.flac"))
@@ -169,21 +202,43 @@ def startup_ab(args: argparse.Namespace) -> None:
             with tempfile.TemporaryDirectory() as out:
                 if tree is None:
                     cmd = [spleeter, "separate", "-p", "spleeter:2stems", "-o", out, song]
-                    env = {**os.environ, "MODEL_PATH": os.path.join(cache_root(),
-                                                                    "spleeter-models")}
+                    env = {
+                        **os.environ,
+                        "MODEL_PATH": os.path.join(cache_root(), "spleeter-models"),
+                    }
                 else:
-                    cmd = [sys.executable, "-m", "pipeline", "separate", song, "-o", out,
-                           "--report", "none", "-q"]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "stembeam.pipeline",
+                        "separate",
+                        song,
+                        "-o",
+                        out,
+                        "--report",
+                        "none",
+                        "-q",
+                    ]
                     env = {**os.environ, "PYTHONPATH": tree}
                 t0 = time.perf_counter()
-                subprocess.run(cmd, cwd=tree or out, env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    cmd,
+                    cwd=tree or out,
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 times[name].append(time.perf_counter() - t0)
-    print(f"whole command on a 5 s file, {args.runs} interleaved rounds, load "
-          f"{os.getloadavg()[0]:.2f}")
+    print(
+        f"whole command on a 5 s file, {args.runs} interleaved rounds, load "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     for name, values in times.items():
-        print(f"  {name:22s} {statistics.median(values):6.2f} s  "
-              f"({', '.join(f'{v:.2f}' for v in values)})")
+        print(
+            f"  {name:22s} {statistics.median(values):6.2f} s  "
+            f"({', '.join(f'{v:.2f}' for v in values)})"
+        )
 
 
 def batch_ab(args: argparse.Namespace) -> None:
@@ -195,15 +250,20 @@ def batch_ab(args: argparse.Namespace) -> None:
     for _ in range(args.runs):
         for batch in args.batch_sizes:
             with tempfile.TemporaryDirectory() as out:
-                rows[batch].append(gpu.run_separate(folder, out, "spleeter:2stems", "auto", True,
-                                                    batch))
-    print(f"stembeam separate, {audio_s:.0f} s of audio, {args.runs} interleaved rounds, load "
-          f"{os.getloadavg()[0]:.2f}")
+                rows[batch].append(
+                    gpu.run_separate(folder, out, "spleeter:2stems", "auto", True, batch)
+                )
+    print(
+        f"stembeam separate, {audio_s:.0f} s of audio, {args.runs} interleaved rounds, load "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     for batch, runs in rows.items():
         walls = [r["wall_s"] for r in runs]
         wall, unet = statistics.median(walls), statistics.median(r["unet_s"] for r in runs)
-        print(f"  batch {batch:2d}: wall {wall:6.1f} s ({', '.join(f'{w:.1f}' for w in walls)})"
-              f" = {audio_s / wall:.1f}x real time; U-Net {unet:.1f} thread-s")
+        print(
+            f"  batch {batch:2d}: wall {wall:6.1f} s ({', '.join(f'{w:.1f}' for w in walls)})"
+            f" = {audio_s / wall:.1f}x real time; U-Net {unet:.1f} thread-s"
+        )
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ default segmentation (overlap). References are vocals and the mixture minus voca
     python3 -m bench.residual_sdr [--data DIR] [--split test] [--songs 4]
                                   [--postprocess ratio wiener]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,10 @@ import os
 import numpy as np
 import soundfile as sf
 
-from model import evaluation
-from model.masks import RESIDUAL_MODES
-from model.reconstruct import separate_waveform
-from model.training.train import find_tracks
+from stembeam.model import evaluation
+from stembeam.model.masks import RESIDUAL_MODES
+from stembeam.model.reconstruct import separate_waveform
+from stembeam.model.training.train import find_tracks
 
 
 def stempeg_excerpt() -> tuple[str, np.ndarray, np.ndarray]:
@@ -58,24 +59,28 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=4)
     parser.add_argument("--postprocess", nargs="+", default=["ratio", "wiener"])
     args = parser.parse_args()
-    from model.registry import load_model
-    from model.unet import batch_predictor
+    from stembeam.model.registry import load_model
+    from stembeam.model.unet import batch_predictor
 
     loaded = load_model("spleeter:2stems")
     predict = batch_predictor(loaded.model)
     cfg = loaded.config
     songs = [stempeg_excerpt()] + (
-        dataset_songs(args.data, args.split, args.songs) if args.data else [])
-    print(f"{'track':<24} {'post':<7} {'residual':<8} " +
-          " ".join(f"{s:>14}" for s in cfg.stems) + "  (median SDR, dB)")
+        dataset_songs(args.data, args.split, args.songs) if args.data else []
+    )
+    print(
+        f"{'track':<24} {'post':<7} {'residual':<8} "
+        + " ".join(f"{s:>14}" for s in cfg.stems)
+        + "  (median SDR, dB)"
+    )
     for name, mix, refs in songs:
         for post in args.postprocess:
             base = None
             for mode in RESIDUAL_MODES:
-                stems = separate_waveform(mix, predict, cfg,
-                                          postprocess=post, residual=mode)
+                stems = separate_waveform(mix, predict, cfg, postprocess=post, residual=mode)
                 sdr = evaluation.median_metrics(
-                    evaluation.evaluate(refs, np.moveaxis(stems, -1, 0)))["sdr"]
+                    evaluation.evaluate(refs, np.moveaxis(stems, -1, 0))
+                )["sdr"]
                 base = sdr if base is None else base
                 cells = " ".join(f"{v:7.2f} ({v - b:+.2f})" for v, b in zip(sdr, base))
                 print(f"{name[:24]:<24} {post:<7} {mode:<8} {cells}", flush=True)

@@ -8,6 +8,7 @@ seed for every layer, which would make all stems identical) and saves it with a 
     ~/.cache/stembeam/spleeter-venv/bin/python bench/spleeter_random_checkpoint.py OUT_DIR
 writes OUT_DIR/4stems and OUT_DIR/5stems (model.index, model.data-*, checkpoint, .probe).
 """
+
 import argparse
 import os
 
@@ -42,21 +43,25 @@ def write_checkpoint(name: str, out_dir: str) -> None:
     with tf.Graph().as_default():
         x = tf.compat.v1.placeholder(tf.float32, (1, params["T"], params["F"], 2))
         get_model_function(params["model"]["type"])(
-            x, params["instrument_list"], params["model"]["params"])
+            x, params["instrument_list"], params["model"]["params"]
+        )
         global_step = tf.compat.v1.train.get_or_create_global_step()
         variables = [v for v in tf.compat.v1.global_variables() if v is not global_step]
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             for v in variables:  # creation order: the same draws every run
                 v.load(random_value(v.op.name, tuple(v.shape), rng).astype(np.float32), sess)
-            tf.compat.v1.train.Saver().save(sess, os.path.join(model_dir, "model"),
-                                            write_meta_graph=False, write_state=False)
+            tf.compat.v1.train.Saver().save(
+                sess, os.path.join(model_dir, "model"), write_meta_graph=False, write_state=False
+            )
     with open(os.path.join(model_dir, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "model"\n')
     with open(os.path.join(model_dir, ".probe"), "w") as f:
         f.write("OK")
-    print(f"{model_dir}: {len(variables)} variables, seed {SEEDS[name]}, "
-          f"instruments {params['instrument_list']}")
+    print(
+        f"{model_dir}: {len(variables)} variables, seed {SEEDS[name]}, "
+        f"instruments {params['instrument_list']}"
+    )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
         spleeter:2stems IN.npy OUT.npz [--mwf]
 IN.npy: (N, 2) float32 at 44.1 kHz. OUT.npz: one (N, 2) float32 array per stem.
 """
+
 import argparse
 
 import numpy as np

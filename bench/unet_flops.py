@@ -24,6 +24,7 @@ A/B of the precisions (``--precision-ab``): float32, bfloat16 with the thin laye
     python3 -m bench.unet_flops [--preset spleeter:2stems] [--batches 1 2 4 8] [--runs 3]
     python3 -m bench.unet_flops --precision-ab [--batches 1 4] [--runs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,11 @@ import os
 import statistics
 import time
 
-import tensorflow as tf
 import keras
+import tensorflow as tf
 
-from model.config import spleeter_config
-from model.unet import DilatedMaskConv, batch_predictor, build_unet
+from stembeam.model.config import spleeter_config
+from stembeam.model.unet import DilatedMaskConv, batch_predictor, build_unet
 
 CONV_TYPES = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
 
@@ -83,9 +84,11 @@ def matmul_gflops(dtype: tf.DType, runs: int, n: int = 4096) -> float:
 
 def with_keras_mask_conv(model: keras.Model) -> keras.Model:
     """A copy of ``model`` whose mask layers are Keras' dilated Conv2D, same weights."""
+
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         cls = keras.layers.Conv2D if isinstance(layer, DilatedMaskConv) else layer.__class__
         return cls.from_config(layer.get_config())
+
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
@@ -95,8 +98,10 @@ def mask_conv_ab(model: keras.Model, batch: int, runs: int) -> None:
     """Prints the median forward time with DilatedMaskConv and with Keras' Conv2D masks."""
     cfg_shape = model.input.shape[1:]
     x = tf.random.uniform((batch, *cfg_shape)).numpy()
-    predictors = {"DilatedMaskConv": batch_predictor(model),
-                  "keras Conv2D": batch_predictor(with_keras_mask_conv(model))}
+    predictors = {
+        "DilatedMaskConv": batch_predictor(model),
+        "keras Conv2D": batch_predictor(with_keras_mask_conv(model)),
+    }
     difference = abs(predictors["DilatedMaskConv"](x) - predictors["keras Conv2D"](x)).max()
     times: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(runs):
@@ -105,9 +110,11 @@ def mask_conv_ab(model: keras.Model, batch: int, runs: int) -> None:
             predict(x)
             times[name].append(time.perf_counter() - t0)
     fast, slow = (statistics.median(times[k]) for k in predictors)
-    print(f"mask conv A/B at batch {batch}, {runs} alternating calls each (largest output "
-          f"difference {difference:.1e}): DilatedMaskConv {fast:.2f} s, Keras Conv2D {slow:.2f} s "
-          f"per call: {slow / fast:.2f}x")
+    print(
+        f"mask conv A/B at batch {batch}, {runs} alternating calls each (largest output "
+        f"difference {difference:.1e}): DilatedMaskConv {fast:.2f} s, Keras Conv2D {slow:.2f} s "
+        f"per call: {slow / fast:.2f}x"
+    )
 
 
 def precision_ab(cfg, batches: list[int], runs: int) -> None:
@@ -134,8 +141,10 @@ def precision_ab(cfg, batches: list[int], runs: int) -> None:
         for name, ts in times.items():
             seconds = statistics.median(ts)
             error = abs(outputs[name] - outputs["float32"]).max() / abs(outputs["float32"]).max()
-            print(f"  {name:26s} {seconds:6.2f} s/call  {batch * flops / seconds / 1e9:5.0f} "
-                  f"GFLOP/s  {base / seconds:5.2f}x float32  max |diff| / max {error:.1e}")
+            print(
+                f"  {name:26s} {seconds:6.2f} s/call  {batch * flops / seconds / 1e9:5.0f} "
+                f"GFLOP/s  {base / seconds:5.2f}x float32  max |diff| / max {error:.1e}"
+            )
 
 
 def main() -> None:
@@ -146,24 +155,29 @@ def main() -> None:
     parser.add_argument("--peak-batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ab-batch", type=int, default=4)
-    parser.add_argument("--precision-ab", action="store_true",
-                        help="only the interleaved A/B of the precisions")
+    parser.add_argument(
+        "--precision-ab", action="store_true", help="only the interleaved A/B of the precisions"
+    )
     args = parser.parse_args()
 
     cfg = spleeter_config(args.preset)
     if args.precision_ab:
         precision_ab(cfg, args.batches, args.runs)
         return
-    print(f"{cfg.name}: {len(cfg.stems)} U-Nets, segment ({cfg.T}, {cfg.F}, {cfg.channels}); "
-          f"TF {tf.__version__}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{cfg.name}: {len(cfg.stems)} U-Nets, segment ({cfg.T}, {cfg.F}, {cfg.channels}); "
+        f"TF {tf.__version__}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+    )
     for precision in args.precisions:
         model = build_unet(cfg, precision=precision)
         layers = convs(model)
         flops = sum(conv_flops(layer) for layer in layers)  # per segment, all stems
-        print(f"\n[{precision}] {flops / 1e9:.2f} GFLOP per segment "
-              f"({flops / len(cfg.stems) / 1e9:.2f} per stem), "
-              f"{flops / (cfg.T * cfg.frame_step / cfg.sample_rate) / 1e9:.2f} GFLOP per second "
-              "of audio")
+        print(
+            f"\n[{precision}] {flops / 1e9:.2f} GFLOP per segment "
+            f"({flops / len(cfg.stems) / 1e9:.2f} per stem), "
+            f"{flops / (cfg.T * cfg.frame_step / cfg.sample_rate) / 1e9:.2f} GFLOP per second "
+            "of audio"
+        )
         peak = matmul_gflops(tf.bfloat16 if precision == "bfloat16" else tf.float32, args.runs)
         stem_layers = [layer for layer in layers if layer.name.startswith(cfg.stems[0] + "_")]
         per_layer = []
@@ -172,11 +186,15 @@ def main() -> None:
             per_layer.append((layer.name, conv_flops(layer), seconds))
         stem_flops = sum(f for _, f, _ in per_layer)
         conv_peak = stem_flops / sum(s for _, _, s in per_layer) / 1e9
-        print(f"matmul peak {peak:.0f} GFLOP/s; conv peak (isolated layers, batch "
-              f"{args.peak_batch}) {conv_peak:.0f} GFLOP/s")
+        print(
+            f"matmul peak {peak:.0f} GFLOP/s; conv peak (isolated layers, batch "
+            f"{args.peak_batch}) {conv_peak:.0f} GFLOP/s"
+        )
         for name, f, s in per_layer:
-            print(f"  {name:28s} {f / 1e9:6.2f} GFLOP  {f / s / 1e9:6.0f} GFLOP/s  "
-                  f"{100 * s / sum(x for _, _, x in per_layer):4.1f}% of conv time")
+            print(
+                f"  {name:28s} {f / 1e9:6.2f} GFLOP  {f / s / 1e9:6.0f} GFLOP/s  "
+                f"{100 * s / sum(x for _, _, x in per_layer):4.1f}% of conv time"
+            )
         forward = tf.function(lambda x: model(x, training=False))
         print("batch  s/call   GFLOP/s  % conv peak  % matmul peak  audio s per s")
         for batch in args.batches:
@@ -184,8 +202,10 @@ def main() -> None:
             seconds = median_seconds(forward, x, args.runs)
             rate = batch * flops / seconds / 1e9
             audio = batch * cfg.T * cfg.frame_step / cfg.sample_rate / seconds
-            print(f"{batch:5d}  {seconds:6.2f}  {rate:8.0f}  {100 * rate / conv_peak:10.0f}%"
-                  f"  {100 * rate / peak:12.0f}%  {audio:12.1f}")
+            print(
+                f"{batch:5d}  {seconds:6.2f}  {rate:8.0f}  {100 * rate / conv_peak:10.0f}%"
+                f"  {100 * rate / peak:12.0f}%  {audio:12.1f}"
+            )
         if precision == "float32":
             mask_conv_ab(model, args.ab_batch, max(args.runs, 5))
 

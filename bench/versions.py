@@ -8,6 +8,7 @@ printed with the ratio. ``--new-options`` takes one configuration of the new rev
     python3 -m bench.versions --old 7bedfe9 --new HEAD [--seconds 600] [--runs 3]
         [--workers 1] [--new-options="--residual none"]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,22 +26,46 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def checkout(revision: str) -> str:
     """A worktree of ``revision`` (reused when it exists); returns its folder."""
-    sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", revision],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     folder = os.path.join(BENCH, "versions", sha)
     if not os.path.isdir(folder):
-        subprocess.run(["git", "worktree", "add", "--detach", folder, sha], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", folder, sha],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
     return folder
 
 
 def command(tree: str, source: str, out: str, workers: int, extra: str) -> list[str]:
     """``stembeam separate`` run from ``tree`` (exec keeps /usr/bin/time on the Python process)."""
-    args = ["--input", source, "--output", out, "--model", "spleeter:2stems", "--force",
-            "--direct_num_workers", str(workers), "--report", "none",
-            "--results", f"sqlite:///{out}/results.db", *shlex.split(extra)]
-    script = f"cd {shlex.quote(tree)} && exec {shlex.quote(sys.executable)} -m pipeline " \
-             f"separate {' '.join(shlex.quote(a) for a in args)}"
+    args = [
+        "--input",
+        source,
+        "--output",
+        out,
+        "--model",
+        "spleeter:2stems",
+        "--force",
+        "--direct_num_workers",
+        str(workers),
+        "--report",
+        "none",
+        "--results",
+        f"sqlite:///{out}/results.db",
+        *shlex.split(extra),
+    ]
+    script = (
+        f"cd {shlex.quote(tree)} && exec {shlex.quote(sys.executable)} -m stembeam.pipeline "
+        f"separate {' '.join(shlex.quote(a) for a in args)}"
+    )
     return ["bash", "-c", script]
 
 
@@ -52,30 +77,42 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--old-options", default="")
-    parser.add_argument("--new-options", nargs="*", default=[""],
-                        help="one configuration of the new revision per value")
+    parser.add_argument(
+        "--new-options",
+        nargs="*",
+        default=[""],
+        help="one configuration of the new revision per value",
+    )
     args = parser.parse_args()
     source, audio_s = catalog(args.seconds)
-    configs = [(f"old {args.old} {args.old_options}".strip(), checkout(args.old),
-                args.old_options)]
-    configs += [(f"new {args.new} {extra}".strip(), checkout(args.new), extra)
-                for extra in args.new_options]
+    configs = [(f"old {args.old} {args.old_options}".strip(), checkout(args.old), args.old_options)]
+    configs += [
+        (f"new {args.new} {extra}".strip(), checkout(args.new), extra) for extra in args.new_options
+    ]
     walls: dict[str, list[float]] = {name: [] for name, _, _ in configs}
     for round_ in range(args.runs):
         for name, tree, extra in configs:
             with tempfile.TemporaryDirectory(dir=BENCH) as out:
-                wall, rss = timed(command(tree, os.path.join(source, "*.ogg"), out,
-                                          args.workers, extra))
+                wall, rss = timed(
+                    command(tree, os.path.join(source, "*.ogg"), out, args.workers, extra)
+                )
             walls[name].append(wall)
-            print(f"round {round_ + 1} {name:40s} {wall:6.1f} s  {audio_s / wall:5.1f}x real time"
-                  f"  peak {rss:.2f} GB  load {os.getloadavg()[0]:.2f}", flush=True)
+            print(
+                f"round {round_ + 1} {name:40s} {wall:6.1f} s  {audio_s / wall:5.1f}x real time"
+                f"  peak {rss:.2f} GB  load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
     base = statistics.median(walls[configs[0][0]])
-    print(f"\n{audio_s:.0f} s of real music, spleeter:2stems, {args.workers} worker(s), "
-          f"medians of {args.runs} interleaved rounds (wall time including start-up):")
+    print(
+        f"\n{audio_s:.0f} s of real music, spleeter:2stems, {args.workers} worker(s), "
+        f"medians of {args.runs} interleaved rounds (wall time including start-up):"
+    )
     for name, _, _ in configs:
         median = statistics.median(walls[name])
-        print(f"  {name:40s} {median:6.1f} s  {audio_s / median:5.1f}x real time  "
-              f"{base / median:4.2f}x the old throughput")
+        print(
+            f"  {name:40s} {median:6.1f} s  {audio_s / median:5.1f}x real time  "
+            f"{base / median:4.2f}x the old throughput"
+        )
 
 
 if __name__ == "__main__":

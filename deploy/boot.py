@@ -18,6 +18,7 @@ Two modes, as in Beam's Go boot program (/opt/apache/beam/boot in the SDK images
 The image carries every package the job needs: a job that stages packages (--requirements_file,
 --extra_package, --setup_file) is refused here rather than half-installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def run_worker_pool(address: str, semi_persist_dir: str) -> None:
     # Workers run this file with this interpreter and find their semi-persistent folder.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     os.environ[SEMI_PERSIST_ENV] = os.path.abspath(semi_persist_dir)
-    pool = BeamFnExternalWorkerPoolServicer(use_process=True,
-                                            container_executable=os.path.abspath(__file__))
+    pool = BeamFnExternalWorkerPoolServicer(
+        use_process=True, container_executable=os.path.abspath(__file__)
+    )
     server = grpc.server(thread_pool_executor.shared_unbounded_instance())
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
     if not server.add_insecure_port(address):
@@ -67,13 +69,15 @@ def run_worker_pool(address: str, semi_persist_dir: str) -> None:
 def provision_info(endpoint: str, worker_id: str):
     """The job's ProvisionInfo from the runner's provision service at ``endpoint``."""
     import grpc
-    from apache_beam.portability.api import (beam_provision_api_pb2,
-                                             beam_provision_api_pb2_grpc)
+    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc
 
     with grpc.insecure_channel(endpoint) as channel:
         stub = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
-        response = stub.GetProvisionInfo(beam_provision_api_pb2.GetProvisionInfoRequest(),
-                                         metadata=[("worker_id", worker_id)], timeout=60)
+        response = stub.GetProvisionInfo(
+            beam_provision_api_pb2.GetProvisionInfoRequest(),
+            metadata=[("worker_id", worker_id)],
+            timeout=60,
+        )
     return response.info
 
 
@@ -94,14 +98,15 @@ def fetch_artifacts(endpoint: str, worker_id: str, dependencies, folder: str) ->
     Raises RuntimeError for packages (wheels, sdists, requirements): the image must have them.
     """
     import grpc
-    from apache_beam.portability.api import (beam_artifact_api_pb2,
-                                             beam_artifact_api_pb2_grpc)
+    from apache_beam.portability.api import beam_artifact_api_pb2, beam_artifact_api_pb2_grpc
 
     names = [staged_name(a) for a in dependencies]
     packages = [n for n in names if n.endswith(PACKAGE_SUFFIXES) or n in PACKAGE_NAMES]
     if packages:
-        raise RuntimeError(f"the job stages packages {packages}: install them in the worker "
-                           "image instead (deploy/Dockerfile)")
+        raise RuntimeError(
+            f"the job stages packages {packages}: install them in the worker "
+            "image instead (deploy/Dockerfile)"
+        )
     os.makedirs(folder, exist_ok=True)
     with grpc.insecure_channel(endpoint) as channel:
         stub = beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(channel)
@@ -120,19 +125,20 @@ def worker_environment(info, args: argparse.Namespace, folder: str) -> dict[str,
 
     def descriptor(given, url: str) -> str:
         return text_format.MessageToString(
-            given if given.url else endpoints_pb2.ApiServiceDescriptor(url=url))
+            given if given.url else endpoints_pb2.ApiServiceDescriptor(url=url)
+        )
 
     env = {
         "WORKER_ID": args.id,
         "PIPELINE_OPTIONS": json_format.MessageToJson(info.pipeline_options),
         "SEMI_PERSISTENT_DIRECTORY": folder,
-        "CONTROL_API_SERVICE_DESCRIPTOR": descriptor(info.control_endpoint,
-                                                     args.control_endpoint),
+        "CONTROL_API_SERVICE_DESCRIPTOR": descriptor(info.control_endpoint, args.control_endpoint),
         "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
     }
     if info.logging_endpoint.url or args.logging_endpoint:
-        env["LOGGING_API_SERVICE_DESCRIPTOR"] = descriptor(info.logging_endpoint,
-                                                           args.logging_endpoint)
+        env["LOGGING_API_SERVICE_DESCRIPTOR"] = descriptor(
+            info.logging_endpoint, args.logging_endpoint
+        )
     if info.status_endpoint.url:
         env["STATUS_API_SERVICE_DESCRIPTOR"] = text_format.MessageToString(info.status_endpoint)
     return env
@@ -144,29 +150,56 @@ def boot_worker(args: argparse.Namespace) -> None:
     started = time.time()
     info = provision_info(args.provision_endpoint, args.id)
     artifact_endpoint = info.artifact_endpoint.url or args.artifact_endpoint
-    staged = fetch_artifacts(artifact_endpoint, args.id, info.dependencies,
-                             os.path.join(folder, STAGED)) if info.dependencies else []
+    staged = (
+        fetch_artifacts(artifact_endpoint, args.id, info.dependencies, os.path.join(folder, STAGED))
+        if info.dependencies
+        else []
+    )
     env = worker_environment(info, args, folder)
     with open(os.path.join(folder, "worker.json"), "w") as record:
-        json.dump({"worker_id": args.id, "pid": os.getpid(), "ppid": os.getppid(),
-                   "staged": staged, "boot_s": time.time() - started,
-                   "options": json.loads(env["PIPELINE_OPTIONS"])}, record)
+        json.dump(
+            {
+                "worker_id": args.id,
+                "pid": os.getpid(),
+                "ppid": os.getppid(),
+                "staged": staged,
+                "boot_s": time.time() - started,
+                "options": json.loads(env["PIPELINE_OPTIONS"]),
+            },
+            record,
+        )
     os.dup2(2, 1)  # the pool never reads the worker's stdout pipe: keep it from filling
-    os.execve(sys.executable, [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"],
-              {**os.environ, **env})
+    os.execve(
+        sys.executable,
+        [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"],
+        {**os.environ, **env},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker_pool", action="store_true",
-                        help="serve a Beam worker pool instead of booting one worker")
-    parser.add_argument("--service_address", default="127.0.0.1:50000",
-                        help="worker pool address, HOST:PORT (default %(default)s)")
-    parser.add_argument("--semi_persist_dir",
-                        default=os.environ.get(SEMI_PERSIST_ENV, "/tmp/beam-workers"),
-                        help="per-worker folders for staged files (default %(default)s)")
-    for flag in ("id", "provision_endpoint", "control_endpoint", "logging_endpoint",
-                 "artifact_endpoint"):
+    parser.add_argument(
+        "--worker_pool",
+        action="store_true",
+        help="serve a Beam worker pool instead of booting one worker",
+    )
+    parser.add_argument(
+        "--service_address",
+        default="127.0.0.1:50000",
+        help="worker pool address, HOST:PORT (default %(default)s)",
+    )
+    parser.add_argument(
+        "--semi_persist_dir",
+        default=os.environ.get(SEMI_PERSIST_ENV, "/tmp/beam-workers"),
+        help="per-worker folders for staged files (default %(default)s)",
+    )
+    for flag in (
+        "id",
+        "provision_endpoint",
+        "control_endpoint",
+        "logging_endpoint",
+        "artifact_endpoint",
+    ):
         parser.add_argument(f"--{flag}", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s boot %(message)s")

@@ -12,6 +12,7 @@ of each stem is unused by Spleeter's graph and is skipped.
 A model folder holds ``model.keras`` (Keras 3) and ``model.json``: the ``ModelConfig`` fields plus
 ``format_version``, ``source`` and ``sha256`` (of the weights, see ``weights_sha256``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.config import ModelConfig
+from stembeam.model.config import ModelConfig
 
 # Keras and TensorFlow load inside the functions that use them: resolving a model folder (the
 # launcher's work) never imports them.
@@ -51,8 +52,9 @@ def _keras_name(base: str, index: int) -> str:
     return base if index == 0 else f"{base}_{index}"
 
 
-def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, ...]
-                          ) -> dict[str, list[str]]:
+def spleeter_variable_map(
+    stems: tuple[str, ...], instrument_order: tuple[str, ...]
+) -> dict[str, list[str]]:
     """Maps each weighted layer of ``build_unet`` to its checkpoint variables.
 
     Args:
@@ -62,7 +64,7 @@ def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, .
     Returns:
       layer name -> checkpoint variable names, in the order of the layer's ``weights``.
     """
-    from model.unet import DECODER_FILTERS, ENCODER_FILTERS
+    from stembeam.model.unet import DECODER_FILTERS, ENCODER_FILTERS
 
     if sorted(stems) != sorted(instrument_order):
         raise ValueError(f"checkpoint stems {instrument_order} differ from model stems {stems}")
@@ -70,6 +72,7 @@ def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, .
     bns_per_stem = len(ENCODER_FILTERS) + len(DECODER_FILTERS)
     mapping: dict[str, list[str]] = {}
     for k, stem in enumerate(instrument_order):
+
         def conv(n: int) -> list[str]:
             name = _keras_name("conv2d", convs_per_stem * k + n)
             return [f"{name}/kernel", f"{name}/bias"]
@@ -90,8 +93,9 @@ def spleeter_variable_map(stems: tuple[str, ...], instrument_order: tuple[str, .
     return mapping
 
 
-def import_spleeter_checkpoint(checkpoint: str, cfg: ModelConfig,
-                               instrument_order: tuple[str, ...] | None = None) -> keras.Model:
+def import_spleeter_checkpoint(
+    checkpoint: str, cfg: ModelConfig, instrument_order: tuple[str, ...] | None = None
+) -> keras.Model:
     """Builds ``build_unet(cfg)`` and loads a Spleeter TF1 checkpoint into it.
 
     Args:
@@ -104,7 +108,7 @@ def import_spleeter_checkpoint(checkpoint: str, cfg: ModelConfig,
     """
     import tensorflow as tf
 
-    from model.unet import build_unet
+    from stembeam.model.unet import build_unet
 
     reader = tf.train.load_checkpoint(checkpoint)
     shapes = reader.get_variable_to_shape_map()
@@ -115,11 +119,15 @@ def import_spleeter_checkpoint(checkpoint: str, cfg: ModelConfig,
         values = []
         for name, weight in zip(names, layer.weights):
             if name not in shapes:
-                raise ValueError(f"checkpoint {checkpoint} has no variable {name} "
-                                 f"(needed for layer {layer_name}); is it a {cfg.name} model?")
+                raise ValueError(
+                    f"checkpoint {checkpoint} has no variable {name} "
+                    f"(needed for layer {layer_name}); is it a {cfg.name} model?"
+                )
             if tuple(shapes[name]) != tuple(weight.shape):
-                raise ValueError(f"checkpoint variable {name} has shape {shapes[name]}, layer "
-                                 f"{layer_name} expects {tuple(weight.shape)}")
+                raise ValueError(
+                    f"checkpoint variable {name} has shape {shapes[name]}, layer "
+                    f"{layer_name} expects {tuple(weight.shape)}"
+                )
             values.append(reader.get_tensor(name))
         layer.set_weights(values)
     return model
@@ -148,8 +156,7 @@ def write_model_folder(model: keras.Model, cfg: ModelConfig, path: str, source: 
     os.makedirs(path, exist_ok=True)
     model.save(os.path.join(path, MODEL_FILE))
     sha256 = weights_sha256(model)
-    meta = {**cfg.to_dict(), "format_version": FORMAT_VERSION, "source": source,
-            "sha256": sha256}
+    meta = {**cfg.to_dict(), "format_version": FORMAT_VERSION, "source": source, "sha256": sha256}
     tmp = os.path.join(path, META_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
@@ -165,8 +172,10 @@ def read_model_meta(path: str) -> dict[str, Any]:
     with open(meta_path) as f:
         meta = json.load(f)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, this "
-                         f"version of stembeam reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{meta_path}: format_version {meta.get('format_version')!r}, this "
+            f"version of stembeam reads {FORMAT_VERSION}"
+        )
     return meta
 
 
@@ -191,16 +200,19 @@ def _read_archive_weights(model: keras.Model, archive: str) -> None:
     another structure gets other weights or raises; callers check ``weights_sha256``."""
     import h5py
 
-    with zipfile.ZipFile(archive) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")),
-                                                  "r") as h5:
+    with (
+        zipfile.ZipFile(archive) as z,
+        h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as h5,
+    ):
         for layer, name in zip(model.layers, _keras_archive_names(model), strict=True):
             if layer.weights:
                 group = h5["layers"][name]["vars"]
                 layer.set_weights([group[str(i)][()] for i in range(len(layer.weights))])
 
 
-def load_model_folder(path: str, precision: str = "float32"
-                      ) -> tuple[keras.Model, ModelConfig, dict[str, Any]]:
+def load_model_folder(
+    path: str, precision: str = "float32"
+) -> tuple[keras.Model, ModelConfig, dict[str, Any]]:
     """Loads a local model folder, building the model once.
 
     The model is built by this version's ``build_unet`` in ``precision`` and its weights read
@@ -220,7 +232,7 @@ def load_model_folder(path: str, precision: str = "float32"
     """
     import keras
 
-    from model.unet import build_unet
+    from stembeam.model.unet import build_unet
 
     meta = read_model_meta(path)
     cfg = ModelConfig.from_dict(meta)
@@ -235,6 +247,8 @@ def load_model_folder(path: str, precision: str = "float32"
         model.set_weights(saved.get_weights())
     sha256 = weights_sha256(model)
     if sha256 != meta["sha256"]:
-        raise ValueError(f"{path}: weights sha256 {sha256} differs from {meta['sha256']} "
-                         f"recorded in {META_FILE}; the folder is corrupt")
+        raise ValueError(
+            f"{path}: weights sha256 {sha256} differs from {meta['sha256']} "
+            f"recorded in {META_FILE}; the folder is corrupt"
+        )
     return model, cfg, meta

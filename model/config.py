@@ -4,6 +4,7 @@ A ``ModelConfig`` carries everything the signal path needs to turn audio into mo
 model output back into stems: sample rate, STFT framing, segment length ``T`` (frames), number of
 frequency bins fed to the U-Net ``F``, the stems in output order, and the U-Net's activations.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -24,6 +24,7 @@ A window where any reference or any estimate is silent (the sum over channels is
 sample) gets NaN for all sources and metrics, like museval. ``median_metrics`` ignores NaN and
 infinite windows as museval's JSON and its frame aggregation do.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,12 +81,13 @@ def evaluate(
     responses = np.concatenate([c_all, c_own], axis=1)
     responses = scipy.fft.rfft(responses, n=n_fft, axis=0)
     for first in range(0, len(starts), _WINDOWS_PER_CHUNK):
-        chunk = starts[first:first + _WINDOWS_PER_CHUNK]
+        chunk = starts[first : first + _WINDOWS_PER_CHUNK]
         ratios = _window_ratios(refs, ests, chunk, window, n_fft, responses, n_src, n_chan)
         for name, values in zip(METRICS, ratios):
-            result[name][:, first:first + len(chunk)] = values
-    silent = (_silent_windows(references, starts, window)
-              | _silent_windows(estimates, starts, window))
+            result[name][:, first : first + len(chunk)] = values
+    silent = _silent_windows(references, starts, window) | _silent_windows(
+        estimates, starts, window
+    )
     for values in result.values():
         values[:, silent] = np.nan
     return result
@@ -191,7 +193,7 @@ def _padded_slice(signals: np.ndarray, start: int, stop: int) -> np.ndarray:
     out = np.zeros((signals.shape[0], stop - start))
     lo, hi = max(start, 0), min(stop, signals.shape[1])
     if hi > lo:
-        out[:, lo - start:hi - start] = signals[:, lo:hi]
+        out[:, lo - start : hi - start] = signals[:, lo:hi]
     return out
 
 
@@ -215,13 +217,14 @@ def _lagged_correlations(x: np.ndarray, y: Sequence[np.ndarray], max_lag: int) -
     for b0 in range(0, n_blocks, _BLOCKS_PER_CHUNK):
         nb = min(_BLOCKS_PER_CHUNK, n_blocks - b0)
         xs = _padded_slice(x, b0 * block, (b0 + nb) * block).reshape(x.shape[0], nb, block)
-        ys = np.concatenate([_padded_slice(a, b0 * block - max_lag, (b0 + nb) * block + max_lag)
-                             for a in y])
+        ys = np.concatenate(
+            [_padded_slice(a, b0 * block - max_lag, (b0 + nb) * block + max_lag) for a in y]
+        )
         ys = np.lib.stride_tricks.sliding_window_view(ys, block + 2 * max_lag, axis=1)[:, ::block]
         xf = scipy.fft.rfft(xs, n=n_fft, axis=2)  # (P, nb, bins)
         yf = scipy.fft.rfft(ys, n=n_fft, axis=2)  # (Q, nb, bins)
         spectra += np.matmul(xf.transpose(2, 0, 1).conj(), yf.transpose(2, 1, 0))
-    corr = scipy.fft.irfft(spectra, n=n_fft, axis=0)[:2 * max_lag + 1]
+    corr = scipy.fft.irfft(spectra, n=n_fft, axis=0)[: 2 * max_lag + 1]
     return np.ascontiguousarray(corr.transpose(1, 2, 0))
 
 
@@ -252,17 +255,17 @@ def _solve_block_toeplitz(r: np.ndarray, y: np.ndarray) -> np.ndarray:
         x[0] = np.linalg.solve(err_f, y[0])
         for n in range(n_lags - 1):
             cols = slice((n_lags - 2 - n) * n_sig, (n_lags - 1) * n_sig)
-            delta = descending[:, cols] @ forward[:n + 1].reshape(-1, n_sig)
-            theta = descending[:, cols] @ x[:n + 1].reshape(-1, n_rhs)
-            nabla = ascending[:, cols] @ backward[:n + 1].reshape(-1, n_sig)
+            delta = descending[:, cols] @ forward[: n + 1].reshape(-1, n_sig)
+            theta = descending[:, cols] @ x[: n + 1].reshape(-1, n_rhs)
+            nabla = ascending[:, cols] @ backward[: n + 1].reshape(-1, n_sig)
             k_f = np.linalg.solve(err_b, delta)
             k_b = np.linalg.solve(err_f, nabla)
             step_f = backward[n::-1] @ k_f
-            backward[1:n + 2] -= forward[n::-1] @ k_b
-            forward[1:n + 2] -= step_f
+            backward[1 : n + 2] -= forward[n::-1] @ k_b
+            forward[1 : n + 2] -= step_f
             err_f = err_f - nabla @ k_f
             err_b = err_b - delta @ k_b
-            x[:n + 2] += backward[n + 1::-1] @ np.linalg.solve(err_b, y[n + 1] - theta)
+            x[: n + 2] += backward[n + 1 :: -1] @ np.linalg.solve(err_b, y[n + 1] - theta)
     except np.linalg.LinAlgError:
         lag = np.arange(n_lags)
         dense = r[lag[:, None] - lag[None, :] + n_lags - 1].transpose(0, 2, 1, 3)
@@ -294,7 +297,7 @@ def _distortion_filters(
     n_chan = n_sig // n_src
     blocks = corr_refs.transpose(2, 0, 1).copy()  # (2L-1, P, P): R(k)
     blocks[filters_len - 1] += np.finfo(float).eps * np.eye(n_sig)
-    rhs = corr_ests[:, :, filters_len - 1:].transpose(2, 0, 1)  # (L, P, Q)
+    rhs = corr_ests[:, :, filters_len - 1 :].transpose(2, 0, 1)  # (L, P, Q)
     c_all = _solve_block_toeplitz(blocks, rhs).transpose(0, 2, 1)
     c_own = np.zeros_like(c_all)
     for j in range(n_src):
@@ -370,27 +373,40 @@ def _db(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def _silent_windows(sources: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
     """(len(starts),) bool: some source's channel sum is zero over the whole window."""
     nonzero = sources.sum(axis=2) != 0  # (S, N)
-    return np.array([not nonzero[:, s:s + window].any(axis=1).all() for s in starts], dtype=bool)
+    return np.array([not nonzero[:, s : s + window].any(axis=1).all() for s in starts], dtype=bool)
 
 
 # --- global SDR (training validation; the MDX challenge's figure, not BSSEval) -----------
+
 
 def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Global SDR in dB, ``10 log10(sum s^2 / sum (s - s_hat)^2)`` over all samples and channels
     (the MDX challenge's SDR; no BSSEval filter allowance)."""
     reference = reference.astype(np.float64)
     error = np.sum((reference - estimate) ** 2)
-    return float(10.0 * np.log10(np.sum(reference ** 2) / max(error, 1e-20)))
+    return float(10.0 * np.log10(np.sum(reference**2) / max(error, 1e-20)))
 
 
-def median_global_sdr(per_track: Sequence[dict[str, float]], stems: Sequence[str]) -> dict[str, float]:
-    """Median over tracks of each stem's global SDR, ignoring tracks where that stem is silent (NaN)."""
-    return {s: float(np.nanmedian([t[s] for t in per_track]))
-            if any(np.isfinite(t[s]) for t in per_track) else float("nan") for s in stems}
+def median_global_sdr(
+    per_track: Sequence[dict[str, float]], stems: Sequence[str]
+) -> dict[str, float]:
+    """Median over tracks of each stem's global SDR, ignoring tracks where that stem is silent
+    (NaN)."""
+    return {
+        s: float(np.nanmedian([t[s] for t in per_track]))
+        if any(np.isfinite(t[s]) for t in per_track)
+        else float("nan")
+        for s in stems
+    }
 
 
-def stem_global_sdrs(references: np.ndarray, estimates: np.ndarray, stems: Sequence[str]
-              ) -> dict[str, float]:
+def stem_global_sdrs(
+    references: np.ndarray, estimates: np.ndarray, stems: Sequence[str]
+) -> dict[str, float]:
     """Global SDR per stem of (N, C, S) estimates; NaN where the reference is silent."""
-    return {stem: global_sdr(references[..., s], estimates[..., s])
-            if np.any(references[..., s]) else float("nan") for s, stem in enumerate(stems)}
+    return {
+        stem: global_sdr(references[..., s], estimates[..., s])
+        if np.any(references[..., s])
+        else float("nan")
+        for s, stem in enumerate(stems)
+    }

@@ -3,6 +3,7 @@
 Shapes: ``n`` frames, ``F`` bins seen by the U-Net, ``bins = frame_length // 2 + 1`` bins of the
 full spectrum, ``C`` channels, ``S`` stems (last axis). Magnitudes are float32, spectra complex64.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,9 @@ def ratio_masks(estimates: np.ndarray, exponent: float = 2.0, eps: float = EPSIL
     estimates = np.asarray(estimates, dtype=np.float32)
     powered = estimates**exponent
     n_stems = estimates.shape[-1]
-    return (powered + np.float32(eps / n_stems)) / (powered.sum(axis=-1, keepdims=True) + np.float32(eps))
+    return (powered + np.float32(eps / n_stems)) / (
+        powered.sum(axis=-1, keepdims=True) + np.float32(eps)
+    )
 
 
 def extend_masks(masks: np.ndarray, n_bins: int, mode: str = "zeros") -> np.ndarray:
@@ -32,7 +35,8 @@ def extend_masks(masks: np.ndarray, n_bins: int, mode: str = "zeros") -> np.ndar
 
     Args:
       masks: (n, F, C, S).
-      mode: ``'zeros'`` (bins above F are silenced) or ``'average'`` (each frame's mean mask over F).
+      mode: ``'zeros'`` (bins above F are silenced) or ``'average'`` (each frame's mean mask
+        over F).
     Returns:
       (n, n_bins, C, S), same dtype.
     """
@@ -49,8 +53,13 @@ def extend_masks(masks: np.ndarray, n_bins: int, mode: str = "zeros") -> np.ndar
     return np.concatenate([masks, fill], axis=1)
 
 
-def stem_masks(estimates: np.ndarray, extension: str = "zeros", residual: str = "none",
-               exponent: float = 2.0, eps: float = EPSILON) -> tuple[np.ndarray, np.ndarray]:
+def stem_masks(
+    estimates: np.ndarray,
+    extension: str = "zeros",
+    residual: str = "none",
+    exponent: float = 2.0,
+    eps: float = EPSILON,
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`ratio_masks` with the residual folded in, bins last, in two parts: per bin below F,
     per frame above.
 
@@ -135,7 +144,9 @@ def wiener_filter(
         powers = extend_masks(estimates, n_bins, "zeros")
     else:
         masks = extend_masks(ratio_masks(estimates), n_bins, mask_extension)
-        powers = np.concatenate([estimates, (masks * np.abs(mix_stft)[..., None])[:, estimates.shape[1] :]], axis=1)
+        powers = np.concatenate(
+            [estimates, (masks * np.abs(mix_stft)[..., None])[:, estimates.shape[1] :]], axis=1
+        )
     # a copy: norbert scales the mixture it is given in place
     stems = norbert.wiener(powers, mix_stft.astype(np.complex64, copy=True), iterations=iterations)
     return stems.astype(np.complex64, copy=False)

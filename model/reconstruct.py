@@ -4,15 +4,16 @@ A segment's life: samples (``segment_sample_range``) -> ``segment_spectrogram`` 
 estimates -> ``reconstruct_segment`` -> overlap-added stem samples, stitched by
 ``StreamingOverlapAdd``. ``separate_waveform`` runs the whole chain on an in-memory track.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from model import masks as mask_ops
-from model.config import ModelConfig
-from model.segmentation import (
+from stembeam.model import masks as mask_ops
+from stembeam.model.config import ModelConfig
+from stembeam.model.segmentation import (
     SEGMENT_QUANTUM,
     SegmentPlan,
     StreamingOverlapAdd,
@@ -20,7 +21,7 @@ from model.segmentation import (
     plan_segments,
     segment_sample_range,
 )
-from model.spectral import frame_count, overlap_add_gain, overlap_add_last, stft_frames
+from stembeam.model.spectral import frame_count, overlap_add_gain, overlap_add_last, stft_frames
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -37,8 +38,10 @@ def segment_spectrogram(samples: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarr
     mix_stft = stft_frames(samples, cfg.frame_length, cfg.frame_step)
     n = mix_stft.shape[0]
     if n != cfg.T and (n > cfg.T or n % SEGMENT_QUANTUM):
-        raise ValueError(f"segment has {n} frames, the model takes T={cfg.T} or a multiple of "
-                         f"{SEGMENT_QUANTUM} below it")
+        raise ValueError(
+            f"segment has {n} frames, the model takes T={cfg.T} or a multiple of "
+            f"{SEGMENT_QUANTUM} below it"
+        )
     return mix_stft, np.abs(mix_stft[:, : cfg.F])  # (T, F, C): strided like mix_stft
 
 
@@ -82,8 +85,9 @@ def reconstruct_segment(
         if residual == "last":
             stems = mask_ops.add_residual(stems, mix_stft[lo:hi])
         elif residual == "share":
-            weights = mask_ops.extend_masks(mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins,
-                                            "average")
+            weights = mask_ops.extend_masks(
+                mask_ops.ratio_masks(estimates[lo:hi]), cfg.n_bins, "average"
+            )
             stems = mask_ops.share_residual(stems, mix_stft[lo:hi], weights)
         elif residual != "none":
             raise ValueError(f"residual must be one of {mask_ops.RESIDUAL_MODES}, got {residual!r}")
@@ -91,7 +95,9 @@ def reconstruct_segment(
         if samples is not None and residual != "none":
             spectra = spectra[:, :, :-1]
     else:
-        raise ValueError(f"postprocess must be one of {mask_ops.POSTPROCESS_MODES}, got {postprocess!r}")
+        raise ValueError(
+            f"postprocess must be one of {mask_ops.POSTPROCESS_MODES}, got {postprocess!r}"
+        )
     start, _ = ola_sample_range(plan.keep_start, plan.keep_stop, cfg.frame_length, cfg.frame_step)
     blocks = overlap_add_last(spectra, cfg.frame_length, cfg.frame_step)  # (N, C, S or S - 1)
     if blocks.shape[-1] == len(cfg.stems):
@@ -146,15 +152,26 @@ def separate_waveform(
     pieces = []
     segments = list(iter_segments(num_samples, cfg, segmentation, context))
     # batches of up to batch_size segments of one length (only a short last segment differs)
-    edges = [i for i in range(len(segments) + 1) if i % batch_size == 0 or i == len(segments) or
-             segments[i][0].length(cfg.T) != segments[i - 1][0].length(cfg.T)]
+    edges = [
+        i
+        for i in range(len(segments) + 1)
+        if i % batch_size == 0
+        or i == len(segments)
+        or segments[i][0].length(cfg.T) != segments[i - 1][0].length(cfg.T)
+    ]
     for first, stop in zip(edges, edges[1:]):
         batch = segments[first:stop]
         samples = [slice_with_silence(waveform, *span) for _, span in batch]
         spectra = [segment_spectrogram(waves, cfg) for waves in samples]
-        estimates = np.asarray(predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32)
+        estimates = np.asarray(
+            predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32
+        )
         for (plan, _), waves, (mix_stft, _), estimate in zip(batch, samples, spectra, estimates):
             block = reconstruct_segment(mix_stft, estimate, plan, cfg, postprocess, residual, waves)
             pieces.append(stitcher.push(*block))
     pieces.append(stitcher.finish())
-    return np.concatenate([p for p in pieces if p.size], axis=0) if num_samples else np.zeros((0,) + waveform.shape[1:] + (len(cfg.stems),), np.float32)
+    return (
+        np.concatenate([p for p in pieces if p.size], axis=0)
+        if num_samples
+        else np.zeros((0,) + waveform.shape[1:] + (len(cfg.stems),), np.float32)
+    )

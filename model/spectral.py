@@ -5,6 +5,7 @@ complex64 with ``bins = frame_length // 2 + 1``. Frame ``k`` of a track covers t
 ``[k * frame_step - frame_length, k * frame_step)`` (Spleeter prepends ``frame_length`` zeros), so
 frames can be computed from any slice of the track (streaming) and give the same numbers.
 """
+
 from __future__ import annotations
 
 import functools
@@ -12,12 +13,13 @@ import functools
 import numpy as np
 import scipy.fft
 
-from model.config import FRAME_LENGTH, FRAME_STEP
+from stembeam.model.config import FRAME_LENGTH, FRAME_STEP
 
 
 @functools.lru_cache(maxsize=8)
 def hann_window(frame_length: int) -> np.ndarray:
-    """Periodic Hann window, (frame_length,) float32 (TensorFlow's ``hann_window(periodic=True)``)."""
+    """Periodic Hann window, (frame_length,) float32 (TensorFlow's
+    ``hann_window(periodic=True)``)."""
     n = np.arange(frame_length, dtype=np.float64)
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / frame_length)
     window = window.astype(np.float32)
@@ -31,12 +33,16 @@ def window_compensation(frame_length: int, frame_step: int) -> float:
     return frame_step / float(np.sum(window**2))
 
 
-def frame_count(num_samples: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> int:
+def frame_count(
+    num_samples: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> int:
     """Number of STFT frames Spleeter computes for a track of ``num_samples`` samples."""
     return -(-(num_samples + frame_length) // frame_step)
 
 
-def stft_frames(samples: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+def stft_frames(
+    samples: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> np.ndarray:
     """STFT with 'valid' framing: every frame lies inside ``samples``.
 
     Args:
@@ -57,8 +63,9 @@ def stft_frames(samples: np.ndarray, frame_length: int = FRAME_LENGTH, frame_ste
     return spec.transpose(0, 2, 1)
 
 
-def overlap_add_last(spec: np.ndarray, frame_length: int = FRAME_LENGTH,
-                     frame_step: int = FRAME_STEP) -> np.ndarray:
+def overlap_add_last(
+    spec: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> np.ndarray:
     """Inverse of :func:`stft_frames` for spectra with bins on the last axis.
 
     Args:
@@ -94,8 +101,9 @@ def _overlap_add_frames(frames: np.ndarray, frame_step: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def overlap_add_gain(n: int, frame_length: int = FRAME_LENGTH,
-                     frame_step: int = FRAME_STEP) -> np.ndarray:
+def overlap_add_gain(
+    n: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> np.ndarray:
     """What :func:`overlap_add_last` of the STFT of a signal multiplies it by: the compensated
     squared window overlap-added over ``n`` frames, ((n - 1) * frame_step + frame_length,)
     float32 (1 where ``hops`` frames overlap, less at both edges)."""
@@ -107,18 +115,24 @@ def overlap_add_gain(n: int, frame_length: int = FRAME_LENGTH,
     return gain
 
 
-def overlap_add(spec: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
-    """Inverse of :func:`stft_frames`: inverse rFFT, Hann synthesis window, overlap-add, compensation.
+def overlap_add(
+    spec: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> np.ndarray:
+    """Inverse of :func:`stft_frames`: inverse rFFT, Hann synthesis window, overlap-add,
+    compensation.
 
     Args:
-      spec: (n, frame_length // 2 + 1, C, ...) complex; trailing axes (e.g. stems) are carried along.
+      spec: (n, frame_length // 2 + 1, C, ...) complex; trailing axes (e.g. stems) are carried
+        along.
     Returns:
       ((n - 1) * frame_step + frame_length, C, ...) float32.
     """
     return overlap_add_last(np.moveaxis(spec, 1, -1), frame_length, frame_step)
 
 
-def stft(waveform: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+def stft(
+    waveform: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP
+) -> np.ndarray:
     """Spleeter's STFT of a whole track.
 
     Args:
@@ -133,7 +147,12 @@ def stft(waveform: np.ndarray, frame_length: int = FRAME_LENGTH, frame_step: int
     return stft_frames(padded, frame_length, frame_step)
 
 
-def istft(spec: np.ndarray, num_samples: int, frame_length: int = FRAME_LENGTH, frame_step: int = FRAME_STEP) -> np.ndarray:
+def istft(
+    spec: np.ndarray,
+    num_samples: int,
+    frame_length: int = FRAME_LENGTH,
+    frame_step: int = FRAME_STEP,
+) -> np.ndarray:
     """Inverse of :func:`stft`: (n, bins, C, ...) complex -> (num_samples, C, ...) float32."""
     out = overlap_add(spec, frame_length, frame_step)
     return out[frame_length : frame_length + num_samples]

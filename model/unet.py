@@ -25,6 +25,7 @@ Masks are per-stem sigmoids, or (``cfg.softmax``, 5stems) a softmax across the s
 Layer names are ``<stem>_enc<i>_conv``, ``<stem>_enc<i>_bn``, ``<stem>_dec<i>_deconv``,
 ``<stem>_dec<i>_bn`` and ``<stem>_mask`` so that checkpoint import is a name mapping.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -34,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from model.config import ModelConfig
+from stembeam.model.config import ModelConfig
 
 ENCODER_FILTERS = (16, 32, 64, 128, 256, 512)
 DECODER_FILTERS = (256, 128, 64, 32, 16, 1)
@@ -67,7 +68,7 @@ def _dilated_taps(padded: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     out = 0.0
     for a in range(4):
         for b in range(4):
-            out += padded[:, 2 * a:2 * a + t, 2 * b:2 * b + f, :] * kernel[a, b, 0]
+            out += padded[:, 2 * a : 2 * a + t, 2 * b : 2 * b + f, :] * kernel[a, b, 0]
     return out
 
 
@@ -78,10 +79,17 @@ class DilatedMaskConv(layers.Conv2D):
     (B, T, F, 1) -> (B, T, F, C_out)."""
 
     def build(self, input_shape):
-        if tuple(self.kernel_size) != (4, 4) or tuple(self.dilation_rate) != (2, 2) \
-                or self.padding != "same" or tuple(self.strides) != (1, 1) or input_shape[-1] != 1:
-            raise ValueError("DilatedMaskConv supports only 4x4, dilation 2, stride 1, 'same' "
-                             f"on one input channel, got input shape {input_shape}")
+        if (
+            tuple(self.kernel_size) != (4, 4)
+            or tuple(self.dilation_rate) != (2, 2)
+            or self.padding != "same"
+            or tuple(self.strides) != (1, 1)
+            or input_shape[-1] != 1
+        ):
+            raise ValueError(
+                "DilatedMaskConv supports only 4x4, dilation 2, stride 1, 'same' "
+                f"on one input channel, got input shape {input_shape}"
+            )
         super().build(input_shape)
 
     def call(self, inputs):
@@ -129,16 +137,18 @@ def _activation(kind: str, name: str, dtype) -> layers.Layer:
     raise ValueError(f"unknown activation {kind!r}; expected 'leaky_relu', 'relu' or 'elu'")
 
 
-def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype: Callable[[str], keras.DTypePolicy]
-                 ) -> keras.KerasTensor:
+def _stem_logits(
+    mix, stem: str, cfg: ModelConfig, dtype: Callable[[str], keras.DTypePolicy]
+) -> keras.KerasTensor:
     """One stem's U-Net on ``mix`` (B, T, F, C); returns its mask logits (B, T, F, C).
     ``dtype(name)`` is the dtype policy of the layer called ``name``."""
     raw_convs = []
     x = mix
     for i, filters in enumerate(ENCODER_FILTERS, start=1):
         name = f"{stem}_enc{i}_conv"
-        conv = layers.Conv2D(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
-                             name=name, dtype=dtype(name))(x)
+        conv = layers.Conv2D(
+            filters, KERNEL_SIZE, strides=STRIDES, padding="same", name=name, dtype=dtype(name)
+        )(x)
         raw_convs.append(conv)
         if i < len(ENCODER_FILTERS):
             name = f"{stem}_enc{i}_bn"
@@ -148,8 +158,9 @@ def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype: Callable[[str], keras.
     x = raw_convs[-1]
     for i, filters in enumerate(DECODER_FILTERS, start=1):
         name = f"{stem}_dec{i}_deconv"
-        x = layers.Conv2DTranspose(filters, KERNEL_SIZE, strides=STRIDES, padding="same",
-                                   name=name, dtype=dtype(name))(x)
+        x = layers.Conv2DTranspose(
+            filters, KERNEL_SIZE, strides=STRIDES, padding="same", name=name, dtype=dtype(name)
+        )(x)
         name = f"{stem}_dec{i}_act"
         x = _activation(cfg.decoder_activation, name, dtype(name))(x)
         name = f"{stem}_dec{i}_bn"
@@ -162,12 +173,14 @@ def _stem_logits(mix, stem: str, cfg: ModelConfig, dtype: Callable[[str], keras.
             name = f"{stem}_dec{i}_skip"
             x = layers.Concatenate(axis=-1, name=name, dtype=dtype(name))([skip, x])
     name = f"{stem}_mask"
-    return DilatedMaskConv(cfg.channels, (4, 4), dilation_rate=(2, 2), padding="same",
-                           name=name, dtype=dtype(name))(x)
+    return DilatedMaskConv(
+        cfg.channels, (4, 4), dilation_rate=(2, 2), padding="same", name=name, dtype=dtype(name)
+    )(x)
 
 
-def build_unet(cfg: ModelConfig, precision: str = "float32",
-               thin_layers_float32: bool = True) -> keras.Model:
+def build_unet(
+    cfg: ModelConfig, precision: str = "float32", thin_layers_float32: bool = True
+) -> keras.Model:
     """Builds the multi-stem U-Net for ``cfg``.
 
     Args:
@@ -222,8 +235,9 @@ def resolve_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> str:
     elsewhere.
     """
     if precision not in PRECISION_CHOICES:
-        raise ValueError(f"unknown precision {precision!r}; expected one of "
-                         f"{', '.join(PRECISION_CHOICES)}")
+        raise ValueError(
+            f"unknown precision {precision!r}; expected one of {', '.join(PRECISION_CHOICES)}"
+        )
     if precision != "auto":
         return precision
     if BF16_SDR_COST_DB > BF16_MAX_SDR_COST_DB:
@@ -248,9 +262,10 @@ def batch_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
         frames = batch.shape[1]
         if frames not in forwards:  # model.call: the layers take any multiple of 64 frames
             run = model if frames == t else model.call
-            forwards[frames] = tf.function(lambda x: run(x, training=False),
-                                           input_signature=[tf.TensorSpec((None, frames, f, c),
-                                                                          tf.float32)])
+            forwards[frames] = tf.function(
+                lambda x: run(x, training=False),
+                input_signature=[tf.TensorSpec((None, frames, f, c), tf.float32)],
+            )
         return forwards[frames](batch).numpy()
 
     return predict

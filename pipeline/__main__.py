@@ -1,6 +1,7 @@
-"""``python -m pipeline ...`` is ``stembeam ...``."""
+"""``python -m stembeam.pipeline ...`` is ``stembeam ...``."""
+
 import sys
 
-from pipeline.cli import main
+from stembeam.pipeline.cli import main
 
 sys.exit(main())

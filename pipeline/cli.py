@@ -1,6 +1,7 @@
 """The ``stembeam`` command line: ``separate``, ``demo``, ``report``, ``train``, ``make-dataset``.
 
-``python -m pipeline ...`` is the same command. Exit statuses (see EXIT_*): 0 every track ok or
+``python -m stembeam.pipeline ...`` is the same command. Exit statuses (see EXIT_*): 0 every
+track ok or
 skipped; 3 some tracks failed (the others are written); 2 the command cannot start (unparseable
 arguments, unknown option or command, missing or empty catalog, unreadable results database);
 1 the run itself broke (a traceback follows).
@@ -8,6 +9,7 @@ arguments, unknown option or command, missing or empty catalog, unreadable resul
 Beam and TensorFlow take seconds to import, so this module imports them only inside commands,
 after the first line is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +19,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_TRACKS_FAILED = 0, 1, 2, 3
 VERBOSE, QUIET = ("-v", "--verbose"), ("-q", "--quiet")
@@ -32,8 +34,9 @@ def version() -> str:
     try:
         return metadata.version("stembeam")
     except metadata.PackageNotFoundError:
-        setup = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "setup.py")
+        setup = os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py"
+        )
         with open(setup, encoding="utf-8") as f:
             match = re.search(r"""version=["']([^"']+)""", f.read())
         return match.group(1) if match else "unknown"
@@ -41,10 +44,12 @@ def version() -> str:
 
 def _verbosity_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument(*VERBOSE, action="store_true",
-                       help="also show Beam, TensorFlow and gRPC logging")
-    group.add_argument(*QUIET, action="store_true",
-                       help="only warnings, errors and the final summary")
+    group.add_argument(
+        *VERBOSE, action="store_true", help="also show Beam, TensorFlow and gRPC logging"
+    )
+    group.add_argument(
+        *QUIET, action="store_true", help="only warnings, errors and the final summary"
+    )
 
 
 def _take_verbosity(argv: list[str]) -> tuple[int, list[str]]:
@@ -62,18 +67,23 @@ def _usage_error(message: str, prog: str = "stembeam") -> int:
 
 def separate_parser() -> argparse.ArgumentParser:
     """``stembeam separate``'s help: its own options; Beam's are accepted too."""
-    from pipeline.options import SeparateOptions
+    from stembeam.pipeline.options import SeparateOptions
 
     parser = argparse.ArgumentParser(
         prog="stembeam separate",
         usage="stembeam separate [INPUT ...] [--input SRC ...] --output OUT [options]",
         description="Separate a music catalog into stems and record one results row per track. "
-                    "Any Beam pipeline option is accepted too (default runner: the local "
-                    "FnApiRunner on all cores); other options are refused.",
+        "Any Beam pipeline option is accepted too (default runner: the local "
+        "FnApiRunner on all cores); other options are refused.",
         epilog="exit status: 0 every track ok or skipped, 3 some tracks failed (the others are "
-               "written), 2 bad arguments or an empty or missing catalog, 1 the run broke.")
-    parser.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="audio files, globs, manifests or folders (same as --input)")
+        "written), 2 bad arguments or an empty or missing catalog, 1 the run broke.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="audio files, globs, manifests or folders (same as --input)",
+    )
     SeparateOptions._add_argparse_args(parser)
     _verbosity_arguments(parser)
     return parser
@@ -85,13 +95,13 @@ def separate(argv: list[str], verbosity: int = 0) -> int:
     if "-h" in argv or "--help" in argv:
         separate_parser().print_help()
         return EXIT_OK
-    from pipeline.console import RunProgress, filter_native_stderr, setup_logging
+    from stembeam.pipeline.console import RunProgress, filter_native_stderr, setup_logging
 
     started = time.time()
     handler = setup_logging(verbosity)
     log.info("stembeam %s: reading options and the catalog", version())
-    from pipeline.options import parse_options, results_url, sources
-    from transforms.catalog import check_source, list_catalog
+    from stembeam.pipeline.options import parse_options, results_url, sources
+    from stembeam.transforms.catalog import check_source, list_catalog
 
     try:
         options = parse_options(argv)
@@ -100,14 +110,16 @@ def separate(argv: list[str], verbosity: int = 0) -> int:
     except ValueError as e:
         return _usage_error(str(e), "stembeam separate")
     if total == 0:
-        return _usage_error(f"the catalog {', '.join(sources(options))} is empty "
-                            "(no file matches)", "stembeam separate")
+        return _usage_error(
+            f"the catalog {', '.join(sources(options))} is empty (no file matches)",
+            "stembeam separate",
+        )
     log.info("catalog: %d tracks; loading Beam and TensorFlow", total)
-    from pipeline.separate import new_run_id, run
-    from pipeline.validate import redact_url
-    from transforms.decode import limit_heap_fragmentation
-    from transforms.output_state import RunConflict
-    from transforms.results import BIGQUERY_PREFIX
+    from stembeam.pipeline.separate import new_run_id, run
+    from stembeam.pipeline.validate import redact_url
+    from stembeam.transforms.decode import limit_heap_fragmentation
+    from stembeam.transforms.output_state import RunConflict
+    from stembeam.transforms.results import BIGQUERY_PREFIX
 
     run_id = options.run_id or new_run_id()
     results = results_url(options)
@@ -115,25 +127,40 @@ def separate(argv: list[str], verbosity: int = 0) -> int:
     if not results.startswith(BIGQUERY_PREFIX):
         if verbosity <= 0:  # the poller prints the track lines
             logging.getLogger("stembeam.tracks").setLevel(logging.ERROR)
-        progress = RunProgress(results, run_id, total, started, handler,
-                               live=verbosity >= 0 and handler.stream.isatty()).start()
+        progress = RunProgress(
+            results,
+            run_id,
+            total,
+            started,
+            handler,
+            live=verbosity >= 0 and handler.stream.isatty(),
+        ).start()
     limit_heap_fragmentation()
     quiet = filter_native_stderr(handler) if verbosity <= 0 else contextlib.nullcontext()
     try:
         with quiet:
-            out = run(argv + [f"--run_id={run_id}"],
-                      on_finished=progress.stop if progress is not None else None)
+            out = run(
+                argv + [f"--run_id={run_id}"],
+                on_finished=progress.stop if progress is not None else None,
+            )
     except (ValueError, RunConflict) as e:  # bad options or inputs, another run on OUT
         return _usage_error(str(e), "stembeam separate")
     finally:
         if progress is not None:
             progress.stop()
     summary = logging.getLogger("stembeam.summary")
-    summary.info("results: %s%s", redact_url(out["results"]),
-                 f"; report: {out['report']}" if out.get("report") else "")
+    summary.info(
+        "results: %s%s",
+        redact_url(out["results"]),
+        f"; report: {out['report']}" if out.get("report") else "",
+    )
     if out["summary"]["tracks_failed"]:
-        summary.warning("%d of %d tracks failed (exit status %d)",
-                        out["summary"]["tracks_failed"], total, EXIT_TRACKS_FAILED)
+        summary.warning(
+            "%d of %d tracks failed (exit status %d)",
+            out["summary"]["tracks_failed"],
+            total,
+            EXIT_TRACKS_FAILED,
+        )
         return EXIT_TRACKS_FAILED
     return EXIT_OK
 
@@ -143,18 +170,23 @@ def demo(argv: list[str], verbosity: int = 0) -> int:
     parser = argparse.ArgumentParser(
         prog="stembeam demo",
         description="Separate the embedded demo catalog with the pretrained Spleeter 2stems "
-                    "model. Other arguments go to `stembeam separate`.")
-    parser.add_argument("--output", default="stembeam-demo",
-                        help="output folder (default %(default)s)")
-    parser.add_argument("--catalog", default=None, help="where the demo catalog is written "
-                                                        "(default ~/.cache/stembeam/demo-catalog)")
+        "model. Other arguments go to `stembeam separate`.",
+    )
+    parser.add_argument(
+        "--output", default="stembeam-demo", help="output folder (default %(default)s)"
+    )
+    parser.add_argument(
+        "--catalog",
+        default=None,
+        help="where the demo catalog is written (default ~/.cache/stembeam/demo-catalog)",
+    )
     _verbosity_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    from pipeline.console import filter_native_stderr, setup_logging
+    from stembeam.pipeline.console import filter_native_stderr, setup_logging
 
     handler = setup_logging(verbosity)
     log.info("stembeam %s: preparing the demo catalog", version())
-    from pipeline.demo import build_demo_catalog, default_catalog_dir
+    from stembeam.pipeline.demo import build_demo_catalog, default_catalog_dir
 
     with filter_native_stderr(handler) if verbosity <= 0 else contextlib.nullcontext():
         manifest = build_demo_catalog(args.catalog or default_catalog_dir())
@@ -162,35 +194,39 @@ def demo(argv: list[str], verbosity: int = 0) -> int:
     code = separate(["--input", manifest, "--output", args.output] + rest, verbosity)
     if code in (EXIT_OK, EXIT_TRACKS_FAILED):
         output = os.path.abspath(args.output)
-        print(f"stems:   {output}/<track_id>/<stem>.wav\n"
-              f"results: sqlite:///{output}/results.sqlite (tables results, runs)\n"
-              f"reports: {output}/report.html (one per run)")
+        print(
+            f"stems:   {output}/<track_id>/<stem>.wav\n"
+            f"results: sqlite:///{output}/results.sqlite (tables results, runs)\n"
+            f"reports: {output}/report.html (one per run)"
+        )
     return code
 
 
 def report(argv: list[str], verbosity: int = 0) -> int:
-    from pipeline.report import add_arguments, run_main
+    from stembeam.pipeline.report import add_arguments, run_main
 
-    parser = argparse.ArgumentParser(prog="stembeam report",
-                                     description="Write a run's self-contained HTML report.",
-                                     epilog="exit status: 0 written, 2 bad options, database or "
-                                            "run (one line on stderr)")
+    parser = argparse.ArgumentParser(
+        prog="stembeam report",
+        description="Write a run's self-contained HTML report.",
+        epilog="exit status: 0 written, 2 bad options, database or run (one line on stderr)",
+    )
     add_arguments(parser)
     _verbosity_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if verbosity < 0 else logging.INFO,
-                        format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if verbosity < 0 else logging.INFO, format="%(levelname)s %(message)s"
+    )
     return run_main(args)
 
 
 def train(argv: list[str], verbosity: int = 0) -> int:
-    from pipeline.train_cli import train_main
+    from stembeam.pipeline.train_cli import train_main
 
     return train_main(argv)
 
 
 def make_dataset(argv: list[str], verbosity: int = 0) -> int:
-    from pipeline.train_cli import make_dataset_main
+    from stembeam.pipeline.train_cli import make_dataset_main
 
     return make_dataset_main(argv)
 
@@ -208,9 +244,11 @@ COMMANDS: dict[str, tuple[Callable[[list[str], int], int], str]] = {
 def top_parser() -> argparse.ArgumentParser:
     """``stembeam [--version] [-v|-q] COMMAND ...``: one subparser per command (for help)."""
     parser = argparse.ArgumentParser(
-        prog="stembeam", description="Separate music catalogs into stems with Apache Beam.",
+        prog="stembeam",
+        description="Separate music catalogs into stems with Apache Beam.",
         epilog="stembeam COMMAND --help shows the command's options. Exit status: 0 ok, "
-               "3 some tracks failed, 2 bad arguments or input, 1 the run broke.")
+        "3 some tracks failed, 2 bad arguments or input, 1 the run broke.",
+    )
     parser.add_argument("--version", action="version", version=f"stembeam {version()}")
     _verbosity_arguments(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -219,7 +257,7 @@ def top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbosity, argv = _take_verbosity(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -237,6 +275,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command not in COMMANDS:
         if command.startswith("-"):
             return _usage_error(f"unknown option {command} (options go after the command)")
-        return _usage_error(f"unknown command {command!r} (commands: "
-                            f"{', '.join(c for c in COMMANDS if c != 'help')})")
+        return _usage_error(
+            f"unknown command {command!r} (commands: "
+            f"{', '.join(c for c in COMMANDS if c != 'help')})"
+        )
     return COMMANDS[command][0](rest, verbosity)

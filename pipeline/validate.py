@@ -9,6 +9,7 @@ started, or lose its rows, is refused before it is built, each with a one-line V
 
 A results URL is only ever shown through ``redact_url``, which hides its password.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,9 +19,9 @@ import uuid
 import sqlalchemy as sa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import storage
-from transforms.catalog import check_source, list_catalog
-from transforms.results import BIGQUERY_PREFIX, KEY_LENGTH, create_engine, create_tables
+from stembeam.transforms import storage
+from stembeam.transforms.catalog import check_source, list_catalog
+from stembeam.transforms.results import BIGQUERY_PREFIX, KEY_LENGTH, create_engine, create_tables
 
 CONNECT_TIMEOUT_S = 5
 _CREDENTIALS = re.compile(r"^(?P<user>[^:/?#]+://[^/:@?#]*:).*@(?P<rest>[^@]*)$")
@@ -49,19 +50,21 @@ def check_results(url: str, timeout_s: int = CONNECT_TIMEOUT_S) -> None:
     within ``timeout_s`` seconds and holds the results tables (created here when missing)."""
     shown = redact_url(url)
     if url.startswith(BIGQUERY_PREFIX):
-        if not _BIGQUERY_TABLE.match(url[len(BIGQUERY_PREFIX):]):
+        if not _BIGQUERY_TABLE.match(url[len(BIGQUERY_PREFIX) :]):
             raise ValueError(f"the results table {shown!r} is not bigquery:PROJECT.DATASET.TABLE")
         return
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
-        raise ValueError(f"the results URL {shown!r} is not a database URL; use "
-                         f"{_EXAMPLES}") from None
+        raise ValueError(
+            f"the results URL {shown!r} is not a database URL; use {_EXAMPLES}"
+        ) from None
     try:
         parsed.get_dialect()
     except sa.exc.NoSuchModuleError:
-        raise ValueError(f"unknown database scheme {parsed.drivername!r} in {shown}; use "
-                         f"{_EXAMPLES}") from None
+        raise ValueError(
+            f"unknown database scheme {parsed.drivername!r} in {shown}; use {_EXAMPLES}"
+        ) from None
     try:
         engine = create_engine(url, connect_timeout_s=timeout_s)
     except ImportError as e:
@@ -81,11 +84,12 @@ def check_results(url: str, timeout_s: int = CONNECT_TIMEOUT_S) -> None:
                 present = {column["name"] for column in inspector.get_columns(table.name)}
                 missing = [c.name for c in table.columns if c.name not in present]
                 if missing:
-                    raise ValueError(f"the table {table.name} in {shown} lacks the columns "
-                                     f"{', '.join(missing)}; use a database of this version")
+                    raise ValueError(
+                        f"the table {table.name} in {shown} lacks the columns "
+                        f"{', '.join(missing)}; use a database of this version"
+                    )
         except sa.exc.DBAPIError as e:
-            raise ValueError(f"cannot create the results tables in {shown}: "
-                             f"{_reason(e)}") from None
+            raise ValueError(f"cannot create the results tables in {shown}: {_reason(e)}") from None
     finally:
         engine.dispose()
 
@@ -122,8 +126,10 @@ def validate_run(options, results: str) -> int:
     the results URL); returns the catalog's track count."""
     FileSystems.set_options(options)  # as beam.Pipeline does: s3:// needs them to connect
     if options.run_id and len(options.run_id) > KEY_LENGTH:
-        raise ValueError(f"--run_id is {len(options.run_id)} characters long; at most "
-                         f"{KEY_LENGTH} fit the results tables")
+        raise ValueError(
+            f"--run_id is {len(options.run_id)} characters long; at most "
+            f"{KEY_LENGTH} fit the results tables"
+        )
     check_results(results)
     check_output(options.output)
     return check_catalog(options.input)

@@ -1,4 +1,5 @@
 """Generated test audio: good files in every container we claim to read, and hostile ones."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ def write_m4a(path: str, audio: np.ndarray, rate: int = 44100) -> str:
     """AAC in an MP4 container, encoded by the ffmpeg CLI from a temporary WAV."""
     wav = path + ".src.wav"
     write(wav, audio, rate)
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", wav, "-c:a", "aac", "-b:a", "192k",
-                    path], check=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", wav, "-c:a", "aac", "-b:a", "192k", path],
+        check=True,
+    )
     os.remove(wav)
     return path
 
@@ -46,8 +49,9 @@ def hostile_files(folder: str) -> dict[str, str]:
     paths["garbage"] = os.path.join(folder, "garbage.flac")
     with open(paths["garbage"], "wb") as f:
         f.write(np.random.default_rng(1).bytes(5000))
-    paths["zero_length"] = write(os.path.join(folder, "zero_length.wav"),
-                                 np.zeros((0, 2), np.float32))
+    paths["zero_length"] = write(
+        os.path.join(folder, "zero_length.wav"), np.zeros((0, 2), np.float32)
+    )
     nan = tone(1.0)
     nan[30000:30010] = np.nan
     paths["nan"] = write(os.path.join(folder, "nan.wav"), nan, subtype="FLOAT")

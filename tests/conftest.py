@@ -1,10 +1,11 @@
 """Shared fixtures: a tiny seeded model folder and an independent numpy separation reference."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model.config import ModelConfig
+from stembeam.model.config import ModelConfig
 
 # gcs_emulator, s3_emulator, loopback_only, postgres_url, postgres_db
 pytest_plugins = ["tests.services"]
@@ -16,8 +17,8 @@ def save_tiny_model(folder: str, cfg: ModelConfig = TINY, seed: int = 0) -> str:
     """A seeded ``build_unet(cfg)`` saved as a model folder (model.keras + model.json)."""
     import keras
 
-    from model.checkpoint import write_model_folder
-    from model.unet import build_unet
+    from stembeam.model.checkpoint import write_model_folder
+    from stembeam.model.unet import build_unet
 
     keras.utils.set_random_seed(seed)
     write_model_folder(build_unet(cfg), cfg, folder, f"seeded test model (seed {seed})")
@@ -49,7 +50,7 @@ def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) ->
             piece = np.zeros((L, 2))
             a, b = max(lo, 0), min(lo + L, n)
             if b > a:
-                piece[a - lo: b - lo] = wave[a:b]
+                piece[a - lo : b - lo] = wave[a:b]
             out[i] = np.fft.rfft(piece * window[:, None], axis=0)
         return out
 
@@ -61,12 +62,13 @@ def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) ->
     segments = [(0, 0, min(T - context, n_frames))]
     while segments[-1][2] < n_frames:
         keep = segments[-1][2]
-        segments.append((min(keep - context, max(0, n_frames - T)), keep,
-                         min(keep + core, n_frames)))
+        segments.append(
+            (min(keep - context, max(0, n_frames - T)), keep, min(keep + core, n_frames))
+        )
     stems_spec = np.zeros(spec.shape + (len(cfg.stems),), np.complex128)
     for first, keep_start, keep_stop in segments:
         est = predict(np.abs(frames_of(first, T)[None, :, :F]).astype(np.float32))[0]
-        power = est[keep_start - first: keep_stop - first].astype(np.float64) ** 2
+        power = est[keep_start - first : keep_stop - first].astype(np.float64) ** 2
         masks = (power + 1e-10 / len(cfg.stems)) / (power.sum(-1, keepdims=True) + 1e-10)
         full = np.zeros(masks.shape[:1] + (L // 2 + 1,) + masks.shape[2:])
         full[:, :F] = masks
@@ -74,6 +76,6 @@ def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) ->
     out = np.zeros((n_frames * step + L, 2, len(cfg.stems)))
     for k in range(n_frames):
         frame = np.fft.irfft(stems_spec[k], n=L, axis=0) * window[:, None, None]
-        out[k * step: k * step + L] += frame  # offset L: index i is track sample i - L
+        out[k * step : k * step + L] += frame  # offset L: index i is track sample i - L
     # steady-state normalisation: sum of squared periodic Hann at hop L/4 is 1.5 everywhere
-    return (out[L: L + n] / 1.5).astype(np.float32)
+    return (out[L : L + n] / 1.5).astype(np.float32)

@@ -10,6 +10,7 @@ well, and records into the same file. gRPC's C core
 resolves and connects outside the ``socket`` module and is not covered (Beam uses it only for its
 own localhost control channels).
 """
+
 from __future__ import annotations
 
 import errno
@@ -44,8 +45,9 @@ def _refuse(what: str) -> OSError:
     if path:
         with _lock, open(path, "a", encoding="utf-8") as log:
             frames = traceback.extract_stack()[-12:-2]
-            where = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}"
-                                for f in reversed(frames))
+            where = " <- ".join(
+                f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in reversed(frames)
+            )
             log.write(f"pid {os.getpid()}: {what} from {where}\n")
     return OSError(errno.ENETUNREACH, f"non-loopback network call refused in tests: {what}")
 

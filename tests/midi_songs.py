@@ -1,11 +1,12 @@
 """Generated General MIDI songs for tests: the instrument families each holds are known."""
+
 from __future__ import annotations
 
 import io
 
 import mido
 
-from model.training.dataset import MidiSource
+from stembeam.model.training.dataset import MidiSource
 
 
 def make_song(name: str, bass: bool = True, seconds: float = 6.0) -> MidiSource:
@@ -19,8 +20,11 @@ def make_song(name: str, bass: bool = True, seconds: float = 6.0) -> MidiSource:
     beats = int(seconds * 2)
     for beat in range(beats):
         t = beat * 480
-        notes = [(9, 36 if beat % 2 == 0 else 38, 240), (9, 42, 120),
-                 (1, 72 + [0, 2, 4, 5, 7, 5, 4, 2][beat % 8], 400)]
+        notes = [
+            (9, 36 if beat % 2 == 0 else 38, 240),
+            (9, 42, 120),
+            (1, 72 + [0, 2, 4, 5, 7, 5, 4, 2][beat % 8], 400),
+        ]
         notes += [(2, 60 + k, 460) for k in (0, 4, 7)]
         if bass:
             notes.append((0, 36 + [0, 5, 7, 5][beat % 4], 400))

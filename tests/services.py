@@ -17,6 +17,7 @@ Registered as a plugin (``pytest_plugins = ["tests.services"]`` in tests/conftes
   cannot be started; ``bash deploy/install.sh --test`` installs it.
 - ``postgres_db`` (function): a fresh, empty database on that server, dropped afterwards.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,18 @@ class GcsEmulator:
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[GcsEmulator]:
     port = free_port()
-    command = [sys.executable, "-c", "from gcp_storage_emulator.__main__ import main; main()",
-               "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"]
+    command = [
+        sys.executable,
+        "-c",
+        "from gcp_storage_emulator.__main__ import main; main()",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--in-memory",
+        "--quiet",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for_port(port, process, timeout_s=30)
@@ -97,9 +108,14 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
         patch.setenv(gcs_credentials.EMULATOR_ENV, endpoint)
         # SDK worker processes started from here import the repo's packages, and test modules
         # by the top-level names pytest gives them (DoFns defined in tests pickle by reference).
-        patch.setenv("PYTHONPATH", os.pathsep.join(
-            p for p in (str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH"))
-            if p))
+        patch.setenv(
+            "PYTHONPATH",
+            os.pathsep.join(
+                p
+                for p in (str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH"))
+                if p
+            ),
+        )
         gcs_credentials.use_anonymous_gcs_credentials()
         yield GcsEmulator(endpoint=endpoint)
     process.terminate()
@@ -137,9 +153,13 @@ def s3_emulator() -> Iterator[S3Emulator]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
-                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                            "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }.items():
             patch.setenv(name, value)
         yield S3Emulator(endpoint=endpoint)
     server.stop()
@@ -184,16 +204,20 @@ def postgres_url() -> str:
         return url
     if _postgres_answers(DEFAULT_POSTGRES_URL) is None:
         return DEFAULT_POSTGRES_URL
-    started = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "start-postgres.sh")],
-                             capture_output=True, text=True)
+    started = subprocess.run(
+        ["bash", str(REPO_ROOT / ".ci" / "start-postgres.sh")], capture_output=True, text=True
+    )
     exported = started.stdout.strip().removeprefix(f"export {POSTGRES_ENV}=").strip("'\"")
     if started.returncode or not exported.startswith("postgresql"):
-        pytest.skip(f"no PostgreSQL: {POSTGRES_ENV} is unset and .ci/start-postgres.sh failed:\n"
-                    f"{started.stderr[-2000:]}")
+        pytest.skip(
+            f"no PostgreSQL: {POSTGRES_ENV} is unset and .ci/start-postgres.sh failed:\n"
+            f"{started.stderr[-2000:]}"
+        )
     error = _postgres_answers(exported)
     if error:
         raise RuntimeError(
-            f".ci/start-postgres.sh started {exported}, which does not answer: {error}")
+            f".ci/start-postgres.sh started {exported}, which does not answer: {error}"
+        )
     return exported
 
 
@@ -206,8 +230,11 @@ def postgres_db(postgres_url: str) -> Iterator[str]:
     try:
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'create database "{name}"'))
-        yield sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(
-            hide_password=False)
+        yield (
+            sqlalchemy.engine.make_url(postgres_url)
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'drop database if exists "{name}" with (force)'))
     finally:

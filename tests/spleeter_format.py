@@ -6,6 +6,7 @@ released checkpoints. ``reference_unet`` recomputes one stem's U-Net with raw Te
 straight from those variable names, following the layer wiring of Spleeter's published
 architecture; it shares no code with ``model.unet``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,9 @@ def _name(base: str, i: int) -> str:
     return base if i == 0 else f"{base}_{i}"
 
 
-def spleeter_variables(instrument_order: tuple[str, ...], channels: int = 2,
-                       seed: int = 0) -> dict[str, np.ndarray]:
+def spleeter_variables(
+    instrument_order: tuple[str, ...], channels: int = 2, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Seeded random values for every variable of a Spleeter U-Net checkpoint.
 
     Kernels are drawn at a He-like scale so activations stay O(1); BatchNorm statistics are
@@ -76,34 +78,40 @@ def write_spleeter_checkpoint(prefix: str, values: dict[str, np.ndarray]) -> Non
             saver.save(sess, prefix, write_meta_graph=False, write_state=False)
 
 
-def reference_logits(values: dict[str, np.ndarray], k: int, x: np.ndarray,
-                     encoder: str, decoder: str) -> np.ndarray:
+def reference_logits(
+    values: dict[str, np.ndarray], k: int, x: np.ndarray, encoder: str, decoder: str
+) -> np.ndarray:
     """Mask logits of the ``k``-th instrument's U-Net on ``x`` (B, T, F, C), with raw TF ops."""
-    act = {"leaky_relu": lambda t: tf.nn.leaky_relu(t, 0.2), "relu": tf.nn.relu,
-           "elu": tf.nn.elu}
+    act = {"leaky_relu": lambda t: tf.nn.leaky_relu(t, 0.2), "relu": tf.nn.relu, "elu": tf.nn.elu}
 
     def v(base, i, w):
         return tf.constant(values[f"{_name(base, i)}/{w}"])
 
     def bn(t, i):
-        return tf.nn.batch_normalization(t, v("batch_normalization", i, "moving_mean"),
-                                         v("batch_normalization", i, "moving_variance"),
-                                         v("batch_normalization", i, "beta"),
-                                         v("batch_normalization", i, "gamma"), 1e-3)
+        return tf.nn.batch_normalization(
+            t,
+            v("batch_normalization", i, "moving_mean"),
+            v("batch_normalization", i, "moving_variance"),
+            v("batch_normalization", i, "beta"),
+            v("batch_normalization", i, "gamma"),
+            1e-3,
+        )
 
     t = tf.constant(x)
     convs = []
     for i in range(6):
-        c = tf.nn.conv2d(t, v("conv2d", 7 * k + i, "kernel"), 2, "SAME") + v("conv2d", 7 * k + i,
-                                                                            "bias")
+        c = tf.nn.conv2d(t, v("conv2d", 7 * k + i, "kernel"), 2, "SAME") + v(
+            "conv2d", 7 * k + i, "bias"
+        )
         convs.append(c)
         t = act[encoder](bn(c, 12 * k + i))
     t = convs[5]
     for j in range(6):
         w = v("conv2d_transpose", 6 * k + j, "kernel")
         shape = [t.shape[0], t.shape[1] * 2, t.shape[2] * 2, w.shape[2]]
-        t = tf.nn.conv2d_transpose(t, w, shape, 2, "SAME") + v("conv2d_transpose", 6 * k + j,
-                                                               "bias")
+        t = tf.nn.conv2d_transpose(t, w, shape, 2, "SAME") + v(
+            "conv2d_transpose", 6 * k + j, "bias"
+        )
         t = bn(act[decoder](t), 12 * k + 6 + j)
         if j < 5:
             t = tf.concat([convs[4 - j], t], axis=-1)

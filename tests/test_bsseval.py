@@ -1,4 +1,5 @@
 """model.evaluation against museval itself (the independent reference), to 0.01 dB."""
+
 from __future__ import annotations
 
 import glob
@@ -13,7 +14,7 @@ import pytest
 import simplejson
 from scipy.signal import lfilter
 
-from model import evaluation
+from stembeam.model import evaluation
 
 RATE = 44100
 TOL_DB = 0.01
@@ -39,10 +40,13 @@ def _generated(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     noise = rng.standard_normal((3, n, 2))
     refs = np.empty((3, n, 2))
     refs[0] = lfilter([1.0], [1.0, -1.6, 0.8], noise[0], axis=0)  # resonant low-pass noise
-    refs[1] = (np.sin(2 * np.pi * 220 * t + [0, 0.3]) + 0.5 * np.sin(2 * np.pi * 1375 * t)
-               + 1e-3 * noise[1])
+    refs[1] = (
+        np.sin(2 * np.pi * 220 * t + [0, 0.3])
+        + 0.5 * np.sin(2 * np.pi * 1375 * t)
+        + 1e-3 * noise[1]
+    )
     refs[2] = lfilter([1.0, -0.95], [1.0], noise[2], axis=0)  # high-pass noise
-    refs[2, int(1.5 * RATE):int(3.2 * RATE)] = 0.0  # covers window 2 entirely: NaN there
+    refs[2, int(1.5 * RATE) : int(3.2 * RATE)] = 0.0  # covers window 2 entirely: NaN there
     ests = refs + 0.1 * refs[[1, 2, 0]] + 0.05 * rng.standard_normal(refs.shape)
     ests[0] = lfilter([0.7, 0.2, 0.1], [1.0], ests[0], axis=0)
     ests[1, :, 0] += 0.3 * refs[1, :, 1]  # spatial distortion
@@ -66,8 +70,10 @@ def test_generated_signals_match_museval(generated_scores):
 def test_overlapping_windows_and_float32_match_museval():
     refs, ests = _generated(3.0, seed=1)
     refs, ests = refs[:2].astype(np.float32), ests[:2].astype(np.float32)
-    _assert_agree(evaluation.evaluate(refs, ests, win=30000, hop=12000),
-                  _museval(refs, ests, win=30000, hop=12000))
+    _assert_agree(
+        evaluation.evaluate(refs, ests, win=30000, hop=12000),
+        _museval(refs, ests, win=30000, hop=12000),
+    )
 
 
 def test_window_longer_than_track_is_one_window():

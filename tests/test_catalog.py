@@ -1,22 +1,26 @@
 """Catalog listing (globs, manifests, MUSDB-style folders), safe ids, storage helpers."""
+
 import json
 import os
 
 import pytest
 
-from transforms import storage
-from transforms.catalog import check_source, list_catalog, safe_track_id
+from stembeam.transforms import storage
+from stembeam.transforms.catalog import check_source, list_catalog, safe_track_id
 
 
-@pytest.mark.parametrize("raw,safe", [
-    ("artist/album/01 song", "artist/album/01 song"),
-    ("../../etc/passwd", "__/__/etc/passwd"),
-    ("/abs/path", "abs/path"),
-    ("a/./b//c", "a/b/c"),
-    (".hidden", "_hidden"),
-    ("C:\\music\\x", "C_/music/x"),
-    ("<script>alert(1)</script>", "_script_alert(1)_/script_"),
-])
+@pytest.mark.parametrize(
+    "raw,safe",
+    [
+        ("artist/album/01 song", "artist/album/01 song"),
+        ("../../etc/passwd", "__/__/etc/passwd"),
+        ("/abs/path", "abs/path"),
+        ("a/./b//c", "a/b/c"),
+        (".hidden", "_hidden"),
+        ("C:\\music\\x", "C_/music/x"),
+        ("<script>alert(1)</script>", "_script_alert(1)_/script_"),
+    ],
+)
 def test_safe_track_id(raw, safe):
     got = safe_track_id(raw)
     assert got == safe
@@ -67,19 +71,24 @@ def test_csv_and_jsonl_manifests(tmp_path):
         "track_id,uri,vocals,accompaniment\n"
         "t1,audio/one.wav,refs/v1.wav,refs/a1.wav\n"
         "../evil,/abs/two.wav,,\n"
-        "t1,audio/dup.wav,,\n")
+        "t1,audio/dup.wav,,\n"
+    )
     tracks = list_catalog(str(tmp_path / "cat.csv"))
     # repeated ids are numbered in uri order (audio/dup.wav < audio/one.wav), not row order
     assert [t.track_id for t in tracks] == ["t1~2", "__/evil", "t1"]
     assert tracks[0].uri == str(tmp_path / "audio" / "one.wav")
-    assert dict(tracks[0].references) == {"vocals": str(tmp_path / "refs" / "v1.wav"),
-                                          "accompaniment": str(tmp_path / "refs" / "a1.wav")}
+    assert dict(tracks[0].references) == {
+        "vocals": str(tmp_path / "refs" / "v1.wav"),
+        "accompaniment": str(tmp_path / "refs" / "a1.wav"),
+    }
     assert tracks[1].uri == "/abs/two.wav" and tracks[1].references == ()
     lines = [{"uri": "gs://b/x/song.flac"}, {"track_id": "k", "uri": "y.wav", "vocals": "v.wav"}]
     (tmp_path / "cat.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     tracks = list_catalog(str(tmp_path / "cat.jsonl"))
-    assert [(t.track_id, t.uri) for t in tracks] == [("song", "gs://b/x/song.flac"),
-                                                     ("k", str(tmp_path / "y.wav"))]
+    assert [(t.track_id, t.uri) for t in tracks] == [
+        ("song", "gs://b/x/song.flac"),
+        ("k", str(tmp_path / "y.wav")),
+    ]
 
 
 def test_atomic_writes_leave_nothing_on_error(tmp_path):

@@ -1,4 +1,5 @@
 """Spleeter checkpoint import and model folders, against checkpoints written here."""
+
 from __future__ import annotations
 
 import json
@@ -8,17 +9,23 @@ import keras
 import numpy as np
 import pytest
 
-from model.checkpoint import (
+from stembeam.model.checkpoint import (
     META_FILE,
     import_spleeter_checkpoint,
     load_model_folder,
     write_model_folder,
 )
-from model.config import ModelConfig
+from stembeam.model.config import ModelConfig
 from tests.spleeter_format import reference_logits, spleeter_variables, write_spleeter_checkpoint
 
-TWO = ModelConfig(name="tiny2", stems=("vocals", "accompaniment"), T=64, F=64,
-                  encoder_activation="leaky_relu", decoder_activation="relu")
+TWO = ModelConfig(
+    name="tiny2",
+    stems=("vocals", "accompaniment"),
+    T=64,
+    F=64,
+    encoder_activation="leaky_relu",
+    decoder_activation="relu",
+)
 # 5stems-like: softmax, and a checkpoint instrument order that differs from the output order.
 THREE = ModelConfig(name="tiny3", stems=("vocals", "drums", "piano"), T=64, F=128, softmax=True)
 THREE_ORDER = ("vocals", "piano", "drums")
@@ -39,17 +46,23 @@ def two_stem_checkpoint(tmp_path_factory):
 def test_import_sets_exactly_the_checkpoint_values(two_stem_checkpoint):
     _, values, model = two_stem_checkpoint
     # second stem: conv2d_7.. / conv2d_transpose_6.. / batch_normalization_12..
-    np.testing.assert_array_equal(model.get_layer("accompaniment_enc1_conv").kernel.numpy(),
-                                  values["conv2d_7/kernel"])
-    np.testing.assert_array_equal(model.get_layer("accompaniment_mask").bias.numpy(),
-                                  values["conv2d_13/bias"])
-    np.testing.assert_array_equal(model.get_layer("accompaniment_dec2_deconv").kernel.numpy(),
-                                  values["conv2d_transpose_7/kernel"])
+    np.testing.assert_array_equal(
+        model.get_layer("accompaniment_enc1_conv").kernel.numpy(), values["conv2d_7/kernel"]
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("accompaniment_mask").bias.numpy(), values["conv2d_13/bias"]
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("accompaniment_dec2_deconv").kernel.numpy(),
+        values["conv2d_transpose_7/kernel"],
+    )
     bn = model.get_layer("accompaniment_dec1_bn")
-    np.testing.assert_array_equal(bn.moving_variance.numpy(),
-                                  values["batch_normalization_18/moving_variance"])
-    np.testing.assert_array_equal(model.get_layer("vocals_enc5_bn").gamma.numpy(),
-                                  values["batch_normalization_4/gamma"])
+    np.testing.assert_array_equal(
+        bn.moving_variance.numpy(), values["batch_normalization_18/moving_variance"]
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("vocals_enc5_bn").gamma.numpy(), values["batch_normalization_4/gamma"]
+    )
 
 
 def test_first_layer_matches_numpy_conv_bn(two_stem_checkpoint):
@@ -63,11 +76,11 @@ def test_first_layer_matches_numpy_conv_bn(two_stem_checkpoint):
     conv = np.zeros((32, 32, 16))
     for i in range(32):
         for j in range(32):
-            conv[i, j] = np.einsum("abc,abcd->d", padded[2 * i:2 * i + 5, 2 * j:2 * j + 5], k)
+            conv[i, j] = np.einsum("abc,abcd->d", padded[2 * i : 2 * i + 5, 2 * j : 2 * j + 5], k)
     conv += values["conv2d/bias"]
-    bn = ((conv - values["batch_normalization/moving_mean"])
-          / np.sqrt(values["batch_normalization/moving_variance"] + 1e-3)
-          * values["batch_normalization/gamma"] + values["batch_normalization/beta"])
+    bn = (conv - values["batch_normalization/moving_mean"]) / np.sqrt(
+        values["batch_normalization/moving_variance"] + 1e-3
+    ) * values["batch_normalization/gamma"] + values["batch_normalization/beta"]
     expected = np.where(bn > 0, bn, 0.2 * bn)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -88,8 +101,10 @@ def test_softmax_model_with_reordered_instruments(tmp_path):
     model = import_spleeter_checkpoint(prefix, THREE, instrument_order=THREE_ORDER)
     x = np.random.default_rng(2).uniform(0, 2, (1, 64, 128, 2)).astype("float32")
     got = model(x, training=False).numpy()
-    logits = np.stack([reference_logits(values, THREE_ORDER.index(s), x, "elu", "elu")
-                       for s in THREE.stems], axis=-1)
+    logits = np.stack(
+        [reference_logits(values, THREE_ORDER.index(s), x, "elu", "elu") for s in THREE.stems],
+        axis=-1,
+    )
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     expected = e / e.sum(axis=-1, keepdims=True) * x[..., None]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
@@ -111,10 +126,12 @@ def test_model_folder_round_trip(two_stem_checkpoint, tmp_path):
     assert cfg == TWO
     assert meta["source"] == "test checkpoint" and meta["sha256"] == sha
     x = np.random.default_rng(3).uniform(0, 2, (1, 64, 64, 2)).astype("float32")
-    np.testing.assert_array_equal(loaded(x, training=False).numpy(),
-                                  model(x, training=False).numpy())
-    np.testing.assert_array_equal(loaded.get_layer("vocals_dec3_deconv").kernel.numpy(),
-                                  values["conv2d_transpose_2/kernel"])
+    np.testing.assert_array_equal(
+        loaded(x, training=False).numpy(), model(x, training=False).numpy()
+    )
+    np.testing.assert_array_equal(
+        loaded.get_layer("vocals_dec3_deconv").kernel.numpy(), values["conv2d_transpose_2/kernel"]
+    )
     bf16, _, _ = load_model_folder(folder, precision="bfloat16")
     assert bf16.get_layer("vocals_enc2_conv").compute_dtype == "bfloat16"
 
@@ -148,15 +165,17 @@ def test_model_folder_weights_equal_keras_loader(two_stem_checkpoint, tmp_path):
         assert got.keys() == expected.keys()
         for path, value in expected.items():
             np.testing.assert_array_equal(got[path], value, err_msg=path)
-        np.testing.assert_array_equal(got["accompaniment_dec2_bn/moving_variance"],
-                                      values["batch_normalization_19/moving_variance"])
+        np.testing.assert_array_equal(
+            got["accompaniment_dec2_bn/moving_variance"],
+            values["batch_normalization_19/moving_variance"],
+        )
 
 
 def test_model_folder_of_an_older_layout_loads(two_stem_checkpoint, tmp_path):
     # a folder saved when the mask layers were Keras' Conv2D (other archive names) loads
     # through Keras' loader into this version's layers, with the same outputs
     _, _, model = two_stem_checkpoint
-    from model.unet import DilatedMaskConv
+    from stembeam.model.unet import DilatedMaskConv
 
     def older(layer):
         cls = keras.layers.Conv2D if isinstance(layer, DilatedMaskConv) else layer.__class__
@@ -169,5 +188,6 @@ def test_model_folder_of_an_older_layout_loads(two_stem_checkpoint, tmp_path):
     loaded, _, _ = load_model_folder(folder)
     assert isinstance(loaded.get_layer("vocals_mask"), DilatedMaskConv)
     x = np.random.default_rng(8).uniform(0, 2, (2, 64, 64, 2)).astype("float32")
-    np.testing.assert_allclose(loaded(x, training=False).numpy(),
-                               old(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded(x, training=False).numpy(), old(x, training=False).numpy(), rtol=1e-5, atol=1e-6
+    )

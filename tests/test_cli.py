@@ -1,4 +1,5 @@
 """The ``stembeam`` command as cron runs it: real subprocess runs on the tiny model."""
+
 import os
 import re
 import select
@@ -18,8 +19,13 @@ NOISE = re.compile(r"apache_beam|absl|I0000|oneDNN|Converting string literal|grp
 
 
 def stembeam(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stembeam.pipeline", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_version_help_and_usage_errors(tmp_path):
@@ -35,11 +41,12 @@ def test_version_help_and_usage_errors(tmp_path):
     write(str(tmp_path / "a.wav"), tone(0.5))
     wav = str(tmp_path / "a.wav")
     for args, message in (
-            ([wav, "--bogus-option", "1"], "unknown option --bogus-option"),
-            ([wav, "--batch_size", "x"], "invalid int value: 'x'"),
-            ([wav, "--output"], "option --output needs a value"),
-            (["--input", str(tmp_path / "none-*.wav")], "is empty (no file matches)"),
-            ([wav, "--input", str(tmp_path / "missing.csv")], "does not exist")):
+        ([wav, "--bogus-option", "1"], "unknown option --bogus-option"),
+        ([wav, "--batch_size", "x"], "invalid int value: 'x'"),
+        ([wav, "--output"], "option --output needs a value"),
+        (["--input", str(tmp_path / "none-*.wav")], "is empty (no file matches)"),
+        ([wav, "--input", str(tmp_path / "missing.csv")], "does not exist"),
+    ):
         proc = stembeam("separate", "-o", str(tmp_path / "o"), *args)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
@@ -47,9 +54,11 @@ def test_version_help_and_usage_errors(tmp_path):
 
 
 def test_report_database_errors_are_one_line():
-    for url, message in (("sqlite:////nonexistent/results.sqlite", "no SQLite file"),
-                         ("postgresql://stembeam@127.0.0.1:9/db", "cannot read"),
-                         ("not a url", "not a SQLAlchemy URL")):
+    for url, message in (
+        ("sqlite:////nonexistent/results.sqlite", "no SQLite file"),
+        ("postgresql://stembeam@127.0.0.1:9/db", "cannot read"),
+        ("not a url", "not a SQLAlchemy URL"),
+    ):
         proc = stembeam("report", "--results", url, "--output", "/tmp/never.html")
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
@@ -72,12 +81,28 @@ def two_runs(tmp_path_factory, tiny_model):
     single = write(str(root / "files" / "single.wav"), tone(2.5, seed=3))
     garbage = hostile_files(str(root / "bad"))["garbage"]
     out = str(root / "out")
-    argv = [sys.executable, "-m", "pipeline", "separate", str(root / "db"), single,
-            "--input", garbage, "-o", out, "--model", tiny_model, "--direct_num_workers", "1",
-            "--job_name", "nightly-stems"]
+    argv = [
+        sys.executable,
+        "-m",
+        "stembeam.pipeline",
+        "separate",
+        str(root / "db"),
+        single,
+        "--input",
+        garbage,
+        "-o",
+        out,
+        "--model",
+        tiny_model,
+        "--direct_num_workers",
+        "1",
+        "--job_name",
+        "nightly-stems",
+    ]
     started = time.time()
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ready, _, _ = select.select([proc.stderr], [], [], 30)
     first_line_s = time.time() - started
     first = proc.stderr.readline() if ready else ""
@@ -86,8 +111,15 @@ def two_runs(tmp_path_factory, tiny_model):
     rerun = subprocess.run(argv + ["-q"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     db = sqlite3.connect(os.path.join(out, "results.sqlite"))
     runs = [r for (r,) in db.execute("SELECT run_id FROM runs ORDER BY started_at")]
-    return {"out": out, "first": first_run, "rerun": rerun, "runs": runs, "db": db,
-            "single": single, "root": root}
+    return {
+        "out": out,
+        "first": first_run,
+        "rerun": rerun,
+        "runs": runs,
+        "db": db,
+        "single": single,
+        "root": root,
+    }
 
 
 def test_first_run_output_and_exit_status(two_runs):
@@ -103,25 +135,29 @@ def test_first_run_output_and_exit_status(two_runs):
     assert "1 of 3 tracks failed (exit status 3)" in err
     frames = soundfile.info(two_runs["single"]).frames
     for stem in ("vocals", "accompaniment"):
-        assert soundfile.info(os.path.join(two_runs["out"], "single", f"{stem}.wav")).frames \
-            == frames
+        assert (
+            soundfile.info(os.path.join(two_runs["out"], "single", f"{stem}.wav")).frames == frames
+        )
 
 
 def test_quiet_rerun_shows_only_failures_and_summary(two_runs):
     rerun = two_runs["rerun"]
     assert rerun.returncode == 3  # the garbage file fails again; done tracks are skipped
     lines = rerun.stderr.splitlines()
-    assert [line for line in lines if " track " in line] == \
-        [line for line in lines if " WARNING track garbage: failed: " in line]
+    assert [line for line in lines if " track " in line] == [
+        line for line in lines if " WARNING track garbage: failed: " in line
+    ]
     assert any("run summary: 0 ok, 2 skipped, 1 failed" in line for line in lines)
     assert not [line for line in lines if "catalog" in line or NOISE.search(line)]
 
 
 def test_reports_per_run_survive_the_rerun(two_runs):
     first, second = two_runs["runs"]
-    (sdr,) = two_runs["db"].execute(
-        "SELECT sdr_vocals FROM results WHERE run_id = ? AND track_id = 'song'", (first,)
-    ).fetchone()
+    (sdr,) = (
+        two_runs["db"]
+        .execute("SELECT sdr_vocals FROM results WHERE run_id = ? AND track_id = 'song'", (first,))
+        .fetchone()
+    )
     assert sdr is not None
     reports = os.path.join(two_runs["out"], "reports")
     first_page = open(os.path.join(reports, f"{first}.html"), encoding="utf-8").read()
@@ -134,9 +170,18 @@ def test_reports_per_run_survive_the_rerun(two_runs):
 def test_report_command_options(two_runs):
     first = two_runs["runs"][0]
     target = two_runs["root"] / "site" / "r.html"
-    proc = stembeam("report", "--results", f"sqlite:///{two_runs['out']}/results.sqlite",
-                    "--run", first, "--output", str(target), "--no-local-links",
-                    "--media-pages", "1")
+    proc = stembeam(
+        "report",
+        "--results",
+        f"sqlite:///{two_runs['out']}/results.sqlite",
+        "--run",
+        first,
+        "--output",
+        str(target),
+        "--no-local-links",
+        "--media-pages",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     page = target.read_text(encoding="utf-8")
     assert first in page

@@ -3,6 +3,7 @@
 Songs are generated here with mido, so the instrument families each one holds are known
 independently of the renderer's channel classification.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,14 +15,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from model.training import dataset
-from model.training.dataset import MidiSource, render_dataset, render_track, wad_midi_lumps
+from stembeam.model.training import dataset
+from stembeam.model.training.dataset import MidiSource, render_dataset, render_track, wad_midi_lumps
 from tests.midi_songs import make_song
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("fluidsynth") is None
-    or not pathlib.Path(dataset.DEFAULT_SOUNDFONT).exists(),
-    reason="needs fluidsynth and fluid-soundfont-gm")
+    shutil.which("fluidsynth") is None or not pathlib.Path(dataset.DEFAULT_SOUNDFONT).exists(),
+    reason="needs fluidsynth and fluid-soundfont-gm",
+)
 
 
 def _digest(folder: pathlib.Path) -> str:
@@ -36,8 +37,13 @@ def _digest(folder: pathlib.Path) -> str:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("dataset")
-    render_dataset([make_song("full"), make_song("nobass", bass=False)], out, n_tracks=2, seed=7,
-                   duration_s=2.5)
+    render_dataset(
+        [make_song("full"), make_song("nobass", bass=False)],
+        out,
+        n_tracks=2,
+        seed=7,
+        duration_s=2.5,
+    )
     return out
 
 
@@ -64,8 +70,9 @@ def test_same_seed_same_bytes_other_seed_differs(rendered, tmp_path):
 
 @pytest.mark.parametrize("bass", [True, False])
 def test_stem_non_silent_exactly_where_family_exists(bass):
-    stems, meta = render_track(make_song("s", bass=bass), np.random.default_rng(3), duration_s=2.0,
-                               vocals_probability=1.0)
+    stems, meta = render_track(
+        make_song("s", bass=bass), np.random.default_rng(3), duration_s=2.0, vocals_probability=1.0
+    )
     expected = {"vocals", "drums", "other"} | ({"bass"} if bass else set())
     assert set(meta["present"]) == expected
     for name, audio in stems.items():

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from model.config import ModelConfig
-from model.segmentation import plan_segments, segment_sample_range
-from model.spectral import frame_count
+from stembeam.model.config import ModelConfig
+from stembeam.model.segmentation import plan_segments, segment_sample_range
+from stembeam.model.spectral import frame_count
+from stembeam.transforms import decode
 from tests.audio_files import hostile_files, tone, write, write_m4a
-from transforms import decode
 
 CFG = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=64, F=64)
 
@@ -22,7 +22,7 @@ def expected_segments(wave: np.ndarray, mode: str) -> list[np.ndarray]:
         start, stop = segment_sample_range(plan, CFG.T, CFG.frame_length, CFG.frame_step)
         padded = np.zeros((stop - start, 2), np.float32)
         lo, hi = max(start, 0), min(stop, len(wave))
-        padded[lo - start: hi - start] = wave[lo:hi]
+        padded[lo - start : hi - start] = wave[lo:hi]
         out.append(padded)
     return out
 
@@ -73,8 +73,9 @@ def test_surround_51_folds_down_itu(tmp_path):
 def test_resampled_to_model_rate(tmp_path, rate):
     seconds = 2.0
     t_in = np.arange(int(seconds * rate)) / rate
-    wave = np.stack([0.5 * np.sin(2 * np.pi * 440 * t_in),
-                     0.5 * np.cos(2 * np.pi * 1000 * t_in)], axis=1).astype(np.float32)
+    wave = np.stack(
+        [0.5 * np.sin(2 * np.pi * 440 * t_in), 0.5 * np.cos(2 * np.pi * 1000 * t_in)], axis=1
+    ).astype(np.float32)
     info, segments = decoded(write(str(tmp_path / "r.wav"), wave, rate, subtype="FLOAT"))
     n_out = int(round(len(wave) * 44100 / rate))
     assert info.sample_rate == rate and info.model_samples == n_out
@@ -96,7 +97,7 @@ def test_m4a_decodes_through_pyav(tmp_path):
     assert abs(info.num_samples - len(wave)) <= 2048  # AAC frames: at most one frame of padding
     plan = plan_segments(frame_count(info.model_samples), CFG.T, "overlap")[0]
     offset = -segment_sample_range(plan, CFG.T)[0]  # where track sample 0 sits in segment 0
-    first = segments[0][offset: offset + 44100]
+    first = segments[0][offset : offset + 44100]
     # lossy and time-aligned: the tones survive, AAC drops much of the 2 %-power white noise
     err = np.sum((first - wave[:44100]) ** 2) / np.sum(wave[:44100] ** 2)
     assert err < 0.04
@@ -109,13 +110,16 @@ def test_mp3_and_ogg_are_counted_not_trusted(tmp_path):
         assert abs(info.num_samples - len(wave)) < 2400 and segments
 
 
-@pytest.mark.parametrize("name,reason", [
-    ("empty", "not a decodable audio file"),
-    ("garbage", "not a decodable audio file"),
-    ("zero_length", "zero-length"),
-    ("nan", "NaN"),
-    ("truncated", "truncated"),
-])
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("empty", "not a decodable audio file"),
+        ("garbage", "not a decodable audio file"),
+        ("zero_length", "zero-length"),
+        ("nan", "NaN"),
+        ("truncated", "truncated"),
+    ],
+)
 def test_hostile_inputs_raise_readable_errors(tmp_path, name, reason):
     path = hostile_files(str(tmp_path))[name]
     with pytest.raises(decode.DecodeError, match=reason):
@@ -129,8 +133,9 @@ def test_missing_file(tmp_path):
 
 @pytest.mark.parametrize("mode", ["overlap", "spleeter"])
 @pytest.mark.parametrize("name", ["a.ogg", "a.mp3"])
-def test_unstated_length_is_decoded_once_and_cut_like_the_whole_file(tmp_path, monkeypatch,
-                                                                     name, mode):
+def test_unstated_length_is_decoded_once_and_cut_like_the_whole_file(
+    tmp_path, monkeypatch, name, mode
+):
     """OGG/MP3 state no exact length: segments are planned as samples arrive, from a single
     decoding pass, and equal the cut of the whole file decoded in memory."""
     monkeypatch.setattr(decode, "BLOCK_FRAMES", 4099)  # many read-ahead steps

@@ -1,5 +1,6 @@
 """Delivery formats, stem file names and stem sums: files written by ``StemWriter`` are decoded
 back with PyAV (FFmpeg's decoders, not libsndfile) and checked against the input signal."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,8 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 
-from pipeline.options import parse_options
-from transforms.delivery import (
+from stembeam.pipeline.options import parse_options
+from stembeam.transforms.delivery import (
     DEFAULT_TEMPLATE,
     OutputFormat,
     mix_is_identity,
@@ -36,8 +37,9 @@ def decode(path: str) -> tuple[np.ndarray, int, int]:
     with av.open(path) as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="fltp")
-        planes = [f.to_ndarray() for frame in container.decode(stream)
-                  for f in resampler.resample(frame)]
+        planes = [
+            f.to_ndarray() for frame in container.decode(stream) for f in resampler.resample(frame)
+        ]
         return np.concatenate(planes, axis=1).T, stream.rate, stream.channels
 
 
@@ -45,7 +47,7 @@ def write(fmt: OutputFormat, path: str, x: np.ndarray, rate: int = RATE, block: 
     """Writes ``x`` in blocks of ``block`` samples; returns the closed writer."""
     with fmt.open_writer(path, rate, x.shape[1]) as writer:
         for i in range(0, len(x), block):
-            writer.write(x[i:i + block])
+            writer.write(x[i : i + block])
     return writer
 
 
@@ -53,10 +55,18 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference**2) / np.sum((estimate - reference) ** 2)))
 
 
-@pytest.mark.parametrize("name,depth,subtype", [
-    ("wav", None, "FLOAT"), ("wav", 16, "PCM_16"), ("wav", 24, "PCM_24"),
-    ("flac", None, "PCM_24"), ("flac", 16, "PCM_16"),
-    ("aiff", None, "PCM_24"), ("aiff", 16, "PCM_16")])
+@pytest.mark.parametrize(
+    "name,depth,subtype",
+    [
+        ("wav", None, "FLOAT"),
+        ("wav", 16, "PCM_16"),
+        ("wav", 24, "PCM_24"),
+        ("flac", None, "PCM_24"),
+        ("flac", 16, "PCM_16"),
+        ("aiff", None, "PCM_24"),
+        ("aiff", 16, "PCM_16"),
+    ],
+)
 def test_lossless_formats_round_trip(tmp_path, name, depth, subtype):
     fmt = OutputFormat.parse(name, bit_depth=depth)
     x = signal()
@@ -73,8 +83,10 @@ def test_lossless_formats_round_trip(tmp_path, name, depth, subtype):
     assert writer.clipped == 0 and writer.gain == 1.0
 
 
-@pytest.mark.parametrize("name,kbps", [("mp3", 128), ("mp3", 320), ("ogg", 128), ("ogg", 256),
-                                       ("opus", 96), ("opus", 256)])
+@pytest.mark.parametrize(
+    "name,kbps",
+    [("mp3", 128), ("mp3", 320), ("ogg", 128), ("ogg", 256), ("opus", 96), ("opus", 256)],
+)
 def test_lossy_formats_decode_with_duration_rate_and_bitrate(tmp_path, name, kbps):
     fmt = OutputFormat.parse(name, bitrate=f"{kbps}k")
     seconds = 3.0
@@ -140,19 +152,22 @@ def test_normalise_with_resampling_lossy(tmp_path):
     assert rate == 48000 and abs(len(y) - len(x) * 48000 / RATE) <= 2
     assert writer.gain == pytest.approx(1 / writer.peak) and writer.peak > 1.4
     reference = resample_poly(x, 160, 147, axis=0) * writer.gain
-    assert snr_db(reference[:len(y)], y[:len(reference)]) > 15
+    assert snr_db(reference[: len(y)], y[: len(reference)]) > 15
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(name="wav", bitrate=128), "--bitrate applies to lossy formats"),
-    (dict(name="mp3", bit_depth=16), "--bit_depth applies to lossless formats"),
-    (dict(name="flac", bit_depth=32), "FLAC stores integers only"),
-    (dict(name="wav", bit_depth=8), "--bit_depth must be 16, 24 or 32"),
-    (dict(name="opus", bitrate=1000), "outside opus's 6..512 kbps"),
-    (dict(name="mp3", bitrate="fast"), "kbps such as 192"),
-    (dict(name="m4a"), "is not one of wav, flac, aiff, mp3, ogg, opus"),
-    (dict(name="wav", clip_mode="limit"), "--clip_mode 'limit'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(name="wav", bitrate=128), "--bitrate applies to lossy formats"),
+        (dict(name="mp3", bit_depth=16), "--bit_depth applies to lossless formats"),
+        (dict(name="flac", bit_depth=32), "FLAC stores integers only"),
+        (dict(name="wav", bit_depth=8), "--bit_depth must be 16, 24 or 32"),
+        (dict(name="opus", bitrate=1000), "outside opus's 6..512 kbps"),
+        (dict(name="mp3", bitrate="fast"), "kbps such as 192"),
+        (dict(name="m4a"), "is not one of wav, flac, aiff, mp3, ogg, opus"),
+        (dict(name="wav", clip_mode="limit"), "--clip_mode 'limit'"),
+    ],
+)
 def test_bad_combinations_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as err:
         OutputFormat.parse(**kwargs)
@@ -168,41 +183,78 @@ def test_defaults_and_keys():
 
 
 def test_options_reach_the_format():
-    options = parse_options(["--input", "in", "--output", "out", "--format", "mp3",
-                             "--bitrate", "192k", "--clip-mode", "normalise", "--stems",
-                             "vocals,rest", "--residual", "last", "--filename_template",
-                             "{model}/{track}/{stem}.{ext}"])
+    options = parse_options(
+        [
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--format",
+            "mp3",
+            "--bitrate",
+            "192k",
+            "--clip-mode",
+            "normalise",
+            "--stems",
+            "vocals,rest",
+            "--residual",
+            "last",
+            "--filename_template",
+            "{model}/{track}/{stem}.{ext}",
+        ]
+    )
     assert OutputFormat.from_options(options) == OutputFormat("mp3", None, 192, "normalise")
     assert (options.stems, options.residual) == ("vocals,rest", "last")
     assert options.filename_template == "{model}/{track}/{stem}.{ext}"
     defaults = parse_options(["--input", "in", "--output", "out"])
     assert OutputFormat.from_options(defaults) == OutputFormat("wav", 32, None, "clip")
     assert (defaults.filename_template, defaults.stems, defaults.residual) == (
-        DEFAULT_TEMPLATE, None, "share")
+        DEFAULT_TEMPLATE,
+        None,
+        "share",
+    )
 
 
 def test_stem_path_default_layout_and_placeholders():
-    assert stem_path(DEFAULT_TEMPLATE, "label/album/01", "vocals", "wav", "spleeter:4stems") == \
-        "label/album/01/vocals.wav"
-    assert stem_path("{model}/{track_name}-{stem}.{ext}-{track}", "a/b", "bass", "mp3",
-                     "gs://bucket/models/mine/") == "mine/b-bass.mp3-a/b"
-    assert stem_path("{model}/{track}/{stem}.{ext}", "t", "drums", "flac", "spleeter:2stems") \
+    assert (
+        stem_path(DEFAULT_TEMPLATE, "label/album/01", "vocals", "wav", "spleeter:4stems")
+        == "label/album/01/vocals.wav"
+    )
+    assert (
+        stem_path(
+            "{model}/{track_name}-{stem}.{ext}-{track}",
+            "a/b",
+            "bass",
+            "mp3",
+            "gs://bucket/models/mine/",
+        )
+        == "mine/b-bass.mp3-a/b"
+    )
+    assert (
+        stem_path("{model}/{track}/{stem}.{ext}", "t", "drums", "flac", "spleeter:2stems")
         == "spleeter-2stems/t/drums.flac"
-    paths = {stem_path("{track}_{stem}.{ext}", t, s, "wav", "m")
-             for t in ("x", "y/z", "w") for s in ("vocals", "drums", "bass", "other")}
+    )
+    paths = {
+        stem_path("{track}_{stem}.{ext}", t, s, "wav", "m")
+        for t in ("x", "y/z", "w")
+        for s in ("vocals", "drums", "bass", "other")
+    }
     assert len(paths) == 12
 
 
-@pytest.mark.parametrize("template,message", [
-    ("{stem}.{ext}", "must contain {track}"),
-    ("{track}.{ext}", "must contain {stem}"),
-    ("/abs/{track}/{stem}.{ext}", "must be relative"),
-    ("gs://b/{track}/{stem}", "must be relative"),
-    ("{track}/../{stem}.{ext}", "must not contain '..'"),
-    ("{track}/{stem}.{format}", r"unknown placeholder \{format\}"),
-    ("{track}/{stem:>10}.{ext}", "unknown placeholder"),
-    ("{track}/{stem.{ext}", "--filename_template"),
-])
+@pytest.mark.parametrize(
+    "template,message",
+    [
+        ("{stem}.{ext}", "must contain {track}"),
+        ("{track}.{ext}", "must contain {stem}"),
+        ("/abs/{track}/{stem}.{ext}", "must be relative"),
+        ("gs://b/{track}/{stem}", "must be relative"),
+        ("{track}/../{stem}.{ext}", "must not contain '..'"),
+        ("{track}/{stem}.{format}", r"unknown placeholder \{format\}"),
+        ("{track}/{stem:>10}.{ext}", "unknown placeholder"),
+        ("{track}/{stem.{ext}", "--filename_template"),
+    ],
+)
 def test_bad_templates(template, message):
     with pytest.raises(ValueError, match=message):
         validate_template(template)
@@ -223,12 +275,14 @@ def test_stem_mix_sums_blocks():
     out = block @ matrix
     assert names == ("vocals", "accompaniment") and out.shape == (100, 2, 2)
     np.testing.assert_allclose(out[..., 0], by_name["vocals"])
-    np.testing.assert_allclose(out[..., 1], by_name["drums"] + by_name["bass"] + by_name["other"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        out[..., 1], by_name["drums"] + by_name["bass"] + by_name["other"], rtol=1e-6
+    )
     names, matrix = stem_mix("drums, rest", FOUR)
     assert names == ("drums", "rest")
-    np.testing.assert_allclose((block @ matrix)[..., 1],
-                               by_name["vocals"] + by_name["bass"] + by_name["other"], rtol=1e-6)
+    np.testing.assert_allclose(
+        (block @ matrix)[..., 1], by_name["vocals"] + by_name["bass"] + by_name["other"], rtol=1e-6
+    )
     names, matrix = stem_mix("vocals", FOUR)
     assert names == ("vocals",) and matrix[:, 0].tolist() == [1, 0, 0, 0]
     names, matrix = stem_mix("no_drums=vocals+bass+other,drums", FOUR)
@@ -238,15 +292,18 @@ def test_stem_mix_sums_blocks():
     assert not mix_is_identity(stem_mix("other,bass,drums,vocals", FOUR)[1])
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("voice", "unknown stem 'voice'; the model's stems are vocals, drums, bass, other"),
-    ("vocals,x=drums+piano", "unknown stem 'piano'"),
-    ("vocals,vocals", "vocals named twice"),
-    ("vocals,drums,bass,other,rest", "'rest' is empty"),
-    ("vocals,", "bad item ''"),
-    ("a b=drums", "bad item"),
-    ("x=drums+", "bad item"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("voice", "unknown stem 'voice'; the model's stems are vocals, drums, bass, other"),
+        ("vocals,x=drums+piano", "unknown stem 'piano'"),
+        ("vocals,vocals", "vocals named twice"),
+        ("vocals,drums,bass,other,rest", "'rest' is empty"),
+        ("vocals,", "bad item ''"),
+        ("a b=drums", "bad item"),
+        ("x=drums+", "bad item"),
+    ],
+)
 def test_stem_mix_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         stem_mix(spec, FOUR)

@@ -1,6 +1,7 @@
 """Delivery options through the real separate job (FnApiRunner, tiny seeded model): every output
 format decoded back by FFmpeg (PyAV) with the input's duration and two channels, stems that sum
 to the mixture by default, the naming template and stem subsets."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.separate import run
+from stembeam.pipeline.separate import run
 from tests.audio_files import tone, write
 from tests.test_delivery import decode
 
@@ -26,23 +27,44 @@ def catalog(tmp_path_factory) -> str:
 
 
 def separate(catalog: str, output: str, model: str, *extra: str) -> dict:
-    out = run(["--input", os.path.join(catalog, "in", "*.wav"), "--output", output, "--model",
-               model, "--report", "none", "--direct_num_workers", "1", *extra])
+    out = run(
+        [
+            "--input",
+            os.path.join(catalog, "in", "*.wav"),
+            "--output",
+            output,
+            "--model",
+            model,
+            "--report",
+            "none",
+            "--direct_num_workers",
+            "1",
+            *extra,
+        ]
+    )
     db = sqlite3.connect(os.path.join(output, "results.sqlite"))
-    status, stems = db.execute("SELECT status, stems FROM results WHERE run_id = ?",
-                               (out["run_id"],)).fetchone()
+    status, stems = db.execute(
+        "SELECT status, stems FROM results WHERE run_id = ?", (out["run_id"],)
+    ).fetchone()
     assert status == "ok"
     return json.loads(stems)
 
 
-@pytest.mark.parametrize("extra,ext,rate", [
-    ((), "wav", 44100), (("--bit_depth", "16"), "wav", 44100),
-    (("--format", "flac"), "flac", 44100),
-    (("--format", "aiff", "--bit_depth", "16"), "aiff", 44100),
-    (("--format", "mp3", "--bitrate", "192k"), "mp3", 44100),
-    (("--format", "ogg"), "ogg", 44100), (("--format", "opus"), "opus", 48000)])
-def test_every_format_decodes_back_with_the_input_duration(catalog, tmp_path, tiny_model, extra,
-                                                           ext, rate):
+@pytest.mark.parametrize(
+    "extra,ext,rate",
+    [
+        ((), "wav", 44100),
+        (("--bit_depth", "16"), "wav", 44100),
+        (("--format", "flac"), "flac", 44100),
+        (("--format", "aiff", "--bit_depth", "16"), "aiff", 44100),
+        (("--format", "mp3", "--bitrate", "192k"), "mp3", 44100),
+        (("--format", "ogg"), "ogg", 44100),
+        (("--format", "opus"), "opus", 48000),
+    ],
+)
+def test_every_format_decodes_back_with_the_input_duration(
+    catalog, tmp_path, tiny_model, extra, ext, rate
+):
     stems = separate(catalog, str(tmp_path / "out"), tiny_model, *extra)
     assert sorted(stems) == ["accompaniment", "vocals"]
     for uri in stems.values():
@@ -69,10 +91,19 @@ def test_default_stems_sum_to_the_mixture(catalog, tmp_path, tiny_model):
 def test_template_and_stem_subset(catalog, tmp_path, tiny_model):
     full = separate(catalog, str(tmp_path / "full"), tiny_model)
     out = str(tmp_path / "subset")
-    stems = separate(catalog, out, tiny_model, "--stems", "vocals,rest", "--filename_template",
-                     "{stem}/{track}.{ext}")
-    assert stems == {"vocals": os.path.join(out, "vocals", "song.wav"),
-                     "rest": os.path.join(out, "rest", "song.wav")}
+    stems = separate(
+        catalog,
+        out,
+        tiny_model,
+        "--stems",
+        "vocals,rest",
+        "--filename_template",
+        "{stem}/{track}.{ext}",
+    )
+    assert stems == {
+        "vocals": os.path.join(out, "vocals", "song.wav"),
+        "rest": os.path.join(out, "rest", "song.wav"),
+    }
     for name, model_stem in (("vocals", "vocals"), ("rest", "accompaniment")):
         got = soundfile.read(stems[name], dtype="float32")[0]
         want = soundfile.read(full[model_stem], dtype="float32")[0]

@@ -13,6 +13,7 @@
   server; the task manager entry script really starts deploy/boot.py's pool beside a (stub) Flink
   task manager. Shell scripts pass bash -n (and shellcheck where installed).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,21 +29,42 @@ import pytest
 import yaml
 from apache_beam.options import pipeline_options as beam_options
 
-import pipeline.options  # noqa: F401  (registers SeparateOptions with Beam's parser)
+import stembeam.pipeline.options  # noqa: F401  (registers SeparateOptions with Beam's parser)
 from tests.services import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")
 FLINK_DOCKERFILE = os.path.join(DEPLOY, "flink", "Dockerfile")
-SCRIPTS = [os.path.join(DEPLOY, "dataflow", "launch.sh"),
-           os.path.join(DEPLOY, "flink", "taskmanager.sh"),
-           os.path.join(REPO, ".ci", "start-postgres.sh")]
+SCRIPTS = [
+    os.path.join(DEPLOY, "dataflow", "launch.sh"),
+    os.path.join(DEPLOY, "flink", "taskmanager.sh"),
+    os.path.join(REPO, ".ci", "start-postgres.sh"),
+]
 # Template metadata file keys (Dataflow "Flex Template metadata"), top level and per parameter.
-METADATA_KEYS = {"name", "description", "streaming", "supportsAtLeastOnce",
-                 "supportsExactlyOnce", "defaultStreamingMode", "parameters"}
-PARAMETER_KEYS = {"name", "label", "helpText", "isOptional", "regexes", "paramType",
-                  "parentName", "parentTriggerValues", "groupName", "defaultValue", "enumOptions",
-                  "hiddenUi", "customMetadata"}
+METADATA_KEYS = {
+    "name",
+    "description",
+    "streaming",
+    "supportsAtLeastOnce",
+    "supportsExactlyOnce",
+    "defaultStreamingMode",
+    "parameters",
+}
+PARAMETER_KEYS = {
+    "name",
+    "label",
+    "helpText",
+    "isOptional",
+    "regexes",
+    "paramType",
+    "parentName",
+    "parentTriggerValues",
+    "groupName",
+    "defaultValue",
+    "enumOptions",
+    "hiddenUi",
+    "customMetadata",
+}
 
 
 def options_parser():
@@ -58,7 +80,8 @@ def assert_all_flags_known(args: list[str]) -> None:
     _, unknown = options_parser().parse_known_args(args)
     assert unknown == [], f"flags no options class defines: {unknown}"
     options = beam_options.PipelineOptions(args)
-    from pipeline.options import SeparateOptions
+    from stembeam.pipeline.options import SeparateOptions
+
     assert options.view_as(SeparateOptions).input and options.view_as(SeparateOptions).output
 
 
@@ -107,11 +130,21 @@ def test_dataflow_launch_script_flags(tmp_path):
     stub.parent.mkdir()
     stub.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done > "$ARGS_FILE"\n')
     stub.chmod(0o755)
-    env = dict(os.environ, PATH=f"{stub.parent}:{os.environ['PATH']}",
-               ARGS_FILE=str(tmp_path / "args"), PROJECT="p", REGION="us-central1",
-               BUCKET="b", INPUT="gs://b/masters/**.flac", OUTPUT="gs://b/stems")
-    subprocess.run(["bash", os.path.join(DEPLOY, "dataflow", "launch.sh"), "--precision",
-                    "bfloat16"], env=env, check=True)
+    env = dict(
+        os.environ,
+        PATH=f"{stub.parent}:{os.environ['PATH']}",
+        ARGS_FILE=str(tmp_path / "args"),
+        PROJECT="p",
+        REGION="us-central1",
+        BUCKET="b",
+        INPUT="gs://b/masters/**.flac",
+        OUTPUT="gs://b/stems",
+    )
+    subprocess.run(
+        ["bash", os.path.join(DEPLOY, "dataflow", "launch.sh"), "--precision", "bfloat16"],
+        env=env,
+        check=True,
+    )
     args = (tmp_path / "args").read_text().split("\0")[:-1]
     assert args[0] == "separate"
     assert_all_flags_known(args[1:])
@@ -119,7 +152,8 @@ def test_dataflow_launch_script_flags(tmp_path):
     assert parsed.view_as(beam_options.StandardOptions).runner == "DataflowRunner"
     google = parsed.view_as(beam_options.GoogleCloudOptions)
     assert google.dataflow_service_options == [
-        "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+        "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+    ]
     worker = parsed.view_as(beam_options.WorkerOptions)
     assert worker.machine_type == "g2-standard-8"
     assert parsed.view_as(beam_options.DebugOptions).number_of_worker_harness_threads == 8
@@ -151,9 +185,12 @@ def test_flex_template_metadata_file():
     required = {p["name"] for p in metadata["parameters"] if not p["isOptional"]}
     assert required == {"input", "output", "results"}  # remote output: --results is required
     regexes = {p["name"]: p["regexes"] for p in metadata["parameters"] if "regexes" in p}
-    for name, good, bad in [("results", "bigquery:p.stembeam.results", "results.sqlite"),
-                            ("results", "postgresql://u:p@h/db", "bigquery:p.table"),
-                            ("segmentation", "spleeter", "spleeterx"), ("batch_size", "16", "1a")]:
+    for name, good, bad in [
+        ("results", "bigquery:p.stembeam.results", "results.sqlite"),
+        ("results", "postgresql://u:p@h/db", "bigquery:p.table"),
+        ("segmentation", "spleeter", "spleeterx"),
+        ("batch_size", "16", "1a"),
+    ]:
         assert all(re.match(r, good) for r in regexes[name]), (name, good)
         assert not all(re.match(r, bad) for r in regexes[name]), (name, bad)
     with open(os.path.join(DEPLOY, "README.md")) as handle:
@@ -176,7 +213,7 @@ def test_image_pins_match_requirements():
     env = dockerfile_env(os.path.join(DEPLOY, "Dockerfile"))
     assert env["RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT"] == "1"
     venv = env["VIRTUAL_ENV"]
-    assert f'-m venv {venv}' in text and env["PATH"].split(":")[0] == f"{venv}/bin"
+    assert f"-m venv {venv}" in text and env["PATH"].split(":")[0] == f"{venv}/bin"
     assert f"COPY deploy/boot.py {dockerfile_env(FLINK_DOCKERFILE)['BOOT']}" in text
     assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in text
 
@@ -195,7 +232,8 @@ def test_compose_pairs_each_task_manager_with_its_worker_pool():
     assert pool == image_env["POOL_ADDRESS"] and pool.startswith("127.0.0.1:")
     # the pipeline's EXTERNAL address is the pool inside the same container
     portable = beam_options.PipelineOptions(flink_submit_args()).view_as(
-        beam_options.PortableOptions)
+        beam_options.PortableOptions
+    )
     host, port = portable.environment_config.rsplit(":", 1)
     assert host in ("localhost", "127.0.0.1") and port == pool.rsplit(":", 1)[1]
     devices = taskmanager["deploy"]["resources"]["reservations"]["devices"]
@@ -207,8 +245,9 @@ def test_compose_pairs_each_task_manager_with_its_worker_pool():
 
 def test_flink_versions_match_beam():
     services = compose()["services"]
-    job_server = re.fullmatch(r"apache/beam_flink([\d.]+)_job_server:(\S+)",
-                              services["job-server"]["image"])
+    job_server = re.fullmatch(
+        r"apache/beam_flink([\d.]+)_job_server:(\S+)", services["job-server"]["image"]
+    )
     assert job_server and job_server.group(2) == requirement_pins()["apache-beam"]
     minor = job_server.group(1)
     assert minor in beam_options.FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
@@ -224,19 +263,30 @@ def test_taskmanager_entry_starts_the_worker_pool(tmp_path):
     taskmanager.sh succeeds only once the pool answers on POOL_ADDRESS."""
     stub = tmp_path / "flink" / "bin" / "taskmanager.sh"
     stub.parent.mkdir(parents=True)
-    stub.write_text('#!/usr/bin/env bash\nfor _ in $(seq 300); do\n'
-                    '  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then\n'
-                    '    printf "%s\\n" "$@" > "$ARGS_FILE"; exit 0\n  fi\n  sleep 0.1\n'
-                    'done\nexit 3\n')
+    stub.write_text(
+        "#!/usr/bin/env bash\nfor _ in $(seq 300); do\n"
+        '  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then\n'
+        '    printf "%s\\n" "$@" > "$ARGS_FILE"; exit 0\n  fi\n  sleep 0.1\n'
+        "done\nexit 3\n"
+    )
     stub.chmod(0o755)
     port = free_port()
-    env = dict(os.environ, FLINK_HOME=str(tmp_path / "flink"), PORT=str(port),
-               BOOT=os.path.join(DEPLOY, "boot.py"), POOL_ADDRESS=f"127.0.0.1:{port}",
-               ARGS_FILE=str(tmp_path / "args"),
-               PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        FLINK_HOME=str(tmp_path / "flink"),
+        PORT=str(port),
+        BOOT=os.path.join(DEPLOY, "boot.py"),
+        POOL_ADDRESS=f"127.0.0.1:{port}",
+        ARGS_FILE=str(tmp_path / "args"),
+        PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    )
     command = compose()["services"]["taskmanager"]["command"]
-    subprocess.run([os.path.join(DEPLOY, "flink", "taskmanager.sh"), *command], env=env,
-                   check=True, timeout=120)
+    subprocess.run(
+        [os.path.join(DEPLOY, "flink", "taskmanager.sh"), *command],
+        env=env,
+        check=True,
+        timeout=120,
+    )
     assert (tmp_path / "args").read_text().split("\n")[:-1] == ["start-foreground", *command]
     with pytest.raises(OSError):  # the pool stopped with its task manager
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -1,5 +1,6 @@
 """gcp-storage-emulator really serves Beam's FileSystems on gs://, in the test process and in
 SDK worker processes, with no network call leaving loopback."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ from tests import loopback_guard
 def _write(uri: str, payload: bytes, piece: int) -> None:
     with FileSystems.create(uri) as handle:
         for start in range(0, len(payload), piece):
-            handle.write(payload[start:start + piece])
+            handle.write(payload[start : start + piece])
 
 
 def _read(uri: str) -> bytes:
@@ -40,9 +41,12 @@ def test_filesystems_write_list_read_rename_delete(gcs_emulator, loopback_only):
 
     listed = FileSystems.match([f"{root}/in/**"])[0].metadata_list
     assert sorted((m.path, m.size_in_bytes) for m in listed) == [
-        (f"{root}/in/a/one.bin", len(payload)), (f"{root}/in/two.bin", 3)]
+        (f"{root}/in/a/one.bin", len(payload)),
+        (f"{root}/in/two.bin", 3),
+    ]
     assert [m.path for m in FileSystems.match([f"{root}/in/*.bin"])[0].metadata_list] == [
-        f"{root}/in/two.bin"]
+        f"{root}/in/two.bin"
+    ]
 
     assert _read(f"{root}/in/a/one.bin") == payload
     with FileSystems.open(f"{root}/in/a/one.bin") as handle:
@@ -74,16 +78,17 @@ class _WriteAndReport(beam.DoFn):
 def test_sdk_worker_processes_use_the_emulator(gcs_emulator, loopback_only):
     root = gcs_emulator.bucket()
     test_pid = os.getpid()
-    options = PipelineOptions([
-        "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-        "--direct_num_workers=1"])
+    options = PipelineOptions(
+        ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=1"]
+    )
     with beam.Pipeline(options=options) as pipeline:
         reports = pipeline | beam.Create(range(3)) | beam.ParDo(_WriteAndReport(root))
         # Every element ran in another process, with Beam's credentials pre-seeded and the
         # loopback guard installed there.
         assert_that(
             reports | beam.Map(lambda r: (r[0], r[1] != test_pid, r[2], r[3])),
-            equal_to([(i, True, True, True) for i in range(3)]))
+            equal_to([(i, True, True, True) for i in range(3)]),
+        )
     for index in range(3):
         assert _read(f"{root}/worker/{index}.txt") == f"element {index}".encode()
 

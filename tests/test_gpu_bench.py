@@ -1,6 +1,7 @@
 """bench.gpu's CPU path on 5 s of real music, so the GPU benchmark works the first time a GPU is
 there: catalog, fresh `stembeam separate` processes in both precisions, the check against a
 CPU run, the figures it prints."""
+
 from __future__ import annotations
 
 import glob
@@ -24,10 +25,30 @@ def test_cpu_path_on_five_seconds(tiny_model, tmp_path):
         pytest.skip("fretsonfire-songs-muldjord is not installed")
     cache, keep, rows_path = tmp_path / "cache", tmp_path / "keep", tmp_path / "rows.json"
     env = {**os.environ, "PYTHONPATH": ROOT, "STEMBEAM_CACHE": str(cache)}
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--cpu", "--seconds", "5",
-                           "--models", tiny_model, "--precisions", "float32", "bfloat16",
-                           "--json", str(rows_path), "--keep", str(keep)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu",
+            "--cpu",
+            "--seconds",
+            "5",
+            "--models",
+            tiny_model,
+            "--precisions",
+            "float32",
+            "bfloat16",
+            "--json",
+            str(rows_path),
+            "--keep",
+            str(keep),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (catalog_file,) = glob.glob(str(cache / "bench" / "gpu-catalog-5s" / "*.flac"))
     mixture, rate = sf.read(catalog_file, dtype="float64")
@@ -46,8 +67,9 @@ def test_cpu_path_on_five_seconds(tiny_model, tmp_path):
         audio = [sf.read(s, dtype="float64")[0] for s in stems]
         # the default residual sharing makes the stems sum to the mixture
         np.testing.assert_allclose(sum(audio), mixture, atol=2e-4)
-        worst = min(10 * np.log10(np.sum(b ** 2) / max(np.sum((a - b) ** 2), 1e-300))
-                    for a, b in zip(audio, (sf.read(c, dtype="float64")[0] for c in cpu),
-                                    strict=True))
+        worst = min(
+            10 * np.log10(np.sum(b**2) / max(np.sum((a - b) ** 2), 1e-300))
+            for a, b in zip(audio, (sf.read(c, dtype="float64")[0] for c in cpu), strict=True)
+        )
         assert worst >= 60 and row["snr_vs_cpu_db"] >= 60
         assert f"{row['precision']}: 5 s of audio" in proc.stdout

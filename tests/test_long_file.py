@@ -4,6 +4,7 @@ process on a short and a 10x longer generated file (slow).
 Run as a script to print the figures for other lengths:
 ``python3 tests/test_long_file.py 180 1800`` (seconds of audio each).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,11 @@ import soundfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_MEASURE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
-            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+_MEASURE = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+    "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def write_long(path: str, seconds: int, rate: int = 44100) -> int:
@@ -40,10 +43,23 @@ def peak_rss_mb(seconds: int, model: str, folder: str) -> tuple[float, int, int]
     audio = os.path.join(folder, f"long{seconds}.wav")
     n = write_long(audio, seconds)
     output = os.path.join(folder, f"out{seconds}")
-    cmd = [sys.executable, "-m", "pipeline", "separate", "--input", audio, "--output", output,
-           "--model", model, "--report", "none"]
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], cwd=ROOT, check=True,
-                          capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "stembeam.pipeline",
+        "separate",
+        "--input",
+        audio,
+        "--output",
+        output,
+        "--model",
+        model,
+        "--report",
+        "none",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], cwd=ROOT, check=True, capture_output=True, text=True
+    )
     stem = soundfile.info(os.path.join(output, f"long{seconds}", "vocals.wav")).frames
     return int(proc.stdout.strip()) / 1024, n, stem
 

@@ -1,8 +1,9 @@
 """Masks and Wiener filtering against hand-computed values and the filters' defining properties."""
+
 import numpy as np
 import pytest
 
-from model import masks
+from stembeam.model import masks
 
 
 def test_ratio_masks_hand_values():
@@ -36,7 +37,9 @@ def error_db(estimate, reference):
 
 
 def random_mix(rng, n=40, bins=17, channels=2):
-    return (rng.standard_normal((n, bins, channels)) + 1j * rng.standard_normal((n, bins, channels))).astype(np.complex64)
+    return (
+        rng.standard_normal((n, bins, channels)) + 1j * rng.standard_normal((n, bins, channels))
+    ).astype(np.complex64)
 
 
 def test_wiener_stems_sum_to_the_mixture_where_modelled():
@@ -107,8 +110,10 @@ def test_split_masks_match_full_bin_products(extension, residual):
     power = estimates.astype(np.float64) ** 2
     ratio = (power + 1e-10 / 3) / (power.sum(-1, keepdims=True) + 1e-10)
     mean = ratio.mean(axis=1, keepdims=True)
-    full = np.concatenate([ratio, np.broadcast_to(mean if extension == "average" else 0 * mean,
-                                                  (40, 8, 2, 3))], axis=1)
+    full = np.concatenate(
+        [ratio, np.broadcast_to(mean if extension == "average" else 0 * mean, (40, 8, 2, 3))],
+        axis=1,
+    )
     want = mix[..., None].astype(np.complex128) * full
     if residual == "last":
         want[..., -1] += mix - want.sum(-1)
@@ -121,8 +126,9 @@ def test_split_masks_match_full_bin_products(extension, residual):
     assert got.dtype == np.complex64 and got.shape == (40, 2, 3, 17)
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, atol=1e-6 * np.abs(mix).max())
     if residual != "none":
-        np.testing.assert_allclose(got.sum(2), mix.transpose(0, 2, 1),
-                                   atol=1e-6 * np.abs(mix).max())
+        np.testing.assert_allclose(
+            got.sum(2), mix.transpose(0, 2, 1), atol=1e-6 * np.abs(mix).max()
+        )
 
 
 def test_split_masks_reject_unknown_modes():

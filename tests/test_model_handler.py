@@ -1,4 +1,5 @@
 """StemModelHandler: the model loads on a thread, batches run through it, failures surface."""
+
 from __future__ import annotations
 
 import os
@@ -9,22 +10,30 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import TINY
-from transforms.inference import (
+from stembeam.transforms.inference import (
     CPU_BATCH_SIZE,
     GPU_BATCH_SIZE,
     BackgroundModel,
     StemModelHandler,
     default_batch_size,
 )
-from transforms.records import Segment
+from stembeam.transforms.records import Segment
+from tests.conftest import TINY
 
 
 def _segments(n: int, seed: int = 0) -> list[Segment]:
     rng = np.random.default_rng(seed)
-    return [Segment(track=None, plan=None, is_last=False, info=None, started_at=0.0,
-                    magnitude=rng.uniform(0, 2, (TINY.T, TINY.F, TINY.channels)).astype("float32"))
-            for _ in range(n)]
+    return [
+        Segment(
+            track=None,
+            plan=None,
+            is_last=False,
+            info=None,
+            started_at=0.0,
+            magnitude=rng.uniform(0, 2, (TINY.T, TINY.F, TINY.channels)).astype("float32"),
+        )
+        for _ in range(n)
+    ]
 
 
 def test_batches_through_the_background_model(tiny_model):
@@ -59,23 +68,33 @@ def test_launcher_does_not_import_tensorflow(tiny_model):
     # describing a model (what the launcher does) leaves TensorFlow and Keras to the workers'
     # loading thread
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import sys, pipeline.separate\n"
-            "from model.registry import describe_model\n"
-            f"info = describe_model({tiny_model!r})\n"
-            "print(info.config.name, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": root}, check=True).stdout
+    code = (
+        "import sys, stembeam.pipeline.separate\n"
+        "from stembeam.model.registry import describe_model\n"
+        f"info = describe_model({tiny_model!r})\n"
+        "print(info.config.name, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+        check=True,
+    ).stdout
     assert out.split() == ["tiny", "False", "False"]
 
 
 def test_precision_and_batch_size_options():
-    from pipeline.options import UsageError, parse_options
+    from stembeam.pipeline.options import UsageError, parse_options
 
     options = parse_options(["a.wav", "-o", "/tmp/o"])
     assert options.precision == "auto" and options.batch_size is None
     for precision in ("float32", "bfloat16"):
-        assert parse_options(["a.wav", "-o", "/tmp/o", "--precision", precision]
-                             ).precision == precision
+        assert (
+            parse_options(["a.wav", "-o", "/tmp/o", "--precision", precision]).precision
+            == precision
+        )
     assert parse_options(["a.wav", "-o", "/tmp/o", "--batch_size", "8"]).batch_size == 8
     with pytest.raises(UsageError, match="float16"):
         parse_options(["a.wav", "-o", "/tmp/o", "--precision", "float16"])

@@ -8,6 +8,7 @@ streaming decode from the store, stems equal to an independent numpy separation,
 partial objects left, done-markers, a failed row for a broken file, and a rerun that skips
 (objects not rewritten).
 """
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,8 @@ import pytest
 import soundfile
 from apache_beam.io.filesystems import FileSystems
 
-from model.segmentation import default_context
-from pipeline.cli import main
+from stembeam.model.segmentation import default_context
+from stembeam.pipeline.cli import main
 from tests.audio_files import tone
 from tests.conftest import TINY, numpy_separate
 
@@ -44,13 +45,17 @@ def read_audio(uri: str) -> tuple[np.ndarray, int]:
 
 def rows_of(db_path: str, run_id: str) -> dict[str, tuple[str, str]]:
     with sqlite3.connect(db_path) as db:
-        return {t: (s, e) for t, s, e in db.execute(
-            "select track_id, status, error from results where run_id = ?", (run_id,))}
+        return {
+            t: (s, e)
+            for t, s, e in db.execute(
+                "select track_id, status, error from results where run_id = ?", (run_id,)
+            )
+        }
 
 
 def objects(root: str) -> list[str]:
     listed = FileSystems.match([f"{root}/**"])[0].metadata_list
-    return sorted(m.path[len(root) + 1:] for m in listed)
+    return sorted(m.path[len(root) + 1 :] for m in listed)
 
 
 def versions(store, root: str, paths: list[str]) -> dict[str, object]:
@@ -60,8 +65,12 @@ def versions(store, root: str, paths: list[str]) -> dict[str, object]:
         blobs = store.client().bucket(bucket)
         return {p: blobs.get_blob(f"out/{p}").generation for p in paths}
     client = store.client()
-    return {p: (lambda h: (h["ETag"], h["LastModified"]))(
-        client.head_object(Bucket=bucket, Key=f"out/{p}")) for p in paths}
+    return {
+        p: (lambda h: (h["ETag"], h["LastModified"]))(
+            client.head_object(Bucket=bucket, Key=f"out/{p}")
+        )
+        for p in paths
+    }
 
 
 @pytest.fixture(params=["gs", "s3"])
@@ -90,15 +99,33 @@ def test_separate_store_to_store_then_rerun_skips(catalog, store, tiny_model, tm
     db = str(tmp_path / "results.sqlite")
 
     def separate(run_id: str) -> int:
-        return main(["separate", "--input", f"{root}/masters/**", "--output", f"{root}/out",
-                     "--model", f"{root}/models/tiny", "--results", f"sqlite:///{db}",
-                     "--model_cache", str(tmp_path / "cache"), "--run_id", run_id,
-                     "--residual", "none"])  # as the numpy reference separates
+        return main(
+            [
+                "separate",
+                "--input",
+                f"{root}/masters/**",
+                "--output",
+                f"{root}/out",
+                "--model",
+                f"{root}/models/tiny",
+                "--results",
+                f"sqlite:///{db}",
+                "--model_cache",
+                str(tmp_path / "cache"),
+                "--run_id",
+                run_id,
+                "--residual",
+                "none",
+            ]
+        )  # as the numpy reference separates
 
     assert separate("r1") == 3  # the broken track failed; the others are written
     rows = rows_of(db, "r1")
     assert {t: s for t, (s, _) in rows.items()} == {
-        "one": "ok", "sub/two": "ok", "broken": "failed"}
+        "one": "ok",
+        "sub/two": "ok",
+        "broken": "failed",
+    }
     assert rows["broken"][1]
 
     written = objects(f"{root}/out")
@@ -120,6 +147,9 @@ def test_separate_store_to_store_then_rerun_skips(catalog, store, tiny_model, tm
     before = versions(store, root, written)
     assert separate("r2") == 3
     assert {t: s for t, (s, _) in rows_of(db, "r2").items()} == {
-        "one": "skipped", "sub/two": "skipped", "broken": "failed"}
+        "one": "skipped",
+        "sub/two": "skipped",
+        "broken": "failed",
+    }
     assert objects(f"{root}/out") == written
     assert versions(store, root, written) == before

@@ -1,10 +1,11 @@
 """Tests for the oracle baselines of bench/oracle_baselines.py."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from bench.oracle_baselines import oracle_irm
-from model.evaluation import global_sdr
+from stembeam.model.evaluation import global_sdr
 
 
 def _stems(seconds: float = 1.0) -> np.ndarray:

@@ -3,6 +3,7 @@
 Stems are compared with an independent numpy separation (tests/conftest.py:numpy_separate);
 a catalog mixing good and hostile inputs must give every track exactly one row.
 """
+
 import json
 import os
 import sqlite3
@@ -15,26 +16,34 @@ import soundfile
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from model.segmentation import default_context
-from pipeline.options import SeparateOptions, results_url
-from pipeline.separate import build
+from stembeam.model.registry import describe_model
+from stembeam.model.segmentation import default_context
+from stembeam.pipeline.options import SeparateOptions, results_url
+from stembeam.pipeline.separate import build
 from tests.audio_files import hostile_files, tone, write, write_m4a
 from tests.conftest import TINY, numpy_separate
-from model.registry import describe_model
 
 GOOD = {"good": "ok", "low": "ok", "high": "ok", "surround": "ok", "aac": "ok", "__/evil": "ok"}
-BAD = {"bad_empty": "not a decodable audio file", "bad_garbage": "not a decodable audio file",
-       "bad_zero_length": "zero-length", "bad_nan": "NaN", "bad_truncated": "truncated",
-       "missing": "cannot open"}
+BAD = {
+    "bad_empty": "not a decodable audio file",
+    "bad_garbage": "not a decodable audio file",
+    "bad_zero_length": "zero-length",
+    "bad_nan": "NaN",
+    "bad_truncated": "truncated",
+    "missing": "cannot open",
+}
 
 
 def make_catalog(folder: str) -> str:
     """A CSV manifest of good inputs (one with references) and hostile ones."""
     audio = os.path.join(folder, "audio")
     rows = [
-        ("good", write(os.path.join(audio, "good.wav"), tone(4.0, seed=1), subtype="FLOAT"),
-         write(os.path.join(audio, "good_v.wav"), tone(4.0, seed=2) * 0.5, subtype="FLOAT"),
-         write(os.path.join(audio, "good_a.wav"), tone(4.0, seed=3) * 0.5, subtype="FLOAT")),
+        (
+            "good",
+            write(os.path.join(audio, "good.wav"), tone(4.0, seed=1), subtype="FLOAT"),
+            write(os.path.join(audio, "good_v.wav"), tone(4.0, seed=2) * 0.5, subtype="FLOAT"),
+            write(os.path.join(audio, "good_a.wav"), tone(4.0, seed=3) * 0.5, subtype="FLOAT"),
+        ),
         ("low", write(os.path.join(audio, "low.wav"), tone(1.5, 8000, 1), 8000), "", ""),
         ("high", write(os.path.join(audio, "high.flac"), tone(1.0, 192000), 192000), "", ""),
         ("surround", write(os.path.join(audio, "surround.wav"), tone(1.0, channels=6)), "", ""),
@@ -42,8 +51,10 @@ def make_catalog(folder: str) -> str:
         ("../evil", os.path.join(audio, "good.wav"), "", ""),
         ("missing", os.path.join(audio, "missing.wav"), "", ""),
     ]
-    rows += [(f"bad_{name}", path, "", "")
-             for name, path in hostile_files(os.path.join(folder, "bad")).items()]
+    rows += [
+        (f"bad_{name}", path, "", "")
+        for name, path in hostile_files(os.path.join(folder, "bad")).items()
+    ]
     manifest = os.path.join(folder, "catalog.csv")
     with open(manifest, "w") as f:
         f.write("track_id,uri,vocals,accompaniment\n")
@@ -53,8 +64,9 @@ def make_catalog(folder: str) -> str:
 
 def options(manifest: str, output: str, model: str, *extra: str) -> SeparateOptions:
     """Without the residual, as the numpy reference separates (its default: test_delivery_*)."""
-    return SeparateOptions(["--input", manifest, "--output", output, "--model", model,
-                            "--residual", "none", *extra])
+    return SeparateOptions(
+        ["--input", manifest, "--output", output, "--model", model, "--residual", "none", *extra]
+    )
 
 
 def rows_of(output: str, run_id: str) -> dict[str, dict]:
@@ -70,8 +82,10 @@ def run_test_pipeline(opts: SeparateOptions, run_id: str, expected: dict[str, st
     model = describe_model(opts.model)
     with BeamTestPipeline(runner="FnApiRunner", options=opts) as p:
         rows = build(p, opts, model, run_id, results_url(opts), time.time())
-        assert_that(rows | beam.Map(lambda r: (r["track_id"], r["status"])),
-                    equal_to(list(expected.items())))
+        assert_that(
+            rows | beam.Map(lambda r: (r["track_id"], r["status"])),
+            equal_to(list(expected.items())),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +112,8 @@ def test_every_track_gets_one_row_with_a_reason(first_run):
     assert (rows["surround"]["channels"], rows["aac"]["codec"]) == (6, "mov/aac")
     db = sqlite3.connect(os.path.join(output, "results.sqlite"))
     ok, skipped, failed = db.execute(
-        "SELECT tracks_ok, tracks_skipped, tracks_failed FROM runs WHERE run_id='run1'").fetchone()
+        "SELECT tracks_ok, tracks_skipped, tracks_failed FROM runs WHERE run_id='run1'"
+    ).fetchone()
     assert (ok, skipped, failed) == (len(GOOD), 0, len(BAD))
 
 
@@ -123,7 +138,10 @@ def test_resampled_and_downmixed_stems_keep_input_length_and_rate(first_run):
         for stem in TINY.stems:
             info = soundfile.info(os.path.join(output, track_id, f"{stem}.wav"))
             assert (info.frames, info.samplerate, info.channels) == (
-                source.frames, source.samplerate, 2)
+                source.frames,
+                source.samplerate,
+                2,
+            )
     aac = rows_of(output, "run1")["aac"]  # no header length: as many samples as were decoded
     info = soundfile.info(os.path.join(output, "aac", "vocals.wav"))
     assert info.frames == round(aac["duration_s"] * 44100) and abs(info.frames - 66150) <= 2048
@@ -149,8 +167,12 @@ def test_museval_metrics_where_references_exist(first_run):
     good = next(line.strip().split(",") for line in open(manifest) if line.startswith("good,"))
     references = dict(zip(["vocals", "accompaniment"], good[2:4], strict=True))
     refs = np.stack([soundfile.read(references[s], dtype="float32")[0] for s in TINY.stems])
-    ests = np.stack([soundfile.read(os.path.join(output, "good", f"{s}.wav"), dtype="float32")[0]
-                     for s in TINY.stems])
+    ests = np.stack(
+        [
+            soundfile.read(os.path.join(output, "good", f"{s}.wav"), dtype="float32")[0]
+            for s in TINY.stems
+        ]
+    )
     sdr, isr, sir, sar = museval.evaluate(refs, ests, win=44100, hop=44100)
     for metric, values in zip(("sdr", "isr", "sir", "sar"), (sdr, isr, sir, sar), strict=True):
         for i, stem in enumerate(TINY.stems):
@@ -180,11 +202,26 @@ def test_rerun_skips_done_tracks_and_force_redoes_them(first_run, tiny_model):
 def test_flac_wiener_spleeter_cut_then_force(tmp_path, tiny_model):
     folder = str(tmp_path)
     write(os.path.join(folder, "in", "x.wav"), tone(2.0))
-    opts = options(os.path.join(folder, "in", "*.wav"), os.path.join(folder, "out"), tiny_model,
-                   "--format", "flac", "--postprocess", "wiener", "--segmentation", "spleeter")
+    opts = options(
+        os.path.join(folder, "in", "*.wav"),
+        os.path.join(folder, "out"),
+        tiny_model,
+        "--format",
+        "flac",
+        "--postprocess",
+        "wiener",
+        "--segmentation",
+        "spleeter",
+    )
     run_test_pipeline(opts, "a", {"x": "ok"})
     info = soundfile.info(os.path.join(folder, "out", "x", "vocals.flac"))
     assert (info.format, info.frames) == ("FLAC", 88200)
-    forced = options(os.path.join(folder, "in", "*.wav"), os.path.join(folder, "out"), tiny_model,
-                     "--format", "flac", "--force")
+    forced = options(
+        os.path.join(folder, "in", "*.wav"),
+        os.path.join(folder, "out"),
+        tiny_model,
+        "--format",
+        "flac",
+        "--force",
+    )
     run_test_pipeline(forced, "c", {"x": "ok"})

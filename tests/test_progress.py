@@ -1,16 +1,25 @@
 """RunProgress against a real SQLite results table filled while it polls."""
+
 import io
 import logging
 import time
 
-from pipeline.console import ConsoleHandler, RunProgress
-from transforms.records import Track, result_row
-from transforms.results import create_engine, create_tables, upsert
+from stembeam.pipeline.console import ConsoleHandler, RunProgress
+from stembeam.transforms.records import Track, result_row
+from stembeam.transforms.results import create_engine, create_tables, upsert
 
 
 def _row(run_id: str, track_id: str, status: str, duration_s: float, error: str = "") -> dict:
-    return result_row(Track(track_id, f"/in/{track_id}.wav"), run_id, "tiny", "0" * 64, status,
-                      error=error, duration_s=duration_s, realtime_factor=3.0)
+    return result_row(
+        Track(track_id, f"/in/{track_id}.wav"),
+        run_id,
+        "tiny",
+        "0" * 64,
+        status,
+        error=error,
+        duration_s=duration_s,
+        realtime_factor=3.0,
+    )
 
 
 def _wait(predicate, timeout: float = 10.0) -> None:
@@ -41,15 +50,19 @@ def test_poller_prints_each_new_track_of_its_run_while_rows_arrive(tmp_path, cap
     finally:
         progress.stop()
     engine.dispose()
-    tracks = [(r.levelname, r.getMessage()) for r in caplog.records
-              if r.getMessage().startswith("track ")]
-    assert tracks == [("INFO", "track a: ok, 10.0 min of audio, 3.00x real time"),
-                      ("WARNING", "track b: failed: not audio: garbage")]
+    tracks = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("track ")
+    ]
+    assert tracks == [
+        ("INFO", "track a: ok, 10.0 min of audio, 3.00x real time"),
+        ("WARNING", "track b: failed: not audio: garbage"),
+    ]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
     assert lines and lines[-1].startswith("progress: 2/4 tracks (1 failed), 10.0 min of audio")
     # 600 s of audio in 100 s: 6x real time; 2 tracks worked in 100 s, 2 left: 100 s more
     assert progress.line(now=started + 100) == (
-        "2/4 tracks (1 failed), 10.0 min of audio, 6.00x real time, ETA 0:01:40")
+        "2/4 tracks (1 failed), 10.0 min of audio, 6.00x real time, ETA 0:01:40"
+    )
 
 
 def test_live_bar_on_a_terminal_redraws_below_log_lines(tmp_path):
@@ -65,8 +78,7 @@ def test_live_bar_on_a_terminal_redraws_below_log_lines(tmp_path):
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     try:
-        progress = RunProgress(url, "r1", total=4, started=time.time(), handler=handler,
-                               live=True)
+        progress = RunProgress(url, "r1", total=4, started=time.time(), handler=handler, live=True)
         progress.poll()
         progress.stop()
     finally:
@@ -77,4 +89,4 @@ def test_live_bar_on_a_terminal_redraws_below_log_lines(tmp_path):
     assert text.startswith("track a: skipped (already separated)\n")
     assert "\r\033[K[" + "#" * 6 + "." * 18 + "] 1/4 tracks (1 skipped), 0.0 s of audio" in text
     assert text.endswith("\r\033[K")
-    assert "\n" not in text[len("track a: skipped (already separated)\n"):]
+    assert "\n" not in text[len("track a: skipped (already separated)\n") :]

@@ -4,19 +4,22 @@ The bar is Spleeter 2.4.2's own SDR on this excerpt, measured with `python3 benc
 (vocals 4.17 dB, accompaniment 11.81 dB with ratio masks; 4.04 / 11.83 with Wiener). The clip is
 6 s (one segment), so this checks the real path end to end, not the model's quality.
 """
+
 import glob
 import os
 
 import numpy as np
 import pytest
 
-from model import evaluation
-from model.registry import ModelFetchError, load_model
-from model.reconstruct import separate_waveform
-from model.unet import batch_predictor
+from stembeam.model import evaluation
+from stembeam.model.reconstruct import separate_waveform
+from stembeam.model.registry import ModelFetchError, load_model
+from stembeam.model.unet import batch_predictor
 
-SPLEETER_SDR = {"ratio": {"vocals": 4.17, "accompaniment": 11.81},
-                "wiener": {"vocals": 4.04, "accompaniment": 11.83}}
+SPLEETER_SDR = {
+    "ratio": {"vocals": 4.17, "accompaniment": 11.81},
+    "wiener": {"vocals": 4.04, "accompaniment": 11.83},
+}
 
 pytestmark = pytest.mark.spleeter_weights
 
@@ -43,21 +46,24 @@ def spleeter_2stems():
 def test_sdr_at_least_spleeters(excerpt, spleeter_2stems, segmentation, postprocess):
     mixture, references = excerpt
     cfg = spleeter_2stems.config
-    stems = separate_waveform(mixture, batch_predictor(spleeter_2stems.model), cfg,
-                              segmentation, postprocess)
+    stems = separate_waveform(
+        mixture, batch_predictor(spleeter_2stems.model), cfg, segmentation, postprocess
+    )
     medians = evaluation.median_metrics(evaluation.evaluate(references, np.moveaxis(stems, -1, 0)))
     for i, stem in enumerate(cfg.stems):
         sdr = medians["sdr"][i]
         assert sdr >= SPLEETER_SDR[postprocess][stem] - 0.01, (stem, sdr)
     # and far above the mixture-as-estimate baseline on the same clip
-    baseline = evaluation.median_metrics(evaluation.evaluate(references, np.stack([mixture, mixture])))
+    baseline = evaluation.median_metrics(
+        evaluation.evaluate(references, np.stack([mixture, mixture]))
+    )
     assert (medians["sdr"] > baseline["sdr"] + 3).all()
 
 
 def test_short_segments_give_the_whole_segment_result(excerpt, spleeter_2stems, monkeypatch):
     """A 3 s track is fed 384 frames instead of 512 (the 224 frames of silence after it are as
     far as the U-Net's receptive field reaches): same stems."""
-    from model import segmentation
+    from stembeam.model import segmentation
 
     mixture = excerpt[0][: 3 * 44100]
     predict = batch_predictor(spleeter_2stems.model)

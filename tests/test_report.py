@@ -24,9 +24,9 @@ import pytest
 import soundfile as sf
 import sqlalchemy as sa
 
-from pipeline import report
-from pipeline.report import media
-from transforms.results_schema import (
+from stembeam.pipeline import report
+from stembeam.pipeline.report import media
+from stembeam.transforms.results_schema import (
     RESULT_COLUMNS,
     RESULT_KEY,
     RESULTS_TABLE,

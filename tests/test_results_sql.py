@@ -3,6 +3,7 @@
 Rows are generated here and read back with plain SQLAlchemy selects; expectations are computed
 from the generated values (NaN/inf -> NULL, timestamps as UTC instants), not from the sink.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -17,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.results import CommitRows, create_engine, create_tables, sql_tables, upsert
-from transforms.results_schema import (
+from stembeam.transforms.results import CommitRows, create_engine, create_tables, sql_tables, upsert
+from stembeam.transforms.results_schema import (
     RESULT_COLUMNS,
     RESULTS_TABLE,
     RUN_COLUMNS,
@@ -40,19 +41,28 @@ def generated_rows(run_id: str, count: int, seed: int) -> list[dict[str, Any]]:
         row: dict[str, Any] = {}
         for name, kind, _ in RESULT_COLUMNS:
             if kind == "string":
-                row[name] = f"{name} ’quoted' \"x\" {rng.random():.6f} é"
+                row[name] = f'{name} ’quoted\' "x" {rng.random():.6f} é'
             elif kind == "float":
-                row[name] = FLOAT_EDGES[i % len(FLOAT_EDGES)] if name == "sdr_vocals" \
+                row[name] = (
+                    FLOAT_EDGES[i % len(FLOAT_EDGES)]
+                    if name == "sdr_vocals"
                     else rng.uniform(-50, 50)
+                )
             elif kind == "integer":
                 row[name] = rng.randrange(1, 2**40)
             else:
                 offset = datetime.timezone(datetime.timedelta(hours=(i % 3) - 1))
-                moment = datetime.datetime(2026, 11, 29, 1, 2, 3, 456789, UTC) + \
-                    datetime.timedelta(seconds=rng.randrange(10**6))
+                moment = datetime.datetime(2026, 11, 29, 1, 2, 3, 456789, UTC) + datetime.timedelta(
+                    seconds=rng.randrange(10**6)
+                )
                 row[name] = moment.astimezone(offset).isoformat()
-        row.update(run_id=run_id, track_id=f"artist/album/track {i:03d}", status="ok",
-                   sdr_other=np.float32(row["sdr_other"]), sample_rate=np.int64(44100 + i))
+        row.update(
+            run_id=run_id,
+            track_id=f"artist/album/track {i:03d}",
+            status="ok",
+            sdr_other=np.float32(row["sdr_other"]),
+            sample_rate=np.int64(44100 + i),
+        )
         row["error"] = None if i % 4 == 0 else row["error"]
         rows.append(row)
     return rows
@@ -79,8 +89,11 @@ def read_table(url: str, table: str, columns) -> dict[tuple[str, ...], dict[str,
     # the tables' types parse SQLite's text
     typed = dict(zip((RESULTS_TABLE, RUNS_TABLE), sql_tables(), strict=True))[table]
     with engine.connect() as connection:
-        fetched = connection.execute(
-            sa.select(*(typed.c[name] for name in column_names(columns)))).mappings().all()
+        fetched = (
+            connection.execute(sa.select(*(typed.c[name] for name in column_names(columns))))
+            .mappings()
+            .all()
+        )
     engine.dispose()
     out = {}
     for row in fetched:
@@ -97,8 +110,12 @@ def read_table(url: str, table: str, columns) -> dict[tuple[str, ...], dict[str,
 def run_write(url: str, rows: list[dict[str, Any]], table: str = RESULTS_TABLE) -> None:
     """CommitRows in a real pipeline on the FnApiRunner."""
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
-        _ = (pipeline | beam.Create(rows, reshuffle=False) | beam.Map(lambda r: (None, r))
-             | CommitRows(url, table, max_rows=7))
+        _ = (
+            pipeline
+            | beam.Create(rows, reshuffle=False)
+            | beam.Map(lambda r: (None, r))
+            | CommitRows(url, table, max_rows=7)
+        )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -111,8 +128,13 @@ def results_url(request, tmp_path) -> str:
 def test_postgres_gets_the_same_rows_as_sqlite(postgres_db, tmp_path):
     rows = generated_rows("run-1", 30, seed=1)
     run_row = {name: None for name in column_names(RUN_COLUMNS)}
-    run_row.update(run_id="run-1", started_at="2026-11-29T01:00:00+00:00",
-                   finished_at="2026-11-29T03:00:00.5+01:00", tracks_ok=30, audio_s=float("nan"))
+    run_row.update(
+        run_id="run-1",
+        started_at="2026-11-29T01:00:00+00:00",
+        finished_at="2026-11-29T03:00:00.5+01:00",
+        tracks_ok=30,
+        audio_s=float("nan"),
+    )
     sqlite_url = f"sqlite:///{tmp_path / 'results.sqlite'}"
     for url in (sqlite_url, postgres_db):
         run_write(url, rows)
@@ -156,9 +178,16 @@ def _concurrent_writer(url: str, writer: int, keys: list[int], barrier) -> None:
         order = keys[:]
         rng.shuffle(order)
         for start in range(0, len(order), 40):
-            batch = [{"run_id": "run-c", "track_id": f"t{k:04d}", "status": "ok",
-                      "wall_s": float(writer), "duration_s": float(round_)}
-                     for k in order[start:start + 40]]
+            batch = [
+                {
+                    "run_id": "run-c",
+                    "track_id": f"t{k:04d}",
+                    "status": "ok",
+                    "wall_s": float(writer),
+                    "duration_s": float(round_),
+                }
+                for k in order[start : start + 40]
+            ]
             with engine.begin() as connection:
                 upsert(connection, results, batch)
     engine.dispose()
@@ -173,10 +202,12 @@ def test_concurrent_writer_processes_lose_nothing(results_url):
     # Children fork from a clean single-threaded server that imported the sink once (spawning
     # each would import Beam four times; forking this process would copy Beam's gRPC threads).
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["transforms.results", __name__])
+    context.set_forkserver_preload(["stembeam.transforms.results", __name__])
     barrier = context.Barrier(writers)
-    processes = [context.Process(target=_concurrent_writer, args=(results_url, w, keys[w], barrier))
-                 for w in range(writers)]
+    processes = [
+        context.Process(target=_concurrent_writer, args=(results_url, w, keys[w], barrier))
+        for w in range(writers)
+    ]
     for process in processes:
         process.start()
     for process in processes:

@@ -5,6 +5,7 @@ stems that are not what the row says; two runs at once must never leave an `ok` 
 the other run's samples; dead runs' temporary files are cleaned by the next run. Stems are
 checked against a clean run of the row's model into an empty folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.separate import run
+from stembeam.pipeline.separate import run
+from stembeam.transforms.output_state import RunConflict
 from tests.audio_files import tone, write
 from tests.conftest import save_tiny_model
-from transforms.output_state import RunConflict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,19 +34,36 @@ def other_model(tmp_path_factory) -> str:
 
 
 def argv(source: str, output: str, model: str, *extra: str) -> list[str]:
-    return ["--input", source, "--output", output, "--model", model, "--report", "none",
-            "--direct_num_workers", "1", *extra]
+    return [
+        "--input",
+        source,
+        "--output",
+        output,
+        "--model",
+        model,
+        "--report",
+        "none",
+        "--direct_num_workers",
+        "1",
+        *extra,
+    ]
 
 
 def rows(output: str, run_id: str) -> dict[str, tuple[str, str, dict]]:
     db = sqlite3.connect(os.path.join(output, "results.sqlite"))
-    return {t: (s, e, json.loads(st)) for t, s, e, st in db.execute(
-        "SELECT track_id, status, error, stems FROM results WHERE run_id = ?", (run_id,))}
+    return {
+        t: (s, e, json.loads(st))
+        for t, s, e, st in db.execute(
+            "SELECT track_id, status, error, stems FROM results WHERE run_id = ?", (run_id,)
+        )
+    }
 
 
 def stems_of(output: str, track: str, ext: str = "wav") -> dict[str, np.ndarray]:
-    return {s: soundfile.read(os.path.join(output, track, f"{s}.{ext}"), dtype="float32")[0]
-            for s in ("vocals", "accompaniment")}
+    return {
+        s: soundfile.read(os.path.join(output, track, f"{s}.{ext}"), dtype="float32")[0]
+        for s in ("vocals", "accompaniment")
+    }
 
 
 def assert_same_stems(got: dict, want: dict, atol: float = 1e-5) -> None:
@@ -83,8 +101,9 @@ def test_another_format_is_not_skipped_over_the_old_files(tmp_path, tiny_model):
     assert status == "failed" and "format wav-f32 -> flac-24" in error
     forced = run(argv(source, out, tiny_model, "--format", "flac", "--force"))
     status, _, stems = rows(out, forced["run_id"])["a"]
-    assert status == "ok" and all(uri.endswith(".flac") and os.path.exists(uri)
-                                  for uri in stems.values())
+    assert status == "ok" and all(
+        uri.endswith(".flac") and os.path.exists(uri) for uri in stems.values()
+    )
 
 
 def test_changed_source_is_separated_again(tmp_path, tiny_model):
@@ -110,16 +129,23 @@ def test_a_new_file_taking_an_id_is_not_skipped_with_anothers_stems(tmp_path, ti
     lengths = {"a.aiff": 1.5, "a.flac": 1.0, "a.wav": 2.0}
     for track, (status, _, stems) in got.items():
         db = sqlite3.connect(os.path.join(out, "results.sqlite"))
-        uri = db.execute("SELECT source_uri FROM results WHERE run_id = ? AND track_id = ?",
-                         (rerun["run_id"], track)).fetchone()[0]
+        uri = db.execute(
+            "SELECT source_uri FROM results WHERE run_id = ? AND track_id = ?",
+            (rerun["run_id"], track),
+        ).fetchone()[0]
         frames = soundfile.info(stems["vocals"]).frames
         assert frames == lengths[os.path.basename(uri)] * 44100, (track, status, uri)
 
 
 def start(args: list[str], log_path: str) -> subprocess.Popen:
     log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "separate", *args], cwd=ROOT,
-                            stdout=log, stderr=log, env=dict(os.environ, PYTHONPATH=ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "stembeam.pipeline", "separate", *args],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
 
 
 def catalog(folder: str, n: int = 4, seconds: float = 12.0) -> str:
@@ -138,9 +164,14 @@ def test_a_second_model_on_a_busy_output_refuses_to_start(tmp_path, tiny_model, 
         time.sleep(0.05)
     with pytest.raises(RunConflict, match="another run .* is writing to .* other settings"):
         run(argv(source, out, other_model))
-    cli = subprocess.run([sys.executable, "-m", "pipeline", "separate",
-                          *argv(source, out, other_model)], cwd=ROOT, capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    cli = subprocess.run(
+        [sys.executable, "-m", "stembeam.pipeline", "separate", *argv(source, out, other_model)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=300,
+    )
     assert cli.returncode == 2 and "another run" in cli.stderr
     assert first.wait(timeout=600) == 0
     clean = str(tmp_path / "clean")
@@ -151,12 +182,13 @@ def test_a_second_model_on_a_busy_output_refuses_to_start(tmp_path, tiny_model, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("same_model", [False, True])
-def test_two_runs_started_together_never_mix_models(tmp_path, tiny_model, other_model,
-                                                    same_model):
+def test_two_runs_started_together_never_mix_models(tmp_path, tiny_model, other_model, same_model):
     source, out = catalog(str(tmp_path / "in")), str(tmp_path / "out")
     models = [tiny_model, tiny_model if same_model else other_model]
-    procs = [start(argv(source, out, m, "--run_id", f"r{i}"), str(tmp_path / f"log{i}"))
-             for i, m in enumerate(models)]
+    procs = [
+        start(argv(source, out, m, "--run_id", f"r{i}"), str(tmp_path / f"log{i}"))
+        for i, m in enumerate(models)
+    ]
     codes = [p.wait(timeout=600) for p in procs]
     if same_model:
         assert codes == [0, 0]  # the same signature: both may work, on disjoint staging files
@@ -181,16 +213,27 @@ def test_two_runs_started_together_never_mix_models(tmp_path, tiny_model, other_
 def test_dead_runs_temporary_files_are_deleted_by_the_next_run(tmp_path, tiny_model):
     write(str(tmp_path / "in" / "a.wav"), tone(1.0, seed=8))
     out = tmp_path / "out"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     staged = out / ".stembeam" / "tmp" / "killed-run" / "b" / "vocals.wav"
     staged.parent.mkdir(parents=True)
     staged.write_bytes(b"half a stem")
     lock = out / ".stembeam" / "runs" / "killed-run.json"
     lock.parent.mkdir(parents=True)
     import socket
-    lock.write_text(json.dumps({"run_id": "killed-run", "signature": "x", "host":
-                                socket.gethostname(), "pid": int(dead), "heartbeat": time.time()}))
+
+    lock.write_text(
+        json.dumps(
+            {
+                "run_id": "killed-run",
+                "signature": "x",
+                "host": socket.gethostname(),
+                "pid": int(dead),
+                "heartbeat": time.time(),
+            }
+        )
+    )
     run(argv(str(tmp_path / "in" / "*.wav"), str(out), tiny_model))
     assert not staged.exists() and not lock.exists()
     assert not (out / ".stembeam" / "tmp").exists()
@@ -201,9 +244,9 @@ def test_a_failed_commit_leaves_no_done_marker_and_the_rerun_separates(tmp_path,
     another schema behind the launcher's back), no track is marked done."""
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from pipeline.options import SeparateOptions
-    from pipeline.separate import build
-    from model.registry import describe_model
+    from stembeam.model.registry import describe_model
+    from stembeam.pipeline.options import SeparateOptions
+    from stembeam.pipeline.separate import build
 
     write(str(tmp_path / "in" / "a.wav"), tone(1.0, seed=9))
     out = tmp_path / "out"

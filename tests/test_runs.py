@@ -1,4 +1,5 @@
 """Whole runs: the portable runner and the CLI entry (kill-and-rerun: tests/test_streaming.py)."""
+
 import os
 import sqlite3
 import subprocess
@@ -8,8 +9,8 @@ import pytest
 import soundfile
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-from pipeline.options import parse_options, results_url
-from pipeline.separate import run
+from stembeam.pipeline.options import parse_options, results_url
+from stembeam.pipeline.separate import run
 from tests.audio_files import tone, write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,20 +34,46 @@ def results(output: str, run_id: str) -> list[tuple[str, str]]:
 def test_portable_runner_loopback(tmp_path, tiny_model):
     make_tracks(str(tmp_path / "in"), 1, 2.0)
     output = str(tmp_path / "out")
-    out = run(["--input", str(tmp_path / "in" / "*.wav"), "--output", output, "--model",
-               tiny_model, "--runner=PortableRunner", "--job_endpoint=embed",
-               "--environment_type=LOOPBACK", "--report", "none"])
+    out = run(
+        [
+            "--input",
+            str(tmp_path / "in" / "*.wav"),
+            "--output",
+            output,
+            "--model",
+            tiny_model,
+            "--runner=PortableRunner",
+            "--job_endpoint=embed",
+            "--environment_type=LOOPBACK",
+            "--report",
+            "none",
+        ]
+    )
     assert results(output, out["run_id"]) == [("t0", "ok")]
     assert soundfile.info(os.path.join(output, "t0", "vocals.wav")).frames == 88200
     assert out["summary"]["tracks_ok"] == 1
 
 
 def test_cli_entry_point_and_option_checks():
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "separate", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stembeam.pipeline", "separate", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
-    for flag in ("--input", "--output", "--model", "--results", "--segmentation",
-                 "--postprocess", "--format", "--force", "--batch_size"):
+    for flag in (
+        "--input",
+        "--output",
+        "--model",
+        "--results",
+        "--segmentation",
+        "--postprocess",
+        "--format",
+        "--force",
+        "--batch_size",
+    ):
         assert flag in proc.stdout
     with pytest.raises(ValueError, match="--input"):
         parse_options(["--output", "x"])
@@ -57,8 +84,14 @@ def test_cli_entry_point_and_option_checks():
         options = parse_options(["--input", "a", "--output", "/tmp/o", *given])
         assert options.view_as(DirectOptions).direct_num_workers == 1
     assert results_url(options) == "sqlite:////tmp/o/results.sqlite"
-    assert results_url(parse_options(["--input", "a", "--output", "gs://b/o", "--results",
-                                      "postgresql://h/db"])) == "postgresql://h/db"
+    assert (
+        results_url(
+            parse_options(
+                ["--input", "a", "--output", "gs://b/o", "--results", "postgresql://h/db"]
+            )
+        )
+        == "postgresql://h/db"
+    )
     for remote in ("gs://b/o", "s3://b/o"):  # no SQLite file on the launcher for remote runs
         with pytest.raises(ValueError, match="pass --results"):
             results_url(parse_options(["--input", "a", "--output", remote]))

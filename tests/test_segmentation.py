@@ -1,8 +1,9 @@
 """Segment plans and the streaming overlap-add, checked against direct constructions."""
+
 import numpy as np
 import pytest
 
-from model.segmentation import (
+from stembeam.model.segmentation import (
     SEGMENT_QUANTUM,
     SILENCE_FRAMES,
     SegmentPlan,
@@ -14,7 +15,9 @@ from model.segmentation import (
 
 
 @pytest.mark.parametrize("n_frames", [1, 63, 64, 65, 500, 1024])
-@pytest.mark.parametrize("mode,context", [("spleeter", 0), ("overlap", 0), ("overlap", 8), ("overlap", 31)])
+@pytest.mark.parametrize(
+    "mode,context", [("spleeter", 0), ("overlap", 0), ("overlap", 8), ("overlap", 31)]
+)
 def test_every_frame_kept_exactly_once(n_frames, mode, context):
     T = 64
     plans = plan_segments(n_frames, T, mode, context)
@@ -35,14 +38,22 @@ def test_every_frame_kept_exactly_once(n_frames, mode, context):
 
 def test_spleeter_mode_is_pad_and_partition():
     plans = plan_segments(1100, 512, "spleeter")
-    assert [(p.frame_start, p.keep_start, p.keep_stop) for p in plans] == [(0, 0, 512), (512, 512, 1024), (1024, 1024, 1100)]
+    assert [(p.frame_start, p.keep_start, p.keep_stop) for p in plans] == [
+        (0, 0, 512),
+        (512, 512, 1024),
+        (1024, 1024, 1100),
+    ]
 
 
 def test_overlap_plan_hand_example():
     # T=64, context 8: keep [0, 56), then cores of 48 frames; the last segment ends at frame 200
     plans = plan_segments(200, 64, "overlap", 8)
     assert [(p.frame_start, p.keep_start, p.keep_stop) for p in plans] == [
-        (0, 0, 56), (48, 56, 104), (96, 104, 152), (136, 152, 200)]
+        (0, 0, 56),
+        (48, 56, 104),
+        (96, 104, 152),
+        (136, 152, 200),
+    ]
     assert plan_segments(30, 64, "overlap", 8) == [plan_segments(30, 64, "spleeter")[0]]
 
 
@@ -92,8 +103,10 @@ def test_short_last_segment_hand_examples():
     # T=512, context 32: a 3 s track (134 frames) + 224 frames of silence -> 384 frames, not 512
     assert plan_segments(134, 512, "overlap", 32) == [SegmentPlan(0, 0, 0, 134, 384)]
     # 600 frames: keep [0, 480), then [480, 600) fed from 448: 152 + 224 frames -> 384
-    assert plan_segments(600, 512, "overlap", 32) == [SegmentPlan(0, 0, 0, 480),
-                                                      SegmentPlan(1, 448, 480, 600, 384)]
+    assert plan_segments(600, 512, "overlap", 32) == [
+        SegmentPlan(0, 0, 0, 480),
+        SegmentPlan(1, 448, 480, 600, 384),
+    ]
     assert plan_segments(950, 512, "overlap", 32)[-1] == SegmentPlan(2, 896, 928, 950, 320)
     # a last segment that needs (nearly) all T frames keeps the full-T rule: it ends the track
     assert plan_segments(900, 512, "overlap", 32)[-1] == SegmentPlan(1, 388, 480, 900)
@@ -103,8 +116,9 @@ def test_short_last_segment_hand_examples():
     assert segment_sample_range(SegmentPlan(0, 0, 0, 134, 384), 512) == (-4096, 383 * 1024)
 
 
-@pytest.mark.parametrize("n_frames", [1, 63, 64, 65, 134, 287, 288, 479, 480, 481, 545, 600,
-                                      1000, 3001])
+@pytest.mark.parametrize(
+    "n_frames", [1, 63, 64, 65, 134, 287, 288, 479, 480, 481, 545, 600, 1000, 3001]
+)
 def test_short_segments_cover_what_they_keep(n_frames):
     T, context = 512, 32
     plans = plan_segments(n_frames, T, "overlap", context)

@@ -1,8 +1,9 @@
 """STFT framing against independent references: an explicit DFT, TensorFlow, and round trips."""
+
 import numpy as np
 import pytest
 
-from model import spectral
+from stembeam.model import spectral
 
 
 def explicit_stft(waveform, frame_length, frame_step):
@@ -14,7 +15,9 @@ def explicit_stft(waveform, frame_length, frame_step):
     window = 0.5 - 0.5 * np.cos(2 * np.pi * n / frame_length)
     bins = np.arange(frame_length // 2 + 1)
     dft = np.exp(-2j * np.pi * np.outer(n, bins) / frame_length)  # (L, bins)
-    frames = np.stack([padded[k * frame_step : k * frame_step + frame_length] for k in range(n_frames)])
+    frames = np.stack(
+        [padded[k * frame_step : k * frame_step + frame_length] for k in range(n_frames)]
+    )
     return np.einsum("kLc,Lb->kbc", frames * window[None, :, None], dft)
 
 
@@ -34,11 +37,17 @@ def test_stft_matches_tensorflow_spleeter_framing():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((44100, 2)).astype(np.float32)
     padded = tf.concat([tf.zeros((4096, 2)), x], 0)
-    want = tf.signal.stft(
-        tf.transpose(padded), 4096, 1024,
-        window_fn=lambda n, dtype: tf.signal.hann_window(n, periodic=True, dtype=dtype),
-        pad_end=True,
-    ).numpy().transpose(1, 2, 0)
+    want = (
+        tf.signal.stft(
+            tf.transpose(padded),
+            4096,
+            1024,
+            window_fn=lambda n, dtype: tf.signal.hann_window(n, periodic=True, dtype=dtype),
+            pad_end=True,
+        )
+        .numpy()
+        .transpose(1, 2, 0)
+    )
     got = spectral.stft(x)
     assert got.shape == want.shape
     err = np.abs(got - want).max() / np.abs(want).max()
@@ -67,10 +76,14 @@ def test_round_trip_is_identity(frame_length, frame_step):
 
 def test_overlap_add_carries_trailing_axes():
     rng = np.random.default_rng(2)
-    spec = (rng.standard_normal((9, 33, 2, 3)) + 1j * rng.standard_normal((9, 33, 2, 3))).astype(np.complex64)
+    spec = (rng.standard_normal((9, 33, 2, 3)) + 1j * rng.standard_normal((9, 33, 2, 3))).astype(
+        np.complex64
+    )
     whole = spectral.overlap_add(spec, 64, 16)
     for s in range(3):
-        np.testing.assert_allclose(whole[..., s], spectral.overlap_add(spec[..., s], 64, 16), atol=1e-6)
+        np.testing.assert_allclose(
+            whole[..., s], spectral.overlap_add(spec[..., s], 64, 16), atol=1e-6
+        )
     assert whole.shape == (8 * 16 + 64, 2, 3)
 
 
@@ -83,7 +96,7 @@ def test_overlap_add_gain_is_the_summed_squared_window(n):
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(64) / 64)
     want = np.zeros((n - 1) * 16 + 64)
     for k in range(n):
-        want[k * 16: k * 16 + 64] += window**2
+        want[k * 16 : k * 16 + 64] += window**2
     want /= np.sum(window**2) / 16
     np.testing.assert_allclose(spectral.overlap_add_gain(n, 64, 16), want, atol=1e-6)
     if n == 10:  # 1 wherever 4 frames overlap

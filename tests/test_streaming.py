@@ -4,6 +4,7 @@ Each test runs the real command in a subprocess (FnApiRunner, tiny seeded model)
 output folder while it runs: when each track's stems appear (renamed into place, so present means
 complete), how many bytes the run keeps in temporary files, and what a kill -9 leaves behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,16 +35,36 @@ def make_catalog(folder: str, n: int, seconds: float) -> dict[str, int]:
 
 
 def command(catalog: str, output: str, model: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "separate", "--input",
-            os.path.join(catalog, "*.wav"), "--output", output, "--model", model,
-            "--direct_num_workers", "1", "--report", "none", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "stembeam.pipeline",
+        "separate",
+        "--input",
+        os.path.join(catalog, "*.wav"),
+        "--output",
+        output,
+        "--model",
+        model,
+        "--direct_num_workers",
+        "1",
+        "--report",
+        "none",
+        *extra,
+    ]
 
 
 def start(argv: list[str], log_path: str) -> subprocess.Popen:
     """The command in its own process group (so a kill reaches every process it started)."""
     log = open(log_path, "ab")
-    return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
 
 
 def complete(output: str, track_id: str) -> bool:
@@ -95,8 +116,9 @@ def leftovers(output: str) -> list[str]:
     return found
 
 
-def run_watched(argv: list[str], output: str, track_ids, log_path: str,
-                timeout: float = 600) -> tuple[Watcher, float, float]:
+def run_watched(
+    argv: list[str], output: str, track_ids, log_path: str, timeout: float = 600
+) -> tuple[Watcher, float, float]:
     """Runs to the end while watching; returns the watcher, start time and wall seconds."""
     watcher = Watcher(output, track_ids)
     watcher.start()
@@ -116,11 +138,12 @@ def run_watched(argv: list[str], output: str, track_ids, log_path: str,
 def test_tracks_finish_one_after_another_with_no_catalog_barrier(tmp_path, tiny_model):
     lengths = make_catalog(str(tmp_path / "in"), 12, 40.0)
     output = str(tmp_path / "out")
-    watcher, started, wall = run_watched(command(str(tmp_path / "in"), output, tiny_model),
-                                         output, lengths, str(tmp_path / "log"))
+    watcher, started, wall = run_watched(
+        command(str(tmp_path / "in"), output, tiny_model), output, lengths, str(tmp_path / "log")
+    )
     times = sorted((t - started, track) for track, t in watcher.completed.items())
-    print("\nwall %.1f s; stems complete at: %s" % (
-        wall, ", ".join(f"{track} {t:.1f} s" for t, track in times)))
+    completions = ", ".join(f"{track} {t:.1f} s" for t, track in times)
+    print(f"\nwall {wall:.1f} s; stems complete at: {completions}")
     assert len(times) == 12
     assert times[0][0] < wall / 2, "the first track's stems waited for the catalog"
     # one after another: the completions spread over the run instead of landing together
@@ -165,8 +188,10 @@ def test_kill_9_keeps_finished_tracks_and_the_rerun_does_only_the_rest(tmp_path,
     assert sorted(second) == sorted(lengths)  # one row per track (primary key: run, track)
     separated = [t for t, s in second.items() if s == "ok"]
     skipped = [t for t, s in second.items() if s == "skipped"]
-    print(f"\n{done_at_kill} tracks done at the kill; the rerun separated {len(separated)}, "
-          f"skipped {len(skipped)}")
+    print(
+        f"\n{done_at_kill} tracks done at the kill; the rerun separated {len(separated)}, "
+        f"skipped {len(skipped)}"
+    )
     assert len(skipped) >= done_at_kill and len(separated) <= 12 - done_at_kill + 1
     assert len(separated) + len(skipped) == 12
     for track_id, length in lengths.items():
@@ -182,13 +207,17 @@ def test_temporary_storage_is_bounded_by_tracks_in_flight(tmp_path, tiny_model):
     for n in (10, 40):
         catalog, output = str(tmp_path / f"in{n}"), str(tmp_path / f"out{n}")
         lengths = make_catalog(catalog, n, 5.0)
-        watcher, _, _ = run_watched(command(catalog, output, tiny_model), output, lengths,
-                                    str(tmp_path / "log"))
+        watcher, _, _ = run_watched(
+            command(catalog, output, tiny_model), output, lengths, str(tmp_path / "log")
+        )
         peaks[n] = watcher.peak_temp
-        stem_bytes[n] = sum(os.path.getsize(os.path.join(output, t, f"{s}.wav"))
-                            for t in lengths for s in STEMS)
-    print(f"\npeak temporary bytes: 10 tracks {peaks[10]}, 40 tracks {peaks[40]}; "
-          f"stems written: {stem_bytes[10]}, {stem_bytes[40]}")
+        stem_bytes[n] = sum(
+            os.path.getsize(os.path.join(output, t, f"{s}.wav")) for t in lengths for s in STEMS
+        )
+    print(
+        f"\npeak temporary bytes: 10 tracks {peaks[10]}, 40 tracks {peaks[40]}; "
+        f"stems written: {stem_bytes[10]}, {stem_bytes[40]}"
+    )
     assert 0 < peaks[10] and 0 < peaks[40]
     assert peaks[40] < 3 * peaks[10], "temporary storage grows with the catalog"
     assert peaks[40] < stem_bytes[40] / 8

@@ -1,4 +1,5 @@
 """Tests for the `stembeam train` / `stembeam make-dataset` entry points' argument handling."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import shutil
 
 import pytest
 
-from model.config import spleeter_config
-from pipeline.train_cli import make_dataset_main, training_config
+from stembeam.model.config import spleeter_config
+from stembeam.pipeline.train_cli import make_dataset_main, training_config
 from tests.midi_songs import make_song
 
 
@@ -30,10 +31,31 @@ def test_make_dataset_writes_musdb_layout(tmp_path):
     midi = tmp_path / "song.mid"
     midi.write_bytes(make_song("song").data)
     out = tmp_path / "data"
-    assert make_dataset_main(["--output", str(out), "--tracks", "1", "--seed", "1",
-                              "--duration", "1", "--midi", str(midi)]) == 0
+    assert (
+        make_dataset_main(
+            [
+                "--output",
+                str(out),
+                "--tracks",
+                "1",
+                "--seed",
+                "1",
+                "--duration",
+                "1",
+                "--midi",
+                str(midi),
+            ]
+        )
+        == 0
+    )
     (track,) = sorted(out.glob("*/*"))
     assert track.parent.name == "train"
     assert sorted(p.name for p in track.iterdir()) == [
-        "bass.wav", "drums.wav", "metadata.json", "mixture.wav", "other.wav", "vocals.wav"]
+        "bass.wav",
+        "drums.wav",
+        "metadata.json",
+        "mixture.wav",
+        "other.wav",
+        "vocals.wav",
+    ]
     assert json.loads((track / "metadata.json").read_text())["source"] == "song"

@@ -3,6 +3,7 @@
 The multitracks are generated here (sine vocals with vibrato, noise-burst drums, low sine bass,
 square-wave other) in the MUSDB18-HQ layout, so training has something separable to learn.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,10 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from model.config import ModelConfig
-from model.evaluation import global_sdr
-from model.registry import load_model
-from model.training.train import (
+from stembeam.model.config import ModelConfig
+from stembeam.model.evaluation import global_sdr
+from stembeam.model.registry import load_model
+from stembeam.model.training.train import (
     TrainSettings,
     examples,
     find_tracks,
@@ -26,14 +27,27 @@ from model.training.train import (
     spleeter_l1_loss,
     train,
 )
-from model.unet import build_unet
+from stembeam.model.unet import build_unet
 
 RATE = 44100
-TINY = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), frame_length=512,
-                   frame_step=128, T=64, F=64, encoder_activation="leaky_relu",
-                   decoder_activation="relu")
-SETTINGS = TrainSettings(steps=24, batch_size=2, learning_rate=1e-3, checkpoint_every=8,
-                         validation_tracks=1, validation_seconds=1.0)
+TINY = ModelConfig(
+    name="tiny",
+    stems=("vocals", "accompaniment"),
+    frame_length=512,
+    frame_step=128,
+    T=64,
+    F=64,
+    encoder_activation="leaky_relu",
+    decoder_activation="relu",
+)
+SETTINGS = TrainSettings(
+    steps=24,
+    batch_size=2,
+    learning_rate=1e-3,
+    checkpoint_every=8,
+    validation_tracks=1,
+    validation_seconds=1.0,
+)
 
 
 def _write_track(folder: pathlib.Path, rng: np.random.Generator, seconds: float = 2.0) -> None:
@@ -41,7 +55,7 @@ def _write_track(folder: pathlib.Path, rng: np.random.Generator, seconds: float 
     drums = np.zeros_like(t)
     for k in range(0, len(t), RATE // 4):
         n = min(3000, len(t) - k)
-        drums[k:k + n] += rng.normal(0.0, 0.5, n) * np.exp(-np.arange(n) / 500.0)
+        drums[k : k + n] += rng.normal(0.0, 0.5, n) * np.exp(-np.arange(n) / 500.0)
     stems = {
         "vocals": 0.3 * np.sin(2 * np.pi * rng.uniform(300, 600) * t + 3 * np.sin(10 * np.pi * t)),
         "drums": drums,
@@ -50,11 +64,13 @@ def _write_track(folder: pathlib.Path, rng: np.random.Generator, seconds: float 
     }
     folder.mkdir(parents=True)
     for name, audio in stems.items():
-        soundfile.write(folder / f"{name}.wav", np.stack([audio, 0.8 * audio], 1), RATE,
-                        subtype="FLOAT")
+        soundfile.write(
+            folder / f"{name}.wav", np.stack([audio, 0.8 * audio], 1), RATE, subtype="FLOAT"
+        )
     mixture = sum(stems.values())
-    soundfile.write(folder / "mixture.wav", np.stack([mixture, 0.8 * mixture], 1), RATE,
-                    subtype="FLOAT")
+    soundfile.write(
+        folder / "mixture.wav", np.stack([mixture, 0.8 * mixture], 1), RATE, subtype="FLOAT"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +103,7 @@ def test_sdr_of_known_noise_level():
     rng = np.random.default_rng(2)
     reference = rng.normal(size=(44100, 2))
     noise = rng.normal(size=(44100, 2))
-    noise *= np.sqrt(np.sum(reference ** 2) / np.sum(noise ** 2)) / 10.0  # 20 dB below
+    noise *= np.sqrt(np.sum(reference**2) / np.sum(noise**2)) / 10.0  # 20 dB below
     assert global_sdr(reference, reference + noise) == pytest.approx(20.0, abs=1e-9)
 
 
@@ -121,7 +137,9 @@ def test_export_loads_in_registry_with_right_shape(trained):
     # mask * input with masks in [0, 1]
     assert np.all(estimates >= 0) and np.all(estimates <= magnitude[..., None] * (1 + 1e-6))
     validation = json.loads((out / "validation.json").read_text())
-    assert validation["tracks"] == ["d"] and set(validation["median_global_sdr_db"]) == set(TINY.stems)
+    assert validation["tracks"] == ["d"] and set(validation["median_global_sdr_db"]) == set(
+        TINY.stems
+    )
     assert validation["median_global_sdr_db"] == pytest.approx(result.validation)
 
 
@@ -130,8 +148,13 @@ def test_resume_continues_from_saved_step(trained, data_root):
     out, first = trained
     with pytest.raises(FileExistsError):
         train(str(data_root), TINY, str(out), SETTINGS)
-    more = train(str(data_root), TINY, str(out),
-                 dataclasses.replace(SETTINGS, steps=SETTINGS.steps + 4), resume=True)
+    more = train(
+        str(data_root),
+        TINY,
+        str(out),
+        dataclasses.replace(SETTINGS, steps=SETTINGS.steps + 4),
+        resume=True,
+    )
     assert more.step == SETTINGS.steps + 4 and len(more.losses) == 4
     # restored weights: the resumed loss is nowhere near the loss of fresh weights
     assert np.mean(more.losses) < np.mean(first.losses[:4])
@@ -142,28 +165,42 @@ def test_resume_continues_from_saved_step(trained, data_root):
 
 def test_init_copies_shared_stems_only():
     two = build_unet(TINY)
-    four = build_unet(ModelConfig(name="tiny4", stems=("vocals", "drums", "bass", "other"),
-                                  frame_length=512, frame_step=128, T=64, F=64,
-                                  encoder_activation="leaky_relu", decoder_activation="relu"))
+    four = build_unet(
+        ModelConfig(
+            name="tiny4",
+            stems=("vocals", "drums", "bass", "other"),
+            frame_length=512,
+            frame_step=128,
+            T=64,
+            F=64,
+            encoder_activation="leaky_relu",
+            decoder_activation="relu",
+        )
+    )
     drums_before = four.get_layer("drums_enc1_conv").get_weights()[0].copy()
     assert init_from(four, two) == ["vocals"]
-    np.testing.assert_array_equal(four.get_layer("vocals_dec3_deconv").get_weights()[0],
-                                  two.get_layer("vocals_dec3_deconv").get_weights()[0])
-    np.testing.assert_array_equal(four.get_layer("drums_enc1_conv").get_weights()[0],
-                                  drums_before)
+    np.testing.assert_array_equal(
+        four.get_layer("vocals_dec3_deconv").get_weights()[0],
+        two.get_layer("vocals_dec3_deconv").get_weights()[0],
+    )
+    np.testing.assert_array_equal(four.get_layer("drums_enc1_conv").get_weights()[0], drums_before)
 
 
 @pytest.mark.slow  # trains the tiny model (~1 min of CPU)
 def test_fine_tune_starts_from_init_model(trained, data_root, tmp_path):
     out, first = trained
-    tuned = train(str(data_root), TINY, str(tmp_path / "tuned"),
-                  dataclasses.replace(SETTINGS, steps=2), init=str(out))
+    tuned = train(
+        str(data_root),
+        TINY,
+        str(tmp_path / "tuned"),
+        dataclasses.replace(SETTINGS, steps=2),
+        init=str(out),
+    )
     assert tuned.initialized_stems == ["accompaniment", "vocals"]
     assert np.mean(tuned.losses) < np.mean(first.losses[:4])
 
 
-def test_localize_copies_remote_data_into_the_configured_cache(gcs_emulator, tmp_path,
-                                                               monkeypatch):
+def test_localize_copies_remote_data_into_the_configured_cache(gcs_emulator, tmp_path, monkeypatch):
     """A gs:// dataset lands under $STEMBEAM_CACHE/datasets, once; local roots stay as they are."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -175,8 +212,9 @@ def test_localize_copies_remote_data_into_the_configured_cache(gcs_emulator, tmp
     monkeypatch.setenv("STEMBEAM_CACHE", str(tmp_path / "cache"))
     local = localize(f"{root}/musdb")
     assert pathlib.Path(local).parent == tmp_path / "cache" / "datasets"
-    assert {str(p.relative_to(local)): p.read_bytes() for p in pathlib.Path(local).rglob("*.wav")
-            } == payload
+    assert {
+        str(p.relative_to(local)): p.read_bytes() for p in pathlib.Path(local).rglob("*.wav")
+    } == payload
     FileSystems.delete([f"{root}/musdb/train/a/vocals.wav"])  # later calls use the copy
     assert localize(f"{root}/musdb") == local
     assert (pathlib.Path(local) / "train/a/vocals.wav").read_bytes() == b"RIFF-one"

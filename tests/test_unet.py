@@ -1,4 +1,5 @@
 """U-Net builder: shapes for every preset, parameter counts, mask semantics, precision."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
-from model.unet import (BF16_MAX_SDR_COST_DB, BF16_SDR_COST_DB, DilatedMaskConv, build_unet,
-                        resolve_precision)
+from stembeam.model.config import SPLEETER_PRESETS, ModelConfig, spleeter_config
+from stembeam.model.unet import (
+    BF16_MAX_SDR_COST_DB,
+    BF16_SDR_COST_DB,
+    DilatedMaskConv,
+    build_unet,
+    resolve_precision,
+)
 
 ENC = (16, 32, 64, 128, 256, 512)
 DEC = (256, 128, 64, 32, 16, 1)
@@ -31,9 +37,14 @@ def expected_params_per_stem(channels: int = 2) -> int:
 def _seeded(model: keras.Model, seed: int = 0) -> keras.Model:
     """Gives every weight (BatchNorm statistics included) seeded random values."""
     rng = np.random.default_rng(seed)
-    model.set_weights([
-        rng.uniform(0.5, 1.5, w.shape).astype("float32") if "variance" in w.path or "gamma" in w.path
-        else rng.normal(0, 0.3, w.shape).astype("float32") for w in model.weights])
+    model.set_weights(
+        [
+            rng.uniform(0.5, 1.5, w.shape).astype("float32")
+            if "variance" in w.path or "gamma" in w.path
+            else rng.normal(0, 0.3, w.shape).astype("float32")
+            for w in model.weights
+        ]
+    )
     return model
 
 
@@ -57,8 +68,7 @@ def test_full_size_param_count_and_shapes(name):
 
 @pytest.mark.parametrize("name", sorted(SPLEETER_PRESETS))
 def test_tiny_variant_shapes(name):
-    cfg = dataclasses.replace(spleeter_config(name), T=64,
-                              F=128 if name.endswith("16kHz") else 64)
+    cfg = dataclasses.replace(spleeter_config(name), T=64, F=128 if name.endswith("16kHz") else 64)
     x = np.random.default_rng(1).uniform(0, 2, (3, cfg.T, cfg.F, 2)).astype("float32")
     y = build_unet(cfg)(x, training=False).numpy()
     assert y.shape == (3, cfg.T, cfg.F, 2, len(cfg.stems))
@@ -66,8 +76,9 @@ def test_tiny_variant_shapes(name):
 
 
 def test_softmax_masks_sum_to_one():
-    cfg = ModelConfig(name="tiny5", stems=("vocals", "drums", "bass", "piano", "other"),
-                      T=64, F=64, softmax=True)
+    cfg = ModelConfig(
+        name="tiny5", stems=("vocals", "drums", "bass", "piano", "other"), T=64, F=64, softmax=True
+    )
     model = _seeded(build_unet(cfg))
     x = np.random.default_rng(2).uniform(0.1, 3, (2, 64, 64, 2)).astype("float32")
     y = model(x, training=False).numpy()
@@ -77,8 +88,14 @@ def test_softmax_masks_sum_to_one():
 
 
 def test_sigmoid_masks_lie_in_unit_interval():
-    cfg = ModelConfig(name="tiny2", stems=("vocals", "accompaniment"), T=64, F=64,
-                      encoder_activation="leaky_relu", decoder_activation="relu")
+    cfg = ModelConfig(
+        name="tiny2",
+        stems=("vocals", "accompaniment"),
+        T=64,
+        F=64,
+        encoder_activation="leaky_relu",
+        decoder_activation="relu",
+    )
     model = _seeded(build_unet(cfg))
     x = np.random.default_rng(3).uniform(0.1, 3, (2, 64, 64, 2)).astype("float32")
     masks = model(x, training=False).numpy() / x[..., None]
@@ -125,8 +142,9 @@ def test_dilated_mask_conv_equals_keras_conv(shape):
     fast = DilatedMaskConv(c_out, (4, 4), dilation_rate=(2, 2), padding="same")
     reference.build(x.shape)
     fast.build(x.shape)
-    reference.set_weights([rng.normal(size=v.shape).astype("float32")
-                           for v in reference.get_weights()])
+    reference.set_weights(
+        [rng.normal(size=v.shape).astype("float32") for v in reference.get_weights()]
+    )
     fast.set_weights(reference.get_weights())
     np.testing.assert_allclose(fast(x).numpy(), reference(x).numpy(), rtol=1e-5, atol=1e-5)
 
@@ -134,13 +152,18 @@ def test_dilated_mask_conv_equals_keras_conv(shape):
 def test_dilated_mask_conv_gradients_equal_keras():
     # training goes through the fast layer: its gradients must be the dilated convolution's
     import tensorflow as tf
+
     x = tf.constant(np.random.default_rng(15).normal(size=(2, 12, 10, 1)).astype("float32"))
     grads = []
     for cls in (keras.layers.Conv2D, DilatedMaskConv):
         layer = cls(2, (4, 4), dilation_rate=(2, 2), padding="same")
         layer.build(x.shape)
-        layer.set_weights([np.random.default_rng(16).normal(size=v.shape).astype("float32")
-                           for v in layer.get_weights()])
+        layer.set_weights(
+            [
+                np.random.default_rng(16).normal(size=v.shape).astype("float32")
+                for v in layer.get_weights()
+            ]
+        )
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(tf.sin(layer(x)))
@@ -160,11 +183,15 @@ def test_thin_layers_stay_float32_in_bfloat16():
     mixed = build_unet(cfg, precision="bfloat16")
     throughout = build_unet(cfg, precision="bfloat16", thin_layers_float32=False)
     float32_layers = {layer.name for layer in mixed.layers if layer.compute_dtype == "float32"}
-    thin = {f"{s}_{n}" for s in cfg.stems
-            for n in ("enc1_conv", "dec6_deconv", "dec6_act", "dec6_bn", "mask")}
+    thin = {
+        f"{s}_{n}"
+        for s in cfg.stems
+        for n in ("enc1_conv", "dec6_deconv", "dec6_act", "dec6_bn", "mask")
+    }
     assert float32_layers == thin | {"magnitude", "stem_masks"}
     assert {layer.compute_dtype for layer in throughout.layers if layer.name in thin} == {
-        "bfloat16"}
+        "bfloat16"
+    }
     # the mask layer computes in float32: its output is float32 even though its input
     # (dec6's BatchNorm) and everything before dec6 run in bfloat16
     assert mixed.get_layer("a_mask").output.dtype == "float32"
@@ -178,8 +205,10 @@ def test_thin_layers_stay_float32_in_bfloat16():
 
 def _cpuinfo(tmp_path, flags: str) -> str:
     path = tmp_path / "cpuinfo"
-    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\n"
-                    f"processor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n")
+    path.write_text(
+        f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\n"
+        f"processor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n"
+    )
     return str(path)
 
 
@@ -195,7 +224,7 @@ def test_resolve_precision(tmp_path, monkeypatch):
     assert resolve_precision("auto", _cpuinfo(tmp_path, "avx512f avx512_bf16")) == expected
     assert resolve_precision("auto", str(tmp_path / "missing")) == expected
     assert BF16_SDR_COST_DB <= BF16_MAX_SDR_COST_DB
-    monkeypatch.setattr("model.unet.BF16_SDR_COST_DB", BF16_MAX_SDR_COST_DB + 0.01)
+    monkeypatch.setattr("stembeam.model.unet.BF16_SDR_COST_DB", BF16_MAX_SDR_COST_DB + 0.01)
     assert resolve_precision("auto", _cpuinfo(tmp_path, "amx_bf16")) == "float32"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("float16")
@@ -204,7 +233,7 @@ def test_resolve_precision(tmp_path, monkeypatch):
 def test_batch_predictor_takes_shorter_segments():
     """T' < T frames (a short last segment) give what a model built for T' with the same weights
     gives; the model's own T still works after."""
-    from model.unet import batch_predictor
+    from stembeam.model.unet import batch_predictor
 
     cfg = ModelConfig(name="tiny", stems=("vocals", "accompaniment"), T=128, F=64)
     model = _seeded(build_unet(cfg))

@@ -5,27 +5,36 @@ descriptions kept). Rows become JSON-safe dicts: numpy scalars as Python numbers
 (BigQuery's JSON import rejects them), timestamps as UTC ``YYYY-MM-DD HH:MM:SS.ffffff UTC``
 strings, and only the schema's columns (unknown fields fail a load job).
 """
+
 from __future__ import annotations
 
 import datetime
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from apache_beam.io.gcp.internal.clients import bigquery as bq
 
 Columns = Iterable[tuple[str, str, str]]
 
-BIGQUERY_TYPES = {"string": "STRING", "float": "FLOAT64", "integer": "INT64",
-                  "timestamp": "TIMESTAMP"}
+BIGQUERY_TYPES = {
+    "string": "STRING",
+    "float": "FLOAT64",
+    "integer": "INT64",
+    "timestamp": "TIMESTAMP",
+}
 
 
 def table_schema(columns: Columns) -> bq.TableSchema:
     """A BigQuery ``TableSchema`` for ``results_schema`` columns ``(name, type, description)``."""
     schema = bq.TableSchema()
     for name, kind, doc in columns:
-        schema.fields.append(bq.TableFieldSchema(
-            name=name, type=BIGQUERY_TYPES[kind], mode="NULLABLE", description=doc))
+        schema.fields.append(
+            bq.TableFieldSchema(
+                name=name, type=BIGQUERY_TYPES[kind], mode="NULLABLE", description=doc
+            )
+        )
     return schema
 
 
@@ -33,8 +42,8 @@ def _timestamp(value: datetime.datetime | str) -> str:
     if isinstance(value, str):
         value = datetime.datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)  # stembeam writes UTC
-    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+        value = value.replace(tzinfo=datetime.UTC)  # stembeam writes UTC
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
 
 
 def bigquery_row(row: dict[str, Any], columns: Columns) -> dict[str, Any]:

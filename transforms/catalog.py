@@ -14,6 +14,7 @@ stems, fit every results table's key, and do not depend on the order the catalog
 Manifests are UTF-8 (a byte-order mark is dropped) with any line endings; a manifest without a
 ``uri`` column, with a broken line, or with no rows is a ValueError naming the file and line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,17 +26,38 @@ import os
 import posixpath
 import re
 import unicodedata
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 
-from transforms import storage
-from transforms.records import Track
+from stembeam.transforms import storage
+from stembeam.transforms.records import Track
 
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc", ".mp3", ".ogg", ".oga", ".opus",
-    ".m4a", ".mp4", ".aac", ".alac", ".caf", ".w64", ".rf64", ".wma", ".webm", ".mka",
-})
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav",
+        ".wave",
+        ".flac",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".mp3",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".m4a",
+        ".mp4",
+        ".aac",
+        ".alac",
+        ".caf",
+        ".w64",
+        ".rf64",
+        ".wma",
+        ".webm",
+        ".mka",
+    }
+)
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 MIXTURE = "mixture.wav"
 _WILDCARDS = re.compile(r"[*?\[]")
@@ -45,9 +67,16 @@ MAX_TRACK_ID_CHARS = 200
 _ID_HEADROOM = 16  # room below the cap for the suffixes that tell ids apart (_, ~N)
 _MAX_PART_BYTES = 200  # a folder name, with room for a temporary sibling's, under 255 bytes
 # Names in the output root that are not track folders (fnmatch patterns, compared lower-case).
-RESERVED_NAMES = ("results.sqlite", "results.sqlite-journal", "results.sqlite-wal",
-                  "results.sqlite-shm", "report.html", "report-p*.html", "report_media",
-                  ".stembeam")
+RESERVED_NAMES = (
+    "results.sqlite",
+    "results.sqlite-journal",
+    "results.sqlite-wal",
+    "results.sqlite-shm",
+    "report.html",
+    "report-p*.html",
+    "report_media",
+    ".stembeam",
+)
 
 
 def safe_track_id(raw: str) -> str:
@@ -125,8 +154,10 @@ def assign_ids(tracks: list[Track]) -> list[Track]:
     never on the order they were listed in.
     """
     base = [_unreserved(_capped(t.track_id)) for t in tracks]
-    order = sorted(range(len(tracks)), key=lambda i: (
-        base[i].count("/"), tracks[i].uri, base[i], tracks[i].references))
+    order = sorted(
+        range(len(tracks)),
+        key=lambda i: (base[i].count("/"), tracks[i].uri, base[i], tracks[i].references),
+    )
     final, taken = {}, set()
     for i in order:
         track_id = _outside(base[i], taken)
@@ -148,8 +179,10 @@ def _fixed_prefix(pattern: str) -> str:
 
 def list_glob(pattern: str) -> list[Track]:
     prefix = _fixed_prefix(pattern)
-    return [Track(safe_track_id(_strip_extension(path[len(prefix):])), path)
-            for path in storage.glob(pattern)]
+    return [
+        Track(safe_track_id(_strip_extension(path[len(prefix) :])), path)
+        for path in storage.glob(pattern)
+    ]
 
 
 def _manifest_text(path: str) -> str:
@@ -158,8 +191,9 @@ def _manifest_text(path: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path} line {line}: not UTF-8 (byte {e.start}); save the manifest "
-                         "as UTF-8") from None
+        raise ValueError(
+            f"{path} line {line}: not UTF-8 (byte {e.start}); save the manifest as UTF-8"
+        ) from None
 
 
 def _csv_rows(path: str, text: str) -> Iterator[tuple[int, dict[str, str]]]:
@@ -172,12 +206,16 @@ def _csv_rows(path: str, text: str) -> Iterator[tuple[int, dict[str, str]]]:
             if header is None:
                 header = [f.strip() for f in fields]
                 if "uri" not in header:
-                    raise ValueError(f"{path} line {reader.line_num}: no 'uri' column "
-                                     f"(columns: {', '.join(header)})")
+                    raise ValueError(
+                        f"{path} line {reader.line_num}: no 'uri' column "
+                        f"(columns: {', '.join(header)})"
+                    )
                 continue
             if len(fields) > len(header):
-                raise ValueError(f"{path} line {reader.line_num}: {len(fields)} fields, the "
-                                 f"header has {len(header)}")
+                raise ValueError(
+                    f"{path} line {reader.line_num}: {len(fields)} fields, the "
+                    f"header has {len(header)}"
+                )
             yield reader.line_num, dict(zip(header, fields))
     except csv.Error as e:
         raise ValueError(f"{path} line {reader.line_num}: not CSV: {e}") from None
@@ -221,10 +259,15 @@ def list_manifest(path: str) -> list[Track]:
     for n, row in _manifest_rows(path):
         uri = _resolve(base, str(row.get("uri") or "").strip())
         raw_id = str(row.get("track_id") or "").strip() or _strip_extension(
-            storage.basename(uri) if uri else f"line-{n}")
-        references = tuple(sorted(
-            (str(k), _resolve(base, str(v).strip())) for k, v in row.items()
-            if k not in ("track_id", "uri") and k and v and str(v).strip()))
+            storage.basename(uri) if uri else f"line-{n}"
+        )
+        references = tuple(
+            sorted(
+                (str(k), _resolve(base, str(v).strip()))
+                for k, v in row.items()
+                if k not in ("track_id", "uri") and k and v and str(v).strip()
+            )
+        )
         tracks.append(Track(safe_track_id(raw_id), uri, references))
     return tracks
 
@@ -233,16 +276,20 @@ def list_folder(folder: str) -> list[Track]:
     folder = folder.rstrip("/")
     mixtures = storage.glob(storage.join(folder, "**", MIXTURE))
     if not mixtures:
-        return [t for t in list_glob(storage.join(folder, "**"))
-                if posixpath.splitext(t.uri)[1].lower() in AUDIO_EXTENSIONS]
+        return [
+            t
+            for t in list_glob(storage.join(folder, "**"))
+            if posixpath.splitext(t.uri)[1].lower() in AUDIO_EXTENSIONS
+        ]
     tracks = []
     for mixture in mixtures:
         track_dir = storage.parent(mixture)
         references = tuple(
             (_strip_extension(storage.basename(p)), p)
             for p in storage.glob(storage.join(track_dir, "*.wav"))
-            if storage.basename(p) != MIXTURE)
-        track_id = safe_track_id(track_dir[len(folder) + 1:])
+            if storage.basename(p) != MIXTURE
+        )
+        track_id = safe_track_id(track_dir[len(folder) + 1 :])
         tracks.append(Track(track_id, mixture, references))
     return tracks
 
@@ -290,6 +337,6 @@ class ListCatalog(beam.PTransform):
         self._source = source if isinstance(source, str) else tuple(source)
 
     def expand(self, pbegin):
-        return (pbegin
-                | "Source" >> beam.Create([self._source])
-                | "List" >> beam.FlatMap(list_catalog))
+        return (
+            pbegin | "Source" >> beam.Create([self._source]) | "List" >> beam.FlatMap(list_catalog)
+        )

@@ -6,6 +6,7 @@ into a sliding window that cuts the samples each segment's STFT needs
 AIFF, OGG/Vorbis/Opus, MP3) and falls back to PyAV (ffmpeg's decoders: AAC/M4A, ALAC, anything
 libsndfile rejects). Every problem ends the track with an error a person can act on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,26 +15,36 @@ import dataclasses
 import logging
 import struct
 import time
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 import apache_beam as beam
 import numpy as np
 import soundfile
 import soxr
 
-from model.config import ModelConfig
-from model.segmentation import SegmentPlan, plan_segments, segment_sample_range
-from model.spectral import frame_count
-from transforms import metrics, storage
-from transforms.records import AudioInfo, Segment
+from stembeam.model.config import ModelConfig
+from stembeam.model.segmentation import SegmentPlan, plan_segments, segment_sample_range
+from stembeam.model.spectral import frame_count
+from stembeam.transforms import metrics, storage
+from stembeam.transforms.records import AudioInfo, Segment
 
 BLOCK_FRAMES = 1 << 16
 log = logging.getLogger("stembeam")
 # Containers whose header states the exact length; others are counted while they are decoded.
 EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU"})
 # Bytes per sample of the uncompressed subtypes, whose data chunk length gives the sample count.
-_PCM_WIDTHS = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
-               "DOUBLE": 8, "ULAW": 1, "ALAW": 1}
+_PCM_WIDTHS = {
+    "PCM_S8": 1,
+    "PCM_U8": 1,
+    "PCM_16": 2,
+    "PCM_24": 3,
+    "PCM_32": 4,
+    "FLOAT": 4,
+    "DOUBLE": 8,
+    "ULAW": 1,
+    "ALAW": 1,
+}
 _OPEN_LENGTH = 0x7FFFF000  # 32-bit data sizes from here up are placeholders (sox, ffmpeg pipes)
 _W64_DATA = bytes.fromhex("64617461f3acd311 8cd100c04f8edb8a".replace(" ", ""))
 # ITU-R BS.775 fold-down weight of centre and surround channels.
@@ -59,11 +70,11 @@ class AudioSource:
     sample_rate: int
     channels: int
     codec: str
-    frames: Optional[int]
+    frames: int | None
     blocks: Callable[[], Iterator[np.ndarray]]
 
 
-def _data_chunk(f: BinaryIO, size: int, frame_bytes: int) -> Optional[tuple[int, int]]:
+def _data_chunk(f: BinaryIO, size: int, frame_bytes: int) -> tuple[int, int] | None:
     """``(stated bytes, offset)`` of the sample data of a RIFF/RIFX/RF64/W64/AIFF/AIFC file of
     ``frame_bytes`` a frame, as its chunk headers state them, or None (another container, or a
     length left open by a streaming writer: 0, or 0x7FFFF000 and up in a 32-bit field)."""
@@ -104,7 +115,7 @@ def _data_chunk(f: BinaryIO, size: int, frame_bytes: int) -> Optional[tuple[int,
     return None
 
 
-def _truncation(f: BinaryIO, sf: soundfile.SoundFile) -> Optional[str]:
+def _truncation(f: BinaryIO, sf: soundfile.SoundFile) -> str | None:
     """Why an uncompressed WAV/RF64/W64/AIFF file is shorter than its header states, or None.
 
     libsndfile clamps such a file's frame count to the samples present, so the cut would pass
@@ -128,8 +139,10 @@ def _truncation(f: BinaryIO, sf: soundfile.SoundFile) -> Optional[str]:
     stated, offset = found
     if size - offset >= stated:
         return None
-    return (f"the file is truncated: its header states {stated // frame_bytes} samples but only "
-            f"{max(0, size - offset) // frame_bytes} are present")
+    return (
+        f"the file is truncated: its header states {stated // frame_bytes} samples but only "
+        f"{max(0, size - offset) // frame_bytes} are present"
+    )
 
 
 def _soundfile_source(f: BinaryIO) -> tuple[AudioSource, soundfile.SoundFile]:
@@ -148,16 +161,22 @@ def _soundfile_source(f: BinaryIO) -> tuple[AudioSource, soundfile.SoundFile]:
                 block = sf.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
             except soundfile.LibsndfileError as e:
                 where = f" after {position / sf.samplerate:.2f} s" if position else ""
-                raise DecodeError(f"the file is damaged or truncated{where} (libsndfile: "
-                                  f"{_reason(e)})") from e
+                raise DecodeError(
+                    f"the file is damaged or truncated{where} (libsndfile: {_reason(e)})"
+                ) from e
             if not len(block):
                 return
             position += len(block)
             yield block
 
     exact = sf.format in EXACT_LENGTH_FORMATS
-    source = AudioSource(sf.samplerate, sf.channels, f"{sf.format}/{sf.subtype}",
-                         sf.frames if exact else None, blocks)
+    source = AudioSource(
+        sf.samplerate,
+        sf.channels,
+        f"{sf.format}/{sf.subtype}",
+        sf.frames if exact else None,
+        blocks,
+    )
     return source, sf
 
 
@@ -222,7 +241,8 @@ def open_audio(uri: str) -> Iterator[AudioSource]:
             except Exception as av_error:
                 raise DecodeError(
                     "not a decodable audio file (empty, damaged or an unsupported format): "
-                    f"libsndfile: {_reason(sf_error)}; ffmpeg: {_reason(av_error)}") from av_error
+                    f"libsndfile: {_reason(sf_error)}; ffmpeg: {_reason(av_error)}"
+                ) from av_error
         yield source
 
 
@@ -248,8 +268,10 @@ def _checked(blocks: Iterable[np.ndarray], sample_rate: int) -> Iterator[np.ndar
     for block in blocks:
         if not np.isfinite(block).all():
             bad = position + int(np.argmin(np.isfinite(block).all(axis=1)))
-            raise DecodeError(f"the audio contains NaN or infinite samples (first at "
-                              f"{bad / sample_rate:.3f} s): the file is corrupt")
+            raise DecodeError(
+                f"the audio contains NaN or infinite samples (first at "
+                f"{bad / sample_rate:.3f} s): the file is corrupt"
+            )
         position += len(block)
         yield block
 
@@ -329,7 +351,7 @@ class SampleWindow:
         out = np.zeros((stop - start, self._channels), np.float32)
         lo, hi = max(start, self._start), min(stop, self._start + len(self._buffer))
         if hi > lo:
-            out[lo - start: hi - start] = self._buffer[lo - self._start: hi - self._start]
+            out[lo - start : hi - start] = self._buffer[lo - self._start : hi - self._start]
         return out
 
     def drop(self, before: int) -> None:
@@ -339,9 +361,14 @@ class SampleWindow:
         self._start += cut
 
 
-def _plans(window: SampleWindow, known: Optional[int], cfg: ModelConfig, segmentation: str,
-           in_count: Callable[[], int], source: AudioSource
-           ) -> Iterator[tuple[SegmentPlan, bool, int]]:
+def _plans(
+    window: SampleWindow,
+    known: int | None,
+    cfg: ModelConfig,
+    segmentation: str,
+    in_count: Callable[[], int],
+    source: AudioSource,
+) -> Iterator[tuple[SegmentPlan, bool, int]]:
     """``(plan, is_last, model_samples)`` for each segment, planned as samples arrive.
 
     ``known``: the model-rate length when the header states it. Otherwise the window reads ahead
@@ -370,8 +397,9 @@ def _plans(window: SampleWindow, known: Optional[int], cfg: ModelConfig, segment
         index += 1
 
 
-def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
-                    ) -> tuple[AudioInfo, Iterator[tuple[SegmentPlan, np.ndarray, AudioInfo]]]:
+def decode_segments(
+    uri: str, cfg: ModelConfig, segmentation: str
+) -> tuple[AudioInfo, Iterator[tuple[SegmentPlan, np.ndarray, AudioInfo]]]:
     """Open ``uri`` and cut its segments while decoding it once.
 
     Returns ``(info, segments)``: ``info`` as the header states it (``num_samples`` and
@@ -395,23 +423,27 @@ def decode_segments(uri: str, cfg: ModelConfig, segmentation: str
             decoded[0] += len(block)
             yield block
         if frames is not None and decoded[0] < frames:
-            raise DecodeError(f"the file is truncated: its header states {frames} samples but "
-                              f"only {decoded[0]} could be decoded")
+            raise DecodeError(
+                f"the file is truncated: its header states {frames} samples but "
+                f"only {decoded[0]} could be decoded"
+            )
 
-    def segments() -> Iterator[tuple[SegmentPlan, np.ndarray, Optional[AudioInfo]]]:
+    def segments() -> Iterator[tuple[SegmentPlan, np.ndarray, AudioInfo | None]]:
         with stack:
             stream = counted(_checked(source.blocks(), source.sample_rate))
             stereo = (to_stereo(b) for b in stream)
             resampled = _resampled(stereo, source.sample_rate, cfg.sample_rate)
             window = SampleWindow(resampled if known is None else _exact(resampled, known))
-            for plan, last, length in _plans(window, known, cfg, segmentation,
-                                             lambda: decoded[0], source):
+            for plan, last, length in _plans(
+                window, known, cfg, segmentation, lambda: decoded[0], source
+            ):
                 start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
                 final = None
                 if last:  # decode to the end first: a bad tail fails the track
                     window.fill(max(stop, length + 1))
-                    final = dataclasses.replace(info, num_samples=frames or decoded[0],
-                                                model_samples=length)
+                    final = dataclasses.replace(
+                        info, num_samples=frames or decoded[0], model_samples=length
+                    )
                 yield plan, window.read(start, stop), final
                 window.drop(start)
 
@@ -450,11 +482,15 @@ class _DecodeSegmentsFn(beam.DoFn):
             info, segments = decode_segments(track.uri, self._cfg, self._segmentation)
             for plan, samples, final in segments:
                 index = plan.index + 1
-                yield Segment(track, plan, final is not None, final or info, started,
-                              samples=samples)
+                yield Segment(
+                    track, plan, final is not None, final or info, started, samples=samples
+                )
         except Exception as e:  # an unexpected decoder failure is still one track's failure
-            reason = str(e) if isinstance(e, DecodeError) else (
-                f"decoding failed: {type(e).__name__}: {e}")
+            reason = (
+                str(e)
+                if isinstance(e, DecodeError)
+                else (f"decoding failed: {type(e).__name__}: {e}")
+            )
             metrics.count(metrics.DECODE_FAILURES)
             plan = SegmentPlan(index, 0, 0, 0) if index else None
             yield Segment(track, plan, False, info, started, error=reason)

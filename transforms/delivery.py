@@ -26,6 +26,7 @@ Clipping (``--clip_mode``), for integer and lossy formats (float files store val
   target from it on ``close()``: one extra local write and read of that size, encoding cost
   unchanged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,6 @@ import os
 import re
 import string
 import tempfile
-from typing import Optional
 
 import numpy as np
 import soundfile
@@ -56,11 +56,14 @@ OPUS_KBPS_PER_CHANNEL, OPUS_MIN_KBPS = 256, 6
 # libvorbis's nominal bitrates (44.1 kHz stereo) of its quality levels 0..10; libsndfile's
 # compression level is 1 - quality / 10.
 VORBIS_NOMINAL_KBPS = (64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 500)
-BITRATE_RANGE = {"mp3": (32, 320), "ogg": (VORBIS_NOMINAL_KBPS[0], VORBIS_NOMINAL_KBPS[-1]),
-                 "opus": (OPUS_MIN_KBPS, 2 * OPUS_KBPS_PER_CHANNEL)}
+BITRATE_RANGE = {
+    "mp3": (32, 320),
+    "ogg": (VORBIS_NOMINAL_KBPS[0], VORBIS_NOMINAL_KBPS[-1]),
+    "opus": (OPUS_MIN_KBPS, 2 * OPUS_KBPS_PER_CHANNEL),
+}
 
 
-def parse_bitrate(value: str | int | None) -> Optional[int]:
+def parse_bitrate(value: str | int | None) -> int | None:
     """``'320'``, ``'320k'`` (Spleeter's spelling) or 320 -> 320 kbps; None stays None."""
     if value is None or isinstance(value, int):
         return value
@@ -82,14 +85,18 @@ class OutputFormat:
     """
 
     name: str
-    bit_depth: Optional[int]
-    bitrate: Optional[int]
+    bit_depth: int | None
+    bitrate: int | None
     clip_mode: str = "clip"
 
     @classmethod
-    def parse(cls, name: str = "wav", bit_depth: Optional[int] = None,
-              bitrate: str | int | None = None, clip_mode: Optional[str] = None
-              ) -> "OutputFormat":
+    def parse(
+        cls,
+        name: str = "wav",
+        bit_depth: int | None = None,
+        bitrate: str | int | None = None,
+        clip_mode: str | None = None,
+    ) -> OutputFormat:
         """Validates a combination of options and fills in the defaults.
 
         Raises:
@@ -104,8 +111,10 @@ class OutputFormat:
             raise ValueError(f"--clip_mode {clip_mode!r} is not one of {', '.join(CLIP_MODES)}")
         if name in LOSSLESS:
             if bitrate is not None:
-                raise ValueError(f"--bitrate applies to lossy formats ({', '.join(LOSSY)}), "
-                                 f"not {name}; use --bit_depth")
+                raise ValueError(
+                    f"--bitrate applies to lossy formats ({', '.join(LOSSY)}), "
+                    f"not {name}; use --bit_depth"
+                )
             bit_depth = DEFAULT_BIT_DEPTH[name] if bit_depth is None else int(bit_depth)
             if bit_depth not in BIT_DEPTHS:
                 raise ValueError(f"--bit_depth must be 16, 24 or 32 (float), got {bit_depth}")
@@ -113,8 +122,10 @@ class OutputFormat:
                 raise ValueError("FLAC stores integers only: --bit_depth 16 or 24 with flac")
             return cls(name, bit_depth, None, clip_mode)
         if bit_depth is not None:
-            raise ValueError(f"--bit_depth applies to lossless formats ({', '.join(LOSSLESS)}), "
-                             f"not {name}; use --bitrate")
+            raise ValueError(
+                f"--bit_depth applies to lossless formats ({', '.join(LOSSLESS)}), "
+                f"not {name}; use --bitrate"
+            )
         bitrate = DEFAULT_BITRATE[name] if bitrate is None else bitrate
         low, high = BITRATE_RANGE[name]
         if not low <= bitrate <= high:
@@ -122,7 +133,7 @@ class OutputFormat:
         return cls(name, None, bitrate, clip_mode)
 
     @classmethod
-    def from_options(cls, options) -> "OutputFormat":
+    def from_options(cls, options) -> OutputFormat:
         """From ``SeparateOptions`` (``--format``, ``--bit_depth``, ``--bitrate``,
         ``--clip_mode``)."""
         return cls.parse(options.format, options.bit_depth, options.bitrate, options.clip_mode)
@@ -145,8 +156,9 @@ class OutputFormat:
     def key(self) -> str:
         """Short id of the delivery settings, e.g. ``wav-f32``, ``flac-24``, ``mp3-320k``,
         ``mp3-320k-normalise`` (for done-markers and result rows)."""
-        quality = f"{self.bitrate}k" if self.lossy else (
-            "f32" if self.is_float else str(self.bit_depth))
+        quality = (
+            f"{self.bitrate}k" if self.lossy else ("f32" if self.is_float else str(self.bit_depth))
+        )
         suffix = "" if self.clip_mode == "clip" else f"-{self.clip_mode}"
         return f"{self.name}-{quality}{suffix}"
 
@@ -180,7 +192,7 @@ class OutputFormat:
             args["compression_level"] = 1.0 - quality / 10.0
         return args
 
-    def open_writer(self, local_path: str, sample_rate: int, channels: int) -> "StemWriter":
+    def open_writer(self, local_path: str, sample_rate: int, channels: int) -> StemWriter:
         """A writer of one stem file at the local path ``local_path``, fed ``(n, channels)``
         float32 blocks at ``sample_rate`` Hz."""
         return StemWriter(self, local_path, sample_rate, channels)
@@ -203,22 +215,29 @@ class StemWriter:
         self.peak, self.clipped, self.gain = 0.0, 0, 1.0
         self._resampler = None
         if self.sample_rate != sample_rate:
-            self._resampler = soxr.ResampleStream(sample_rate, self.sample_rate, channels,
-                                                  dtype="float32", quality="HQ")
+            self._resampler = soxr.ResampleStream(
+                sample_rate, self.sample_rate, channels, dtype="float32", quality="HQ"
+            )
         self._staging = self._file = None
         self._closed = False
         if fmt.clip_mode == "normalise":
             fd, self._staging_path = tempfile.mkstemp(
                 dir=os.path.dirname(os.path.abspath(path)),
-                prefix=f".{os.path.basename(path)}.", suffix=".f32")
+                prefix=f".{os.path.basename(path)}.",
+                suffix=".f32",
+            )
             self._staging = os.fdopen(fd, "wb")
         else:
             self._file = self._open_target()
 
     def _open_target(self) -> soundfile.SoundFile:
-        return soundfile.SoundFile(self.path, "w", samplerate=self.sample_rate,
-                                   channels=self.channels,
-                                   **self.format.soundfile_args(self.sample_rate, self.channels))
+        return soundfile.SoundFile(
+            self.path,
+            "w",
+            samplerate=self.sample_rate,
+            channels=self.channels,
+            **self.format.soundfile_args(self.sample_rate, self.channels),
+        )
 
     def write(self, block: np.ndarray) -> None:
         """Appends ``(n, channels)`` float32 samples at the input rate."""
@@ -256,8 +275,11 @@ class StemWriter:
         self._closed = True
         try:
             if self._resampler is not None:
-                self._take(self._resampler.resample_chunk(
-                    np.zeros((0, self.channels), np.float32), last=True))
+                self._take(
+                    self._resampler.resample_chunk(
+                        np.zeros((0, self.channels), np.float32), last=True
+                    )
+                )
             if self._staging is not None:
                 self._staging.close()
                 self._encode_staged()
@@ -280,7 +302,7 @@ class StemWriter:
                     break
                 self._encode(np.frombuffer(data, np.float32).reshape(-1, self.channels))
 
-    def __enter__(self) -> "StemWriter":
+    def __enter__(self) -> StemWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -309,16 +331,20 @@ def validate_template(template: str) -> str:
     except ValueError as e:
         raise ValueError(f"--filename_template {template!r}: {e}") from None
     fields = [f for _, f, _, _ in parsed if f is not None]
-    for (_, field, spec, conversion) in parsed:
+    for _, field, spec, conversion in parsed:
         if field is not None and (field not in TEMPLATE_FIELDS or spec or conversion):
-            raise ValueError(f"--filename_template {template!r}: unknown placeholder "
-                             f"{{{field}{'!' + conversion if conversion else ''}"
-                             f"{':' + spec if spec else ''}}}; use "
-                             + ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS))
+            raise ValueError(
+                f"--filename_template {template!r}: unknown placeholder "
+                f"{{{field}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}; use "
+                + ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
+            )
     for needed in ("track", "stem"):
         if needed not in fields:
-            raise ValueError(f"--filename_template {template!r} must contain {{{needed}}} so "
-                             f"every {needed}'s file has its own name")
+            raise ValueError(
+                f"--filename_template {template!r} must contain {{{needed}}} so "
+                f"every {needed}'s file has its own name"
+            )
     if template.startswith(("/", "\\")) or re.match(r"^[A-Za-z]+:", template):
         raise ValueError(f"--filename_template {template!r} must be relative to --output")
     if ".." in re.split(r"[/\\]", template):
@@ -341,12 +367,17 @@ def stem_path(template: str, track_id: str, stem: str, ext: str, model_name: str
     layout. Call ``validate_template`` once first (this re-checks the result only).
     """
     path = validate_template(template).format(
-        track=track_id, track_name=track_id.rstrip("/").rsplit("/", 1)[-1], stem=stem, ext=ext,
-        model=model_label(model_name))
+        track=track_id,
+        track_name=track_id.rstrip("/").rsplit("/", 1)[-1],
+        stem=stem,
+        ext=ext,
+        model=model_label(model_name),
+    )
     parts = path.split("/")
     if path.startswith("/") or ".." in parts or "" in parts:
-        raise ValueError(f"--filename_template {template!r} gives the bad path {path!r} for "
-                         f"track {track_id!r}")
+        raise ValueError(
+            f"--filename_template {template!r} gives the bad path {path!r} for track {track_id!r}"
+        )
     return path
 
 
@@ -356,8 +387,7 @@ REST = "rest"
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def stem_mix(spec: Optional[str], model_stems: tuple[str, ...]
-             ) -> tuple[tuple[str, ...], np.ndarray]:
+def stem_mix(spec: str | None, model_stems: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
     """Which stems to deliver, as sums of the model's stems (``--stems``).
 
     Syntax: comma-separated items, each ``NAME`` (a model stem, or ``rest``) or
@@ -380,12 +410,16 @@ def stem_mix(spec: Optional[str], model_stems: tuple[str, ...]
         name, eq, terms = (part.strip() for part in item.partition("="))
         terms = [t.strip() for t in terms.split("+")] if eq else [name]
         if not _NAME.fullmatch(name) or not all(terms):
-            raise ValueError(f"--stems {spec!r}: bad item {item.strip()!r}; expected NAME or "
-                             "NAME=STEM+STEM (letters, digits, _ and -)")
+            raise ValueError(
+                f"--stems {spec!r}: bad item {item.strip()!r}; expected NAME or "
+                "NAME=STEM+STEM (letters, digits, _ and -)"
+            )
         for term in terms:
             if term != REST and term not in model_stems:
-                raise ValueError(f"--stems {spec!r}: unknown stem {term!r}; the model's stems "
-                                 f"are {', '.join(model_stems)} (and '{REST}')")
+                raise ValueError(
+                    f"--stems {spec!r}: unknown stem {term!r}; the model's stems "
+                    f"are {', '.join(model_stems)} (and '{REST}')"
+                )
         items.append((name, terms))
     names = [name for name, _ in items]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -397,8 +431,9 @@ def stem_mix(spec: Optional[str], model_stems: tuple[str, ...]
     for j, (_, terms) in enumerate(items):
         for term in terms:
             if term == REST and not rest:
-                raise ValueError(f"--stems {spec!r}: '{REST}' is empty, every model stem is "
-                                 "named already")
+                raise ValueError(
+                    f"--stems {spec!r}: '{REST}' is empty, every model stem is named already"
+                )
             for stem in rest if term == REST else [term]:
                 matrix[model_stems.index(stem), j] = 1.0
     return tuple(names), matrix
@@ -407,5 +442,5 @@ def stem_mix(spec: Optional[str], model_stems: tuple[str, ...]
 def mix_is_identity(matrix: np.ndarray) -> bool:
     """True when ``stem_mix`` delivers the model's stems unchanged (skip the matmul)."""
     return matrix.shape[0] == matrix.shape[1] and bool(
-        np.array_equal(matrix, np.eye(len(matrix), dtype=matrix.dtype)))
-
+        np.array_equal(matrix, np.eye(len(matrix), dtype=matrix.dtype))
+    )

@@ -2,9 +2,11 @@
 reference stems.
 
 Runs right after the stems are written, in the same fused stage (BSSEval v4 costs far less than
-separation: ~0.07 CPU s per audio s for 4 stems). Reads the stems back and the references (whole tracks: evaluation needs them), computes framewise SDR/SIR/SAR/ISR over 1 s
-windows, writes museval's per-track JSON next to the stems and puts the medians into the row.
+separation: ~0.07 CPU s per audio s for 4 stems). Reads the stems back and the references
+(whole tracks: evaluation needs them), computes framewise SDR/SIR/SAR/ISR over 1 s windows,
+writes museval's per-track JSON next to the stems and puts the medians into the row.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +16,9 @@ import apache_beam as beam
 import numpy as np
 import soundfile
 
-from model import evaluation
-from transforms import metrics, storage
-from transforms.records import Track
+from stembeam.model import evaluation
+from stembeam.transforms import metrics, storage
+from stembeam.transforms.records import Track
 
 MUSEVAL_JSON = "museval.json"
 # A reference may differ from the track by this much (the larger of the two) and be cropped.
@@ -69,10 +71,13 @@ def evaluate_track(track: Track, row: dict[str, Any], output: str) -> dict[str, 
     if mismatches:
         return dict(row, error="; ".join(mismatches) + ": metrics not computed")
     n = min(len(e) for e in estimates)
-    scores = evaluation.evaluate(np.stack([r[:n] for r in refs]), np.stack([e[:n] for e in estimates]),
-                              win=rate, hop=rate)
-    storage.write_atomic(storage.join(output, track.track_id, MUSEVAL_JSON),
-                         evaluation.museval_json(scores, names).encode())
+    scores = evaluation.evaluate(
+        np.stack([r[:n] for r in refs]), np.stack([e[:n] for e in estimates]), win=rate, hop=rate
+    )
+    storage.write_atomic(
+        storage.join(output, track.track_id, MUSEVAL_JSON),
+        evaluation.museval_json(scores, names).encode(),
+    )
     row = dict(row)
     for metric, medians in evaluation.median_metrics(scores).items():
         for name, median in zip(names, medians):

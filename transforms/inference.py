@@ -6,22 +6,24 @@ the process's threads; it batches segments, also across tracks of one bundle, an
 ``inference_request_batch_size`` and ``inference_batch_latency_micro_secs`` metrics (its
 ``load_model_latency_milli_secs`` is ~0: the model loads on a thread, ``BackgroundModel``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from model.config import ModelConfig
-from model.reconstruct import segment_spectrogram
-from transforms import metrics
-from transforms.metrics import METRICS_NAMESPACE
-from transforms.records import Segment
+from stembeam.model.config import ModelConfig
+from stembeam.model.reconstruct import segment_spectrogram
+from stembeam.transforms import metrics
+from stembeam.transforms.metrics import METRICS_NAMESPACE
+from stembeam.transforms.records import Segment
 
 # CPU: 4, as before (the U-Net alone is a few % faster per segment at batch 1-2, but a whole
 # run was not: `bench.precision batch-ab`, BENCHMARKS.md). GPU: enough segments to fill it.
@@ -78,14 +80,19 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
     A failing batch does not fail the job: its segments come out with ``error`` set.
     """
 
-    def __init__(self, spec: str, batch_size: int | None = None,
-                 cache_dir: str | None = None, precision: str = "auto"):
+    def __init__(
+        self,
+        spec: str,
+        batch_size: int | None = None,
+        cache_dir: str | None = None,
+        precision: str = "auto",
+    ):
         super().__init__(min_batch_size=1, max_batch_size=batch_size or default_batch_size())
         self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
 
     def _load(self) -> Predictor:
-        from model.registry import load_model
-        from model.unet import batch_predictor
+        from stembeam.model.registry import load_model
+        from stembeam.model.unet import batch_predictor
 
         loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
         predictor = batch_predictor(loaded.model)
@@ -96,8 +103,12 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
     def load_model(self) -> BackgroundModel:
         return BackgroundModel(self._load)
 
-    def run_inference(self, batch: Sequence[Segment], model: BackgroundModel,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[Segment]:
+    def run_inference(
+        self,
+        batch: Sequence[Segment],
+        model: BackgroundModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[Segment]:
         todo = [i for i, s in enumerate(batch) if s.error is None]
         out = [dataclasses.replace(s, magnitude=None) for s in batch]
         if not todo:
@@ -135,8 +146,9 @@ def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
     try:
         mix_stft, magnitude = segment_spectrogram(segment.samples, cfg)
     except Exception as e:
-        return dataclasses.replace(segment, samples=None,
-                                   error=f"spectrogram failed: {type(e).__name__}: {e}")
+        return dataclasses.replace(
+            segment, samples=None, error=f"spectrogram failed: {type(e).__name__}: {e}"
+        )
     return dataclasses.replace(segment, mix_stft=mix_stft, magnitude=magnitude)
 
 
@@ -155,8 +167,13 @@ class Spectrogram(beam.PTransform):
 class RunModel(beam.PTransform):
     """``Segment`` (magnitude) -> ``Segment`` (estimates) through Beam's RunInference."""
 
-    def __init__(self, spec: str, batch_size: int | None = None,
-                 cache_dir: str | None = None, precision: str = "auto"):
+    def __init__(
+        self,
+        spec: str,
+        batch_size: int | None = None,
+        cache_dir: str | None = None,
+        precision: str = "auto",
+    ):
         super().__init__()
         self._handler = StemModelHandler(spec, batch_size, cache_dir, precision)
 

@@ -3,6 +3,7 @@
 Workers update them with ``count``; the launcher reads them back after the run
 (``pipeline.separate.summarize``).
 """
+
 from __future__ import annotations
 
 import apache_beam as beam

@@ -12,6 +12,7 @@ collide with it):
 - ``tmp/<run_id>/``: the run's staging files (stems being written). Only tracks in flight have
   files there; the next run deletes the folders of runs that are no longer alive.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,9 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
-from transforms import storage
+from stembeam.transforms import storage
 
 INTERNAL_DIR = ".stembeam"
 HEARTBEAT_S = 30.0
@@ -57,10 +58,14 @@ def signature(settings: dict[str, Any]) -> str:
 
 def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     """``'model spleeter:2stems -> spleeter:4stems, format wav -> flac'``: what differs."""
-    changes = [f"{key} {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
-               if old.get(key) != new.get(key) and key != "model_sha256"]
+    changes = [
+        f"{key} {old.get(key)} -> {new.get(key)}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and key != "model_sha256"
+    ]
     if old.get("model_sha256") != new.get("model_sha256") and not any(
-            c.startswith("model ") for c in changes):
+        c.startswith("model ") for c in changes
+    ):
         changes.insert(0, "the model's weights")
     return ", ".join(changes) or "unknown settings"
 
@@ -88,14 +93,13 @@ class DoneMarker:
         return json.dumps(dataclasses.asdict(self), indent=1, default=str).encode()
 
     @classmethod
-    def read(cls, uri: str) -> Optional["DoneMarker"]:
+    def read(cls, uri: str) -> DoneMarker | None:
         """The marker at ``uri``; None when there is none or it cannot be parsed."""
         if not storage.exists(uri):
             return None
         try:
             data = json.loads(storage.read_text(uri))
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
-                          if f.name in data})
+            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
         except Exception:  # unreadable or from another version: separate the track again
             return None
 
@@ -122,9 +126,16 @@ class MarkDone:
             if row["status"] != "ok":
                 continue
             marker = DoneMarker(
-                self.signature, self.settings, track.fingerprint, json.loads(row["stems"]),
-                row["run_id"], {k: row.get(k) for k in ("duration_s", "sample_rate", "channels",
-                                                        "codec", "finished_at")})
+                self.signature,
+                self.settings,
+                track.fingerprint,
+                json.loads(row["stems"]),
+                row["run_id"],
+                {
+                    k: row.get(k)
+                    for k in ("duration_s", "sample_rate", "channels", "codec", "finished_at")
+                },
+            )
             storage.write_atomic(done_marker(self.output, track.track_id), marker.to_json())
 
 
@@ -147,20 +158,26 @@ class RunLock:
     signature: str
     settings: dict[str, Any]
     _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
-    _thread: Optional[threading.Thread] = None
+    _thread: threading.Thread | None = None
 
     @property
     def uri(self) -> str:
         return internal_path(self.output, "runs", f"{self.run_id}.json")
 
     def _write(self) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        body = {"run_id": self.run_id, "signature": self.signature, "settings": self.settings,
-                "host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": now,
-                "heartbeat": time.time()}
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        body = {
+            "run_id": self.run_id,
+            "signature": self.signature,
+            "settings": self.settings,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat_at": now,
+            "heartbeat": time.time(),
+        }
         storage.write_atomic(self.uri, json.dumps(body, indent=1).encode())
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self._write()
         others = [lock for lock in live_locks(self.output) if lock["run_id"] != self.run_id]
         conflicts = [lock for lock in others if lock.get("signature") != self.signature]
@@ -172,7 +189,8 @@ class RunLock:
                 f"another run ({other['run_id']} on {other.get('host')}, pid {other.get('pid')}, "
                 f"alive {age:.0f} s ago) is writing to {self.output} with other settings "
                 f"({describe_change(other.get('settings', {}), self.settings)}); wait for it to "
-                "finish or choose another --output")
+                "finish or choose another --output"
+            )
         self._thread = threading.Thread(target=self._beat, name="stembeam-run-lock", daemon=True)
         self._thread.start()
         return self
@@ -231,8 +249,11 @@ def clean_dead_runs(output: str, run_id: str) -> int:
     from an earlier attempt with the same id); returns how many files were deleted."""
     alive = {lock["run_id"] for lock in live_locks(output)} - {run_id}
     root = internal_path(output, "tmp")
-    stale = [uri for uri in storage.glob(storage.join(root, "**"))
-             if storage.relative_parts(root, uri)[0] not in alive]
+    stale = [
+        uri
+        for uri in storage.glob(storage.join(root, "**"))
+        if storage.relative_parts(root, uri)[0] not in alive
+    ]
     storage.delete(stale)
     if storage.is_local(root):
         storage.remove_empty_folders(root)

@@ -4,17 +4,18 @@ Only ``Track`` and result rows (plain dicts, see ``results_schema``) ever cross 
 ``Segment`` carries audio and stays inside the one fused stage that takes a track from decoding
 to its committed result row.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import json
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-from model.segmentation import SegmentPlan
-from transforms.results_schema import RESULT_COLUMNS, column_names
+from stembeam.model.segmentation import SegmentPlan
+from stembeam.transforms.results_schema import RESULT_COLUMNS, column_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +52,11 @@ class AudioInfo:
     sample_rate: int
     channels: int
     codec: str
-    num_samples: Optional[int]
-    model_samples: Optional[int]
+    num_samples: int | None
+    model_samples: int | None
 
     @property
-    def duration_s(self) -> Optional[float]:
+    def duration_s(self) -> float | None:
         return None if self.num_samples is None else self.num_samples / self.sample_rate
 
 
@@ -81,15 +82,15 @@ class Segment:
     """
 
     track: Track
-    plan: Optional[SegmentPlan]
+    plan: SegmentPlan | None
     is_last: bool
-    info: Optional[AudioInfo]
+    info: AudioInfo | None
     started_at: float
-    samples: Optional[np.ndarray] = None
-    mix_stft: Optional[np.ndarray] = None
-    magnitude: Optional[np.ndarray] = None
-    estimates: Optional[np.ndarray] = None
-    error: Optional[str] = None
+    samples: np.ndarray | None = None
+    mix_stft: np.ndarray | None = None
+    magnitude: np.ndarray | None = None
+    estimates: np.ndarray | None = None
+    error: str | None = None
 
     @property
     def index(self) -> int:
@@ -100,27 +101,45 @@ RESULT_NAMES = frozenset(column_names(RESULT_COLUMNS))
 
 
 def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
-def result_row(track: Track, run_id: str, model: str, model_sha256: str, status: str,
-               error: str = "", info: Optional[AudioInfo] = None,
-               stems: Optional[dict[str, str]] = None, wall_s: Optional[float] = None,
-               **columns: Any) -> dict[str, Any]:
+def result_row(
+    track: Track,
+    run_id: str,
+    model: str,
+    model_sha256: str,
+    status: str,
+    error: str = "",
+    info: AudioInfo | None = None,
+    stems: dict[str, str] | None = None,
+    wall_s: float | None = None,
+    **columns: Any,
+) -> dict[str, Any]:
     """A row of the ``results`` table (column -> value); missing columns are None.
 
     ``columns`` sets any other column (``sdr_vocals``...). ``finished_at`` is ISO-8601 UTC.
     """
     row: dict[str, Any] = dict.fromkeys(RESULT_NAMES)
     row.update(
-        run_id=run_id, track_id=track.track_id, source_uri=track.uri, status=status,
-        error=error, model=model, model_sha256=model_sha256,
-        stems=json.dumps(stems or {}), wall_s=wall_s,
+        run_id=run_id,
+        track_id=track.track_id,
+        source_uri=track.uri,
+        status=status,
+        error=error,
+        model=model,
+        model_sha256=model_sha256,
+        stems=json.dumps(stems or {}),
+        wall_s=wall_s,
         finished_at=utc_now().isoformat(),
     )
     if info is not None:
-        row.update(duration_s=info.duration_s, sample_rate=info.sample_rate,
-                   channels=info.channels, codec=info.codec)
+        row.update(
+            duration_s=info.duration_s,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            codec=info.codec,
+        )
         if wall_s and status == "ok":
             row["realtime_factor"] = info.duration_s / wall_s
     unknown = set(columns) - RESULT_NAMES

@@ -8,6 +8,7 @@ run recorded). BigQuery (``bigquery:PROJECT.DATASET.TABLE``): streaming inserts 
 Rows are committed in small batches (by count, by age, at bundle end), so a job killed at any
 moment keeps the row of every track that finished a few seconds before.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -15,7 +16,8 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -23,33 +25,53 @@ import sqlalchemy as sa
 from apache_beam.utils import shared
 from sqlalchemy.dialects import postgresql, sqlite
 
-from transforms import metrics
-from transforms.bigquery import BIGQUERY_TYPES, bigquery_row
-from transforms.results_schema import (RESULT_COLUMNS, RESULT_KEY, RESULTS_TABLE, RUN_COLUMNS,
-                                       RUN_KEY, RUNS_TABLE)
+from stembeam.transforms import metrics
+from stembeam.transforms.bigquery import BIGQUERY_TYPES, bigquery_row
+from stembeam.transforms.results_schema import (
+    RESULT_COLUMNS,
+    RESULT_KEY,
+    RESULTS_TABLE,
+    RUN_COLUMNS,
+    RUN_KEY,
+    RUNS_TABLE,
+)
 
 BIGQUERY_PREFIX = "bigquery:"
-_SQL_TYPES = {"string": sa.Text, "float": sa.Float, "integer": sa.BigInteger,
-              "timestamp": lambda: sa.DateTime(timezone=True)}
+_SQL_TYPES = {
+    "string": sa.Text,
+    "float": sa.Float,
+    "integer": sa.BigInteger,
+    "timestamp": lambda: sa.DateTime(timezone=True),
+}
 # Key columns are VARCHAR so every database can index them; two of 255 characters stay within
 # MySQL's 3072-byte index limit in utf8mb4 (catalog.MAX_TRACK_ID_CHARS stays below it).
 KEY_LENGTH = 255
 
 
-def sql_tables(metadata: Optional[sa.MetaData] = None) -> tuple[sa.Table, sa.Table]:
+def sql_tables(metadata: sa.MetaData | None = None) -> tuple[sa.Table, sa.Table]:
     """SQLAlchemy ``results`` and ``runs`` tables built from ``results_schema``."""
     metadata = metadata or sa.MetaData()
 
     def table(name: str, columns, key) -> sa.Table:
-        return sa.Table(name, metadata, *(
-            sa.Column(col, sa.String(KEY_LENGTH) if col in key else _SQL_TYPES[kind](),
-                      primary_key=col in key, nullable=col not in key, comment=doc)
-            for col, kind, doc in columns))
+        return sa.Table(
+            name,
+            metadata,
+            *(
+                sa.Column(
+                    col,
+                    sa.String(KEY_LENGTH) if col in key else _SQL_TYPES[kind](),
+                    primary_key=col in key,
+                    nullable=col not in key,
+                    comment=doc,
+                )
+                for col, kind, doc in columns
+            ),
+        )
 
     return table(RESULTS_TABLE, RESULT_COLUMNS, RESULT_KEY), table(RUNS_TABLE, RUN_COLUMNS, RUN_KEY)
 
 
-def create_engine(url: str, connect_timeout_s: Optional[int] = None) -> sa.Engine:
+def create_engine(url: str, connect_timeout_s: int | None = None) -> sa.Engine:
     """An engine for ``url``; SQLite waits for locks held by concurrent writers, PostgreSQL and
     MySQL give up connecting after ``connect_timeout_s`` seconds when it is given."""
     if url.startswith("sqlite"):
@@ -58,8 +80,7 @@ def create_engine(url: str, connect_timeout_s: Optional[int] = None) -> sa.Engin
             os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         return sa.create_engine(url, connect_args={"timeout": 120})
     connect_args = {}
-    if connect_timeout_s and sa.engine.make_url(url).get_backend_name() in ("postgresql",
-                                                                            "mysql"):
+    if connect_timeout_s and sa.engine.make_url(url).get_backend_name() in ("postgresql", "mysql"):
         connect_args["connect_timeout"] = connect_timeout_s
     return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
@@ -88,8 +109,11 @@ def _to_sql(row: dict[str, Any], table: sa.Table) -> dict[str, Any]:
         if isinstance(value, str) and isinstance(column.type, sa.DateTime):
             value = datetime.datetime.fromisoformat(value)
         if isinstance(value, datetime.datetime):
-            value = (value.replace(tzinfo=datetime.timezone.utc) if value.tzinfo is None
-                     else value.astimezone(datetime.timezone.utc))
+            value = (
+                value.replace(tzinfo=datetime.UTC)
+                if value.tzinfo is None
+                else value.astimezone(datetime.UTC)
+            )
         elif isinstance(value, float) and not math.isfinite(value):
             value = None
         out[column.name] = value
@@ -115,11 +139,16 @@ def upsert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]
     if dialect in ("sqlite", "postgresql"):
         module = sqlite if dialect == "sqlite" else postgresql
         stmt = module.insert(table)
-        where = (sa.not_(sa.and_(table.c.status == "ok", stmt.excluded.status == "skipped"))
-                 if keep_ok else None)
+        where = (
+            sa.not_(sa.and_(table.c.status == "ok", stmt.excluded.status == "skipped"))
+            if keep_ok
+            else None
+        )
         stmt = stmt.on_conflict_do_update(
-            index_elements=key, where=where,
-            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key})
+            index_elements=key,
+            where=where,
+            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in key},
+        )
         connection.execute(stmt, rows)
         return
     for row in rows:  # other databases: replace row by row inside the transaction
@@ -175,15 +204,19 @@ class BigQuerySink:
         from google.cloud import bigquery
 
         self._client = bigquery.Client(project=self._table.split(".")[0])
-        schema = [bigquery.SchemaField(name, BIGQUERY_TYPES[kind], mode="NULLABLE",
-                                       description=doc) for name, kind, doc in self._columns]
+        schema = [
+            bigquery.SchemaField(name, BIGQUERY_TYPES[kind], mode="NULLABLE", description=doc)
+            for name, kind, doc in self._columns
+        ]
         self._client.create_table(bigquery.Table(self._table, schema=schema), exists_ok=True)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         key = [c for c in ("run_id", "track_id") if any(c == n for n, _, _ in self._columns)]
         errors = self._client.insert_rows_json(
-            self._table, [bigquery_row(row, self._columns) for row in rows],
-            row_ids=["/".join(str(row.get(k)) for k in key) for row in rows])
+            self._table,
+            [bigquery_row(row, self._columns) for row in rows],
+            row_ids=["/".join(str(row.get(k)) for k in key) for row in rows],
+        )
         if errors:
             raise RuntimeError(f"BigQuery refused rows of {self._table}: {errors[:3]}")
 
@@ -197,7 +230,7 @@ def open_sink(url: str, table: str = RESULTS_TABLE):
     if table not in (RESULTS_TABLE, RUNS_TABLE):
         raise ValueError(f"unknown results table {table!r}")
     if url.startswith(BIGQUERY_PREFIX):
-        name = url[len(BIGQUERY_PREFIX):] + ("_runs" if table == RUNS_TABLE else "")
+        name = url[len(BIGQUERY_PREFIX) :] + ("_runs" if table == RUNS_TABLE else "")
         return BigQuerySink(name, RESULT_COLUMNS if table == RESULTS_TABLE else RUN_COLUMNS)
     return SqlSink(url, table)
 
@@ -208,8 +241,14 @@ class _CommitRowsFn(beam.DoFn):
     waits for the next track) and at the end of each bundle. After each commit, ``after_commit``
     runs on the committed pairs (the done-markers). Passes the rows on at once."""
 
-    def __init__(self, url: str, table: str, after_commit: Optional[Callable] = None,
-                 max_rows: int = 25, max_delay_s: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        table: str,
+        after_commit: Callable | None = None,
+        max_rows: int = 25,
+        max_delay_s: float = 5.0,
+    ):
         self._sink = open_sink(url, table)
         self._after_commit = after_commit
         self._max_rows, self._max_delay_s = max_rows, max_delay_s
@@ -219,10 +258,9 @@ class _CommitRowsFn(beam.DoFn):
         self._lock = threading.Lock()
         self._buffer: list[tuple[Any, dict[str, Any]]] = []
         self._oldest = 0.0
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._stop = threading.Event()
-        self._clock = threading.Thread(target=self._watch, daemon=True,
-                                       name="stembeam-commit-rows")
+        self._clock = threading.Thread(target=self._watch, daemon=True, name="stembeam-commit-rows")
         self._clock.start()
 
     def _watch(self) -> None:
@@ -276,9 +314,14 @@ class CommitRows(beam.PTransform):
     """``(Track, row)`` pairs -> rows, each committed to ``url`` (table ``results`` or ``runs``)
     within ``max_delay_s`` of arriving; ``after_commit(pairs)`` runs after each commit."""
 
-    def __init__(self, url: str, table: str = RESULTS_TABLE,
-                 after_commit: Optional[Callable] = None, max_rows: int = 25,
-                 max_delay_s: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        table: str = RESULTS_TABLE,
+        after_commit: Callable | None = None,
+        max_rows: int = 25,
+        max_delay_s: float = 5.0,
+    ):
         super().__init__()
         self._fn = _CommitRowsFn(url, table, after_commit, max_rows, max_delay_s)
 

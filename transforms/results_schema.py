@@ -6,7 +6,7 @@ Types are the portable names ``'string'``, ``'float'``, ``'integer'``, ``'timest
 
 from __future__ import annotations
 
-from model.config import ALL_STEMS
+from stembeam.model.config import ALL_STEMS
 
 METRICS = ("sdr", "sir", "sar", "isr")
 

@@ -6,16 +6,18 @@ signature (model weights and config, format, post-processing...), for the curren
 again. A track whose stems were made with other settings is not overwritten silently: it gets a
 ``failed`` row naming what changed, unless ``--force`` is given.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 
-from transforms import metrics, storage
-from transforms.output_state import DoneMarker, describe_change, done_marker, fingerprint
-from transforms.records import Track, result_row
+from stembeam.transforms import metrics, storage
+from stembeam.transforms.output_state import DoneMarker, describe_change, done_marker, fingerprint
+from stembeam.transforms.records import Track, result_row
 
 ROWS_TAG = "rows"
 
@@ -54,23 +56,48 @@ class _SkipDoneFn(beam.DoFn):
             return
         if marker.signature != run.signature:
             metrics.count(metrics.TRACKS_FAILED)
-            yield beam.pvalue.TaggedOutput(ROWS_TAG, (track, result_row(
-                track, run.run_id, run.model, run.model_sha256, "failed",
-                error=f"{storage.join(run.output, track.track_id)} holds stems made with other "
-                      f"settings ({describe_change(marker.settings, run.settings)}, run "
-                      f"{marker.run_id}); pass --force to replace them or choose another "
-                      "--output")))
+            yield beam.pvalue.TaggedOutput(
+                ROWS_TAG,
+                (
+                    track,
+                    result_row(
+                        track,
+                        run.run_id,
+                        run.model,
+                        run.model_sha256,
+                        "failed",
+                        error=f"{storage.join(run.output, track.track_id)} holds stems made "
+                        "with other settings "
+                        f"({describe_change(marker.settings, run.settings)}, run "
+                        f"{marker.run_id}); pass --force to replace them or choose another "
+                        "--output",
+                    ),
+                ),
+            )
             return
         if (track.fingerprint and marker.fingerprint != track.fingerprint) or not all(
-                storage.exists(uri) for uri in marker.stems.values()):
+            storage.exists(uri) for uri in marker.stems.values()
+        ):
             yield track  # the source changed or stems were removed: separate again
             return
         metrics.count(metrics.TRACKS_SKIPPED)
         done = {k: marker.row.get(k) for k in ("duration_s", "sample_rate", "channels", "codec")}
-        yield beam.pvalue.TaggedOutput(ROWS_TAG, (track, result_row(
-            track, run.run_id, run.model, run.model_sha256, "skipped",
-            error=f"already separated by run {marker.run_id}; use --force to redo",
-            stems=marker.stems, **done)))
+        yield beam.pvalue.TaggedOutput(
+            ROWS_TAG,
+            (
+                track,
+                result_row(
+                    track,
+                    run.run_id,
+                    run.model,
+                    run.model_sha256,
+                    "skipped",
+                    error=f"already separated by run {marker.run_id}; use --force to redo",
+                    stems=marker.stems,
+                    **done,
+                ),
+            ),
+        )
 
 
 class SkipDone(beam.PTransform):

@@ -14,6 +14,7 @@ A runner hands one bundle's elements to the fused DoFns in order, and decoding e
 track's segments in one call, so a track never spans two bundles; segments arriving out of order
 (a runner may reorder within a bundle) are held until their turn.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,21 +23,28 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import soxr
 from apache_beam.transforms.window import GlobalWindows
 
-from model.config import ModelConfig
-from model.segmentation import StreamingOverlapAdd
-from model.reconstruct import reconstruct_segment
-from transforms import metrics, storage
-from transforms.delivery import (DEFAULT_TEMPLATE, OutputFormat, mix_is_identity, stem_mix,
-                                 stem_path, validate_template)
-from transforms.output_state import run_temp_dir
-from transforms.records import AudioInfo, Segment, Track, result_row
+from stembeam.model.config import ModelConfig
+from stembeam.model.reconstruct import reconstruct_segment
+from stembeam.model.segmentation import StreamingOverlapAdd
+from stembeam.transforms import metrics, storage
+from stembeam.transforms.delivery import (
+    DEFAULT_TEMPLATE,
+    OutputFormat,
+    mix_is_identity,
+    stem_mix,
+    stem_path,
+    validate_template,
+)
+from stembeam.transforms.output_state import run_temp_dir
+from stembeam.transforms.records import AudioInfo, Segment, Track, result_row
 
 log = logging.getLogger("stembeam")
 
@@ -65,7 +73,7 @@ class StemSettings:
     postprocess: str = "ratio"
     fmt: OutputFormat = OutputFormat.parse("wav")
     template: str = DEFAULT_TEMPLATE
-    stems: Optional[str] = None
+    stems: str | None = None
     residual: str = "none"
 
     def delivered(self) -> tuple[tuple[str, ...], np.ndarray]:
@@ -74,9 +82,13 @@ class StemSettings:
 
     def stem_uris(self, track_id: str) -> dict[str, str]:
         """delivered stem -> final URI, in delivery order."""
-        return {stem: storage.join(self.output, stem_path(
-            self.template, track_id, stem, self.fmt.extension, self.model))
-            for stem in self.delivered()[0]}
+        return {
+            stem: storage.join(
+                self.output,
+                stem_path(self.template, track_id, stem, self.fmt.extension, self.model),
+            )
+            for stem in self.delivered()[0]
+        }
 
 
 class TrackFailed(Exception):
@@ -93,8 +105,7 @@ class _StagedFile:
             os.makedirs(os.path.dirname(staged), exist_ok=True)
             self.local = staged
         else:
-            fd, self.local = tempfile.mkstemp(prefix="stembeam-",
-                                              suffix=os.path.splitext(final)[1])
+            fd, self.local = tempfile.mkstemp(prefix="stembeam-", suffix=os.path.splitext(final)[1])
             os.close(fd)
 
     def stage(self) -> None:
@@ -127,7 +138,7 @@ class _TrackWriter:
     def __init__(self, first: Segment, settings: StemSettings):
         self.track, self.info = first.track, first.info
         self.started_at = first.started_at
-        self._last: Optional[int] = None  # index of the last segment, once it arrived
+        self._last: int | None = None  # index of the last segment, once it arrived
         self._settings, self._cfg = settings, settings.config
         self._next = 0
         self._waiting: dict[int, Segment] = {}
@@ -135,8 +146,13 @@ class _TrackWriter:
         n_channels = 2 * len(self._cfg.stems)
         self._resampler = None
         if self.info.sample_rate != self._cfg.sample_rate:
-            self._resampler = soxr.ResampleStream(self._cfg.sample_rate, self.info.sample_rate,
-                                                  n_channels, dtype="float32", quality="HQ")
+            self._resampler = soxr.ResampleStream(
+                self._cfg.sample_rate,
+                self.info.sample_rate,
+                n_channels,
+                dtype="float32",
+                quality="HQ",
+            )
         self._written = 0  # samples at the input rate
         names, self._mix = settings.delivered()
         if mix_is_identity(self._mix):
@@ -144,13 +160,16 @@ class _TrackWriter:
         self.uris = settings.stem_uris(self.track.track_id)
         tmp = run_temp_dir(settings.output, settings.run_id)
         ext = settings.fmt.extension
-        self._files = [_StagedFile(uri, storage.join(tmp, self.track.track_id, f"{stem}.{ext}"))
-                       for stem, uri in self.uris.items()]
+        self._files = [
+            _StagedFile(uri, storage.join(tmp, self.track.track_id, f"{stem}.{ext}"))
+            for stem, uri in self.uris.items()
+        ]
         self._writers = []
         try:
             for staged in self._files:
-                self._writers.append(settings.fmt.open_writer(staged.local,
-                                                              self.info.sample_rate, 2))
+                self._writers.append(
+                    settings.fmt.open_writer(staged.local, self.info.sample_rate, 2)
+                )
         except BaseException:
             self.abort()
             raise
@@ -175,13 +194,19 @@ class _TrackWriter:
 
     def _push(self, segment: Segment) -> None:
         try:
-            start, samples = reconstruct_segment(segment.mix_stft, segment.estimates,
-                                                 segment.plan, self._cfg,
-                                                 self._settings.postprocess,
-                                                 self._settings.residual, segment.samples)
+            start, samples = reconstruct_segment(
+                segment.mix_stft,
+                segment.estimates,
+                segment.plan,
+                self._cfg,
+                self._settings.postprocess,
+                self._settings.residual,
+                segment.samples,
+            )
         except Exception as e:
-            raise TrackFailed(f"reconstruction ({self._settings.postprocess}) failed: "
-                              f"{type(e).__name__}: {e}") from e
+            raise TrackFailed(
+                f"reconstruction ({self._settings.postprocess}) failed: {type(e).__name__}: {e}"
+            ) from e
         self._write_model_rate(self._ola.push(start, samples), last=False)
 
     def _write_model_rate(self, block: np.ndarray, last: bool) -> None:
@@ -195,8 +220,9 @@ class _TrackWriter:
         if self.info.num_samples is not None:  # known at the latest with the last segment
             block = block[: max(0, self.info.num_samples - self._written)]
         if last and self._written + len(block) < self.info.num_samples:
-            pad = np.zeros((self.info.num_samples - self._written - len(block), 2, n_stems),
-                           np.float32)
+            pad = np.zeros(
+                (self.info.num_samples - self._written - len(block), 2, n_stems), np.float32
+            )
             block = np.concatenate([block, pad])
         if not len(block):
             return
@@ -212,9 +238,13 @@ class _TrackWriter:
             writer.close()
         clipped = sum(writer.clipped for writer in self._writers)
         if clipped:
-            log.warning("track %s: %d samples clipped to full scale in its %s stems (use "
-                        "--clip_mode normalise or a float format to keep them)",
-                        self.track.track_id, clipped, self._settings.fmt.name)
+            log.warning(
+                "track %s: %d samples clipped to full scale in its %s stems (use "
+                "--clip_mode normalise or a float format to keep them)",
+                self.track.track_id,
+                clipped,
+                self._settings.fmt.name,
+            )
         for staged in self._files:
             staged.stage()
         for staged in self._files:
@@ -268,31 +298,44 @@ class _WriteStemsFn(beam.DoFn):
         metrics.count(metrics.AUDIO_MS, int(info.duration_s * 1e3))
         return self._row(writer.track, "ok", info, stems=stems, wall_s=wall_s)
 
-    def _failed(self, segment: Segment, writer: Optional[_TrackWriter],
-                error: Exception) -> tuple[Track, dict[str, Any]]:
+    def _failed(
+        self, segment: Segment, writer: _TrackWriter | None, error: Exception
+    ) -> tuple[Track, dict[str, Any]]:
         track = segment.track
         self._open.pop(track.track_id, None)
         self._ended.add(track.track_id)
         if writer is not None:
             writer.abort()
-        reason = str(error) if isinstance(error, TrackFailed) else (
-            f"writing stems failed: {type(error).__name__}: {error}")
+        reason = (
+            str(error)
+            if isinstance(error, TrackFailed)
+            else (f"writing stems failed: {type(error).__name__}: {error}")
+        )
         metrics.count(metrics.TRACKS_FAILED)
-        return track, self._row(track, "failed", segment.info, error=reason,
-                                wall_s=time.time() - segment.started_at)
+        return track, self._row(
+            track, "failed", segment.info, error=reason, wall_s=time.time() - segment.started_at
+        )
 
-    def _row(self, track: Track, status: str, info: Optional[AudioInfo],
-             **fields: Any) -> dict[str, Any]:
+    def _row(
+        self, track: Track, status: str, info: AudioInfo | None, **fields: Any
+    ) -> dict[str, Any]:
         s = self._settings
         return result_row(track, s.run_id, s.model, s.model_sha256, status, info=info, **fields)
 
     def finish_bundle(self):
-        for track_id, writer in list(self._open.items()):  # only if a runner split a track
-            missing = Segment(writer.track, None, False, writer.info, writer.started_at,
-                              error="internal error: the bundle ended before the track's last "
-                                    "segment was separated; run again")
-            yield GlobalWindows.windowed_value(self._failed(missing, writer, TrackFailed(
-                missing.error)))
+        for writer in list(self._open.values()):  # only if a runner split a track
+            missing = Segment(
+                writer.track,
+                None,
+                False,
+                writer.info,
+                writer.started_at,
+                error="internal error: the bundle ended before the track's last "
+                "segment was separated; run again",
+            )
+            yield GlobalWindows.windowed_value(
+                self._failed(missing, writer, TrackFailed(missing.error))
+            )
 
     def teardown(self):
         for writer in getattr(self, "_open", {}).values():

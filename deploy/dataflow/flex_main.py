@@ -3,9 +3,10 @@
 The template launcher runs this file with the template parameters as ``--name=value`` flags
 plus the job's Dataflow options; it submits the job and returns without waiting for it.
 """
+
 import sys
 
-from pipeline.separate import run
+from stembeam.pipeline.separate import run
 
 if __name__ == "__main__":
     print(run(sys.argv[1:], wait=False))

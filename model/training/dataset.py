@@ -14,6 +14,7 @@ Output layout (MUSDB18-HQ): ``<output_dir>/{train,test}/<track name>/{mixture,vo
 other}.wav`` as 44.1 kHz stereo float32 WAV, plus ``metadata.json`` describing how each track was
 made. Everything is a function of the seed: the same seed gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,7 @@ import scipy.io.wavfile
 import scipy.signal
 import soundfile
 
-from model.config import SAMPLE_RATE
+from stembeam.model.config import SAMPLE_RATE
 
 STEMS = ("vocals", "drums", "bass", "other")
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -73,14 +74,17 @@ def wad_midi_lumps(path: str | os.PathLike) -> list[MidiSource]:
     lumps = []
     for i in range(count):
         start, size, raw = struct.unpack_from("<ii8s", data, offset + 16 * i)
-        if data[start:start + 4] == b"MThd":
+        if data[start : start + 4] == b"MThd":
             name = raw.rstrip(b"\0").decode("ascii", "replace")
-            lumps.append(MidiSource(f"{pathlib.Path(path).stem} {name}", data[start:start + size]))
+            lumps.append(
+                MidiSource(f"{pathlib.Path(path).stem} {name}", data[start : start + size])
+            )
     return lumps
 
 
-def discover_midi_sources(paths: Iterable[str | os.PathLike] = DEFAULT_MIDI_SOURCES
-                          ) -> list[MidiSource]:
+def discover_midi_sources(
+    paths: Iterable[str | os.PathLike] = DEFAULT_MIDI_SOURCES,
+) -> list[MidiSource]:
     """MIDI songs from ``.mid``/``.midi`` files, folders of them, and Doom WADs.
 
     Missing paths are skipped; the result is sorted by name so it does not depend on
@@ -123,8 +127,9 @@ def _channel_programs(events: Sequence[_Event]) -> dict[int, int]:
     return {ch: programs.get(ch, 0) for ch in sorted(playing)}
 
 
-def _lead_channel(events: Sequence[_Event], candidates: Iterable[int],
-                  programs: dict[int, int]) -> int | None:
+def _lead_channel(
+    events: Sequence[_Event], candidates: Iterable[int], programs: dict[int, int]
+) -> int | None:
     """The channel that best passes for a vocal line, or None.
 
     A channel already playing a voice program wins; otherwise the channel with the most notes
@@ -150,9 +155,13 @@ def _lead_channel(events: Sequence[_Event], candidates: Iterable[int],
             sounding[msg.channel].discard(msg.note)
     if voiced:
         return max(voiced, key=lambda ch: count[ch])
-    melodic = [ch for ch in candidates if count[ch] >= 8
-               and overlapped[ch] < 0.25 * count[ch]
-               and 55 <= pitch_sum[ch] / count[ch] <= 84]
+    melodic = [
+        ch
+        for ch in candidates
+        if count[ch] >= 8
+        and overlapped[ch] < 0.25 * count[ch]
+        and 55 <= pitch_sum[ch] / count[ch] <= 84
+    ]
     return max(melodic, key=lambda ch: count[ch]) if melodic else None
 
 
@@ -182,18 +191,29 @@ def _random_program(stem: str, original: int, rng: np.random.Generator) -> int:
         return int(rng.choice(list(BASS_PROGRAMS)))
     if stem == "vocals":
         return int(rng.choice(VOICE_PROGRAMS))
-    group = [p for p in range(original // 8 * 8, original // 8 * 8 + 8)
-             if p not in VOICE_PROGRAMS]
+    group = [p for p in range(original // 8 * 8, original // 8 * 8 + 8) if p not in VOICE_PROGRAMS]
     return int(rng.choice(group))
 
 
 def _notes_in(events: Sequence[_Event], channels: set[int], start: float, stop: float) -> int:
-    return sum(1 for e in events if start <= e.time < stop and e.message.type == "note_on"
-               and e.message.velocity > 0 and e.message.channel in channels)
+    return sum(
+        1
+        for e in events
+        if start <= e.time < stop
+        and e.message.type == "note_on"
+        and e.message.velocity > 0
+        and e.message.channel in channels
+    )
 
 
-def _stem_midi(events: Sequence[_Event], channels: dict[int, int], start: float, stop: float,
-               transpose: int, vibrato: int) -> bytes:
+def _stem_midi(
+    events: Sequence[_Event],
+    channels: dict[int, int],
+    start: float,
+    stop: float,
+    transpose: int,
+    vibrato: int,
+) -> bytes:
     """A type-0 MIDI file of ``channels`` ({channel: program}) over [start, stop) seconds.
 
     Controller and pitch-bend state from before ``start`` is replayed at time 0, notes are
@@ -204,8 +224,7 @@ def _stem_midi(events: Sequence[_Event], channels: dict[int, int], start: float,
     for channel, program in channels.items():
         header.append(mido.Message("program_change", channel=channel, program=program))
         if vibrato:
-            header.append(mido.Message("control_change", channel=channel, control=1,
-                                       value=vibrato))
+            header.append(mido.Message("control_change", channel=channel, control=1, value=vibrato))
     state: dict[tuple, mido.Message] = {}
     body: list[tuple[float, mido.Message]] = []
     sounding: set[tuple[int, int]] = set()
@@ -229,8 +248,9 @@ def _stem_midi(events: Sequence[_Event], channels: dict[int, int], start: float,
         else:
             continue
         body.append((event.time - start, msg.copy(note=note)))
-    body += [(stop - start, mido.Message("note_off", channel=ch, note=n))
-             for ch, n in sorted(sounding)]
+    body += [
+        (stop - start, mido.Message("note_off", channel=ch, note=n)) for ch, n in sorted(sounding)
+    ]
     timed = [(0.0, m) for m in header + list(state.values())]
     timed += sorted(body, key=lambda tm: tm[0])  # stable: same-time events keep their order
     track = mido.MidiTrack()
@@ -246,18 +266,27 @@ def _stem_midi(events: Sequence[_Event], channels: dict[int, int], start: float,
     return buffer.getvalue()
 
 
-def _fluidsynth(midi: bytes, soundfont: str, num_samples: int, reverb: tuple[float, float] | None,
-                chorus: bool) -> np.ndarray:
+def _fluidsynth(
+    midi: bytes, soundfont: str, num_samples: int, reverb: tuple[float, float] | None, chorus: bool
+) -> np.ndarray:
     """Render MIDI bytes to (num_samples, 2) float32 at 44.1 kHz (cropped or zero-padded)."""
     with tempfile.TemporaryDirectory(prefix="stembeam-render-") as tmp:
         mid, wav = os.path.join(tmp, "in.mid"), os.path.join(tmp, "out.wav")
         pathlib.Path(mid).write_bytes(midi)
-        settings = {"synth.sample-rate": SAMPLE_RATE, "synth.gain": 0.5,
-                    "synth.reverb.active": int(reverb is not None),
-                    "synth.chorus.active": int(chorus), "synth.cpu-cores": 1}
+        settings = {
+            "synth.sample-rate": SAMPLE_RATE,
+            "synth.gain": 0.5,
+            "synth.reverb.active": int(reverb is not None),
+            "synth.chorus.active": int(chorus),
+            "synth.cpu-cores": 1,
+        }
         if reverb is not None:
-            settings.update({"synth.reverb.room-size": round(reverb[0], 3),
-                             "synth.reverb.level": round(reverb[1], 3)})
+            settings.update(
+                {
+                    "synth.reverb.room-size": round(reverb[0], 3),
+                    "synth.reverb.level": round(reverb[1], 3),
+                }
+            )
         command = ["fluidsynth", "-n", "-i", "-q", "-T", "wav", "-O", "float", "-F", wav]
         for key, value in settings.items():
             command += ["-o", f"{key}={value}"]
@@ -286,9 +315,13 @@ def _effects(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, d
     return out.astype(np.float32), {"lowpass_hz": cutoff, "lowpass_blend": blend, "pan": pan}
 
 
-def render_track(source: MidiSource, rng: np.random.Generator, duration_s: float,
-                 soundfont: str = DEFAULT_SOUNDFONT, vocals_probability: float = 0.85
-                 ) -> tuple[dict[str, np.ndarray], dict]:
+def render_track(
+    source: MidiSource,
+    rng: np.random.Generator,
+    duration_s: float,
+    soundfont: str = DEFAULT_SOUNDFONT,
+    vocals_probability: float = 0.85,
+) -> tuple[dict[str, np.ndarray], dict]:
     """Render one excerpt of a song into stems.
 
     Returns ``({stem: (N, 2) float32}, metadata)`` with N = round(duration_s * 44100). Stems
@@ -313,12 +346,21 @@ def render_track(source: MidiSource, rng: np.random.Generator, duration_s: float
     transpose = int(rng.integers(-2, 3))
     num_samples = round(duration_s * SAMPLE_RATE)
     audio: dict[str, np.ndarray] = {}
-    meta: dict = {"source": source.name, "start_s": start, "tempo_factor": stretch,
-                  "transpose": transpose, "present": [], "stems": {}}
+    meta: dict = {
+        "source": source.name,
+        "start_s": start,
+        "tempo_factor": stretch,
+        "transpose": transpose,
+        "present": [],
+        "stems": {},
+    }
     for stem in STEMS:
         channels = {ch: _random_program(stem, programs[ch], rng) for ch in sorted(by_stem[stem])}
-        reverb = (float(rng.uniform(0.2, 0.9)), float(rng.uniform(0.2, 0.8))) \
-            if rng.random() < 0.6 else None
+        reverb = (
+            (float(rng.uniform(0.2, 0.9)), float(rng.uniform(0.2, 0.8)))
+            if rng.random() < 0.6
+            else None
+        )
         chorus = bool(rng.random() < 0.3)
         vibrato = int(rng.integers(20, 70)) if stem == "vocals" else 0
         level_db = float(rng.uniform(-24.0, -16.0))
@@ -334,9 +376,14 @@ def render_track(source: MidiSource, rng: np.random.Generator, duration_s: float
             continue
         audio[stem] = (rendered * (10.0 ** (level_db / 20.0) / rms)).astype(np.float32)
         meta["present"].append(stem)
-        meta["stems"][stem] = {"programs": {str(k): v for k, v in channels.items()},
-                               "reverb": reverb, "chorus": chorus, "vibrato": vibrato,
-                               "level_dbfs": level_db, **fx}
+        meta["stems"][stem] = {
+            "programs": {str(k): v for k, v in channels.items()},
+            "reverb": reverb,
+            "chorus": chorus,
+            "vibrato": vibrato,
+            "level_dbfs": level_db,
+            **fx,
+        }
     peak = float(np.max(np.abs(sum(audio.values()))))
     scale = min(1.0, 0.9 / peak) if peak > 0 else 1.0
     audio = {s: (a * np.float32(scale)).astype(np.float32) for s, a in audio.items()}
@@ -344,21 +391,28 @@ def render_track(source: MidiSource, rng: np.random.Generator, duration_s: float
     return audio, meta
 
 
-def _split(n_tracks: int, n_sources: int, test_fraction: float, rng: np.random.Generator
-           ) -> list[tuple[str, int]]:
+def _split(
+    n_tracks: int, n_sources: int, test_fraction: float, rng: np.random.Generator
+) -> list[tuple[str, int]]:
     """(split, source index) per track; test tracks come from songs no train track uses."""
     order = [int(i) for i in rng.permutation(n_sources)]
     n_test_songs = max(1, round(n_sources * test_fraction)) if n_sources > 1 else 0
     test_songs, train_songs = order[:n_test_songs], order[n_test_songs:]
     n_test = min(n_tracks - 1, max(1, round(n_tracks * test_fraction))) if test_songs else 0
-    return ([("train", train_songs[i % len(train_songs)]) for i in range(n_tracks - n_test)]
-            + [("test", test_songs[i % len(test_songs)]) for i in range(n_test)])
+    return [("train", train_songs[i % len(train_songs)]) for i in range(n_tracks - n_test)] + [
+        ("test", test_songs[i % len(test_songs)]) for i in range(n_test)
+    ]
 
 
-def render_dataset(midi_sources: Sequence[MidiSource] | Iterable[str | os.PathLike] | None,
-                   output_dir: str | os.PathLike, n_tracks: int, seed: int,
-                   duration_s: float = 30.0, soundfont: str = DEFAULT_SOUNDFONT,
-                   test_fraction: float = 0.125) -> list[pathlib.Path]:
+def render_dataset(
+    midi_sources: Sequence[MidiSource] | Iterable[str | os.PathLike] | None,
+    output_dir: str | os.PathLike,
+    n_tracks: int,
+    seed: int,
+    duration_s: float = 30.0,
+    soundfont: str = DEFAULT_SOUNDFONT,
+    test_fraction: float = 0.125,
+) -> list[pathlib.Path]:
     """Render ``n_tracks`` excerpts of ``duration_s`` seconds into a MUSDB18-HQ style folder.
 
     Args:
@@ -376,8 +430,9 @@ def render_dataset(midi_sources: Sequence[MidiSource] | Iterable[str | os.PathLi
     if sources and not isinstance(sources[0], MidiSource):
         sources = discover_midi_sources(sources)
     if not sources:
-        raise ValueError("no MIDI songs found; install freedoom / planetblupi-music-midi "
-                         "or pass MIDI files")
+        raise ValueError(
+            "no MIDI songs found; install freedoom / planetblupi-music-midi or pass MIDI files"
+        )
     if shutil.which("fluidsynth") is None or not os.path.exists(soundfont):
         raise RuntimeError(f"needs the fluidsynth CLI and a GM soundfont at {soundfont}")
     plan = _split(n_tracks, len(sources), test_fraction, np.random.default_rng([seed, 0]))

@@ -12,6 +12,7 @@ the target magnitude, averaged over batch, frames, bins and channels, summed ove
 with learning rate 1e-4 (TF1 ``AdamOptimizer`` defaults: beta 0.9 / 0.999, epsilon 1e-8);
 batch 4; a checkpoint every 300 steps; random seed 3.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,13 +28,13 @@ import numpy as np
 import soundfile
 import tensorflow as tf
 
-from model.checkpoint import write_model_folder
-from model.evaluation import median_global_sdr, stem_global_sdrs
-from model.config import ModelConfig
-from model.registry import cache_root, load_model
-from model.reconstruct import separate_waveform
-from model.spectral import stft_frames
-from model.unet import batch_predictor, build_unet
+from stembeam.model.checkpoint import write_model_folder
+from stembeam.model.config import ModelConfig
+from stembeam.model.evaluation import median_global_sdr, stem_global_sdrs
+from stembeam.model.reconstruct import separate_waveform
+from stembeam.model.registry import cache_root, load_model
+from stembeam.model.spectral import stft_frames
+from stembeam.model.unet import batch_predictor, build_unet
 
 MUSDB_STEMS = ("vocals", "drums", "bass", "other")
 # Stems a model may have that MUSDB-style folders hold as a sum of their files.
@@ -97,7 +98,7 @@ def localize(uri: str, cache_dir: str | None = None) -> str:
         return dest
     prefix = uri.rstrip("/") + "/"
     for match in FileSystems.match([prefix + "**"])[0].metadata_list:
-        local = os.path.join(dest, match.path[len(prefix):])
+        local = os.path.join(dest, match.path[len(prefix) :])
         os.makedirs(os.path.dirname(local), exist_ok=True)
         with FileSystems.open(match.path) as src, open(local + ".tmp", "wb") as out:
             while chunk := src.read(1 << 22):
@@ -115,15 +116,20 @@ def find_tracks(root: str, split: str, stems: Sequence[str]) -> list[Track]:
     """
     split_dir = pathlib.Path(root, split)
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir} does not exist: expected MUSDB18-HQ style "
-                                f"{root}/{split}/<track>/<stem>.wav")
+        raise FileNotFoundError(
+            f"{split_dir} does not exist: expected MUSDB18-HQ style "
+            f"{root}/{split}/<track>/<stem>.wav"
+        )
     tracks = []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         files: dict[str, tuple[str, ...]] = {}
         for stem in stems:
             own = folder / f"{stem}.wav"
-            parts = (own,) if own.exists() else tuple(
-                folder / f"{c}.wav" for c in STEM_COMPONENTS.get(stem, (stem,)))
+            parts = (
+                (own,)
+                if own.exists()
+                else tuple(folder / f"{c}.wav" for c in STEM_COMPONENTS.get(stem, (stem,)))
+            )
             if not all(p.exists() for p in parts):
                 break
             files[stem] = tuple(str(p) for p in parts)
@@ -143,8 +149,9 @@ def read_stem(track: Track, stem: str, start: int, num_samples: int) -> np.ndarr
     end, mono files duplicated to stereo."""
     out = np.zeros((num_samples, 2), np.float32)
     for path in track.stems[stem]:
-        audio, _ = soundfile.read(path, start=start, frames=num_samples, dtype="float32",
-                                  always_2d=True)
+        audio, _ = soundfile.read(
+            path, start=start, frames=num_samples, dtype="float32", always_2d=True
+        )
         out[: len(audio)] += audio if audio.shape[1] == 2 else np.repeat(audio[:, :1], 2, axis=1)
     return out
 
@@ -154,8 +161,9 @@ def excerpt_samples(cfg: ModelConfig) -> int:
     return (cfg.T - 1) * cfg.frame_step + cfg.frame_length
 
 
-def examples(tracks: Sequence[Track], cfg: ModelConfig, settings: TrainSettings,
-             rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def examples(
+    tracks: Sequence[Track], cfg: ModelConfig, settings: TrainSettings, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless augmented examples: (mixture magnitude (T, F, 2), stem magnitudes (T, F, 2, S))."""
     length = excerpt_samples(cfg)
     while True:
@@ -164,25 +172,39 @@ def examples(tracks: Sequence[Track], cfg: ModelConfig, settings: TrainSettings,
         for stem in cfg.stems:
             track = tracks[int(rng.integers(len(tracks)))] if settings.remix else tracks[shared]
             start = int(rng.integers(max(1, track.num_samples - length + 1)))
-            audio = read_stem(track, stem, start, length) * np.float32(rng.uniform(*settings.gain_range))
+            audio = read_stem(track, stem, start, length) * np.float32(
+                rng.uniform(*settings.gain_range)
+            )
             stems.append(audio[:, ::-1] if rng.random() < 0.5 else audio)
         waves = np.stack(stems, axis=-1)  # (L, 2, S)
         mixture = waves.sum(axis=-1)
         mix_mag = np.abs(stft_frames(mixture, cfg.frame_length, cfg.frame_step)[:, : cfg.F])
-        stem_mag = np.stack([np.abs(stft_frames(np.ascontiguousarray(waves[..., s]),
-                                                cfg.frame_length, cfg.frame_step)[:, : cfg.F])
-                             for s in range(len(cfg.stems))], axis=-1)
+        stem_mag = np.stack(
+            [
+                np.abs(
+                    stft_frames(
+                        np.ascontiguousarray(waves[..., s]), cfg.frame_length, cfg.frame_step
+                    )[:, : cfg.F]
+                )
+                for s in range(len(cfg.stems))
+            ],
+            axis=-1,
+        )
         yield mix_mag.astype(np.float32), stem_mag.astype(np.float32)
 
 
-def input_pipeline(tracks: Sequence[Track], cfg: ModelConfig, settings: TrainSettings,
-                   seed: int) -> tf.data.Dataset:
+def input_pipeline(
+    tracks: Sequence[Track], cfg: ModelConfig, settings: TrainSettings, seed: int
+) -> tf.data.Dataset:
     """Batched tf.data pipeline of ``examples``: ((B, T, F, 2), (B, T, F, 2, S)) float32."""
     shape = (cfg.T, cfg.F, cfg.channels)
     dataset = tf.data.Dataset.from_generator(
         lambda: examples(tracks, cfg, settings, np.random.default_rng(seed)),
-        output_signature=(tf.TensorSpec(shape, tf.float32),
-                          tf.TensorSpec(shape + (len(cfg.stems),), tf.float32)))
+        output_signature=(
+            tf.TensorSpec(shape, tf.float32),
+            tf.TensorSpec(shape + (len(cfg.stems),), tf.float32),
+        ),
+    )
     return dataset.batch(settings.batch_size, drop_remainder=True).prefetch(2)
 
 
@@ -220,8 +242,9 @@ def init_from(model: keras.Model, source: keras.Model) -> list[str]:
     return sorted(copied - missed)
 
 
-def evaluation_excerpt(track: Track, stems: Sequence[str], seconds: float
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def evaluation_excerpt(
+    track: Track, stems: Sequence[str], seconds: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The middle ``seconds`` of a track: mixture (N, 2) = sum of the stems, stems (N, 2, S)."""
     n = min(track.num_samples, round(seconds * 44100))
     start = (track.num_samples - n) // 2
@@ -229,8 +252,9 @@ def evaluation_excerpt(track: Track, stems: Sequence[str], seconds: float
     return references.sum(axis=-1), references
 
 
-def validate(model: keras.Model, cfg: ModelConfig, tracks: Sequence[Track],
-             seconds: float) -> dict[str, float]:
+def validate(
+    model: keras.Model, cfg: ModelConfig, tracks: Sequence[Track], seconds: float
+) -> dict[str, float]:
     """Median SDR per stem (dB) of the model on the middle ``seconds`` of each track, separated
     with ``separate_waveform`` (overlapping segments, ratio masks) as the pipeline does."""
     predict = batch_predictor(model)
@@ -247,9 +271,15 @@ def _log(path: pathlib.Path, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = TrainSettings(),
-          init: str | None = None, resume: bool = False,
-          log: Callable[[str], None] = print) -> TrainResult:
+def train(
+    data: str,
+    cfg: ModelConfig,
+    output: str,
+    settings: TrainSettings = TrainSettings(),
+    init: str | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
     """Trains ``cfg``'s U-Net on ``data`` and exports it as a model folder at ``output``.
 
     Checkpoints go to ``<output>/checkpoints`` every ``settings.checkpoint_every`` steps and at
@@ -259,23 +289,31 @@ def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = Tr
     end, with the validation SDR on ``<data>/test`` in ``<output>/validation.json``.
     """
     if _has_scheme(output):
-        raise ValueError("train writes checkpoints locally: give a local --output and copy the "
-                         "exported folder afterwards")
+        raise ValueError(
+            "train writes checkpoints locally: give a local --output and copy the "
+            "exported folder afterwards"
+        )
     root = localize(data)
     train_tracks = find_tracks(root, "train", cfg.stems)
-    valid_tracks = find_tracks(root, "test", cfg.stems)[: settings.validation_tracks] \
-        if pathlib.Path(root, "test").is_dir() else []
+    valid_tracks = (
+        find_tracks(root, "test", cfg.stems)[: settings.validation_tracks]
+        if pathlib.Path(root, "test").is_dir()
+        else []
+    )
     out = pathlib.Path(output)
     ckpt_dir = out / CHECKPOINT_DIR
     if ckpt_dir.exists() and tf.train.latest_checkpoint(str(ckpt_dir)) and not resume:
-        raise FileExistsError(f"{ckpt_dir} holds checkpoints: pass resume=True (--resume) or use "
-                              "another output folder")
+        raise FileExistsError(
+            f"{ckpt_dir} holds checkpoints: pass resume=True (--resume) or use "
+            "another output folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(settings.seed)
     model = build_unet(cfg, settings.precision)
-    optimizer = keras.optimizers.Adam(settings.learning_rate, beta_1=0.9, beta_2=0.999,
-                                      epsilon=1e-8)
+    optimizer = keras.optimizers.Adam(
+        settings.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8
+    )
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
@@ -287,8 +325,10 @@ def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = Tr
     elif init:
         initialized = init_from(model, load_model(init).model)
         if not initialized:
-            raise ValueError(f"{init} shares no stem (with the same layer shapes) with "
-                             f"{cfg.name} {list(cfg.stems)}")
+            raise ValueError(
+                f"{init} shares no stem (with the same layer shapes) with "
+                f"{cfg.name} {list(cfg.stems)}"
+            )
         log(f"initialised stems {initialized} from {init}")
 
     @tf.function
@@ -299,7 +339,9 @@ def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = Tr
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss, per_stem
 
-    dataset = input_pipeline(train_tracks, cfg, settings, seed=settings.seed * 1_000_003 + int(step))
+    dataset = input_pipeline(
+        train_tracks, cfg, settings, seed=settings.seed * 1_000_003 + int(step)
+    )
     losses: list[float] = []
     validation: dict[str, float] = {}
     validated_at = -1
@@ -309,16 +351,20 @@ def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = Tr
         step.assign_add(1)
         current = int(step)
         losses.append(float(loss))
-        record = {"step": current, "loss": float(loss),
-                  **{s: float(v) for s, v in zip(cfg.stems, per_stem.numpy())}}
+        record = {
+            "step": current,
+            "loss": float(loss),
+            **{s: float(v) for s, v in zip(cfg.stems, per_stem.numpy())},
+        }
         _log(out / TRAIN_LOG, record)
         if current % settings.checkpoint_every == 0:
             manager.save(checkpoint_number=current)
         if current % 10 == 0:
             log(f"step {current}: loss {float(loss):.4f} ({time.time() - started:.0f} s)")
         last = current == settings.steps
-        if valid_tracks and (last or settings.validate_every
-                             and current % settings.validate_every == 0):
+        if valid_tracks and (
+            last or settings.validate_every and current % settings.validate_every == 0
+        ):
             validation = validate(model, cfg, valid_tracks, settings.validation_seconds)
             validated_at = current
             _log(out / TRAIN_LOG, {"step": current, "validation_sdr": validation})
@@ -327,9 +373,17 @@ def train(data: str, cfg: ModelConfig, output: str, settings: TrainSettings = Tr
         manager.save(checkpoint_number=int(step))
     if valid_tracks and validated_at != int(step):
         validation = validate(model, cfg, valid_tracks, settings.validation_seconds)
-    (out / "validation.json").write_text(json.dumps(
-        {"step": int(step), "tracks": [t.name for t in valid_tracks],
-         "seconds": settings.validation_seconds, "median_global_sdr_db": validation}, indent=2))
+    (out / "validation.json").write_text(
+        json.dumps(
+            {
+                "step": int(step),
+                "tracks": [t.name for t in valid_tracks],
+                "seconds": settings.validation_seconds,
+                "median_global_sdr_db": validation,
+            },
+            indent=2,
+        )
+    )
     source = f"trained on {data} for {int(step)} steps" + (f" from {init}" if init else "")
     write_model_folder(model, cfg, str(out), source)
     log(f"exported {out} (step {int(step)}); validation SDR {validation}")

@@ -19,8 +19,8 @@ Modules: ``data`` (SQL reads, aggregation), ``media`` (excerpts, spectrograms, p
 (files, local or remote), ``command`` (the CLI).
 """
 
-from pipeline.report.command import add_arguments, main, run_main
-from pipeline.report.write import (
+from stembeam.pipeline.report.command import add_arguments, main, run_main
+from stembeam.pipeline.report.write import (
     REPORTS_DIR,
     run_report_name,
     write_index,

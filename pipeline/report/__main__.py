@@ -1,7 +1,7 @@
-"""``python -m pipeline.report ...``: the same as ``stembeam report ...``."""
+"""``python -m stembeam.pipeline.report ...``: the same as ``stembeam report ...``."""
 
 import sys
 
-from pipeline.report.command import main
+from stembeam.pipeline.report.command import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.report.write import write_report
+from stembeam.pipeline.report.write import write_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from model.config import ALL_STEMS
-from transforms.results_schema import METRICS, RESULTS_TABLE, RUNS_TABLE
+from stembeam.model.config import ALL_STEMS
+from stembeam.transforms.results_schema import METRICS, RESULTS_TABLE, RUNS_TABLE
 
 _LOG = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load_run(
     """
     import sqlalchemy as sa
 
-    from pipeline.validate import redact_url
+    from stembeam.pipeline.validate import redact_url
 
     if results_url.startswith("bigquery:"):
         raise ValueError(

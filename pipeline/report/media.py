@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms import storage
+from stembeam.transforms import storage
 
 _LOG = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import jinja2
 import markupsafe
 import numpy as np
 
-from pipeline.report import data, plots
-from pipeline.report.media import SPECTROGRAM_RANGE_DB, MediaWriter, excerpt_start
+from stembeam.pipeline.report import data, plots
+from stembeam.pipeline.report.media import SPECTROGRAM_RANGE_DB, MediaWriter, excerpt_start
 
 FAILED_LISTED = 1000  # failures listed in full on the main page; the rest are counted
 INDEX_HEAD = (

@@ -10,9 +10,9 @@ import tempfile
 import urllib.parse
 from typing import Any
 
-from pipeline.report import data, pages
-from pipeline.report.media import MediaWriter
-from transforms import storage
+from stembeam.pipeline.report import data, pages
+from stembeam.pipeline.report.media import MediaWriter
+from stembeam.transforms import storage
 
 REPORTS_DIR = "reports"  # OUTPUT/reports/<run id>.html: one report per run
 _MIME_TYPES = {".html": "text/html", ".ogg": "audio/ogg"}
