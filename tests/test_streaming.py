@@ -103,6 +103,13 @@ class Watcher(threading.Thread):
             time.sleep(0.01)
 
 
+def markers(done_dir: str) -> list[str]:
+    """The done-markers written (published) so far."""
+    if not os.path.isdir(done_dir):
+        return []
+    return [n for n in os.listdir(done_dir) if n.endswith(".json") and not n.startswith(".")]
+
+
 def rows(output: str) -> list[tuple[str, str, str]]:
     db = sqlite3.connect(os.path.join(output, "results.sqlite"))
     return sorted(db.execute("SELECT run_id, track_id, status FROM results"))
@@ -167,14 +174,14 @@ def test_kill_9_keeps_finished_tracks_and_the_rerun_does_only_the_rest(tmp_path,
     try:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
-            if os.path.isdir(done_dir) and len(os.listdir(done_dir)) >= 4:
+            if len(markers(done_dir)) >= 4:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "the run finished before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    done_at_kill = len(os.listdir(done_dir))
+    done_at_kill = len(markers(done_dir))
     first = rows(output)
     assert 4 <= done_at_kill < 12
     # durable: every track marked done before the kill has its committed row

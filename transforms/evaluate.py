@@ -18,6 +18,7 @@ import soundfile
 
 from stembeam.model import evaluation
 from stembeam.transforms import metrics, storage
+from stembeam.transforms.output_state import run_temp_dir
 from stembeam.transforms.records import Track
 
 MUSEVAL_JSON = "museval.json"
@@ -77,6 +78,7 @@ def evaluate_track(track: Track, row: dict[str, Any], output: str) -> dict[str, 
     storage.write_atomic(
         storage.join(output, track.track_id, MUSEVAL_JSON),
         evaluation.museval_json(scores, names).encode(),
+        temp_dir=run_temp_dir(output, row["run_id"]),
     )
     row = dict(row)
     for metric, medians in evaluation.median_metrics(scores).items():

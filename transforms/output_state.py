@@ -136,7 +136,11 @@ class MarkDone:
                     for k in ("duration_s", "sample_rate", "channels", "codec", "finished_at")
                 },
             )
-            storage.write_atomic(done_marker(self.output, track.track_id), marker.to_json())
+            storage.write_atomic(
+                done_marker(self.output, track.track_id),
+                marker.to_json(),
+                temp_dir=run_temp_dir(self.output, row["run_id"]),
+            )
 
 
 class RunConflict(Exception):
@@ -175,7 +179,11 @@ class RunLock:
             "heartbeat_at": now,
             "heartbeat": time.time(),
         }
-        storage.write_atomic(self.uri, json.dumps(body, indent=1).encode())
+        storage.write_atomic(
+            self.uri,
+            json.dumps(body, indent=1).encode(),
+            temp_dir=run_temp_dir(self.output, self.run_id),
+        )
 
     def acquire(self) -> RunLock:
         self._write()

@@ -57,20 +57,24 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def temp_name(path: str) -> str:
-    """A hidden, unique sibling of ``path`` for an atomic write."""
+def temp_name(path: str, temp_dir: str | None = None) -> str:
+    """A hidden, unique name for an atomic write of ``path``: in ``temp_dir`` (on the same
+    filesystem or store) when given, else next to ``path``."""
     folder, name = FileSystems.split(path)
-    return FileSystems.join(folder, f".{name}.partial-{uuid.uuid4().hex[:12]}")
+    return FileSystems.join(temp_dir or folder, f".{name}.partial-{uuid.uuid4().hex[:12]}")
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str, mime_type: str = "application/octet-stream") -> Iterator[BinaryIO]:
+def atomic_writer(
+    path: str, mime_type: str = "application/octet-stream", temp_dir: str | None = None
+) -> Iterator[BinaryIO]:
     """Context manager yielding a binary writer; ``path`` appears only if the block succeeds.
 
-    ``mime_type``: the object's content type on object stores. On error the temporary file is
-    deleted and the exception propagates.
+    ``mime_type``: the object's content type on object stores; ``temp_dir``: where the
+    temporary file goes (see ``temp_name``). On error the temporary file is deleted and the
+    exception propagates.
     """
-    tmp = temp_name(path)
+    tmp = temp_name(path, temp_dir)
     f = FileSystems.create(tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED)
     try:
         yield f
@@ -82,9 +86,14 @@ def atomic_writer(path: str, mime_type: str = "application/octet-stream") -> Ite
     replace(tmp, path)
 
 
-def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    """Write ``data`` to ``path`` atomically (``mime_type``: see atomic_writer)."""
-    with atomic_writer(path, mime_type) as f:
+def write_atomic(
+    path: str,
+    data: bytes,
+    mime_type: str = "application/octet-stream",
+    temp_dir: str | None = None,
+) -> None:
+    """Write ``data`` to ``path`` atomically (``mime_type``, ``temp_dir``: see atomic_writer)."""
+    with atomic_writer(path, mime_type, temp_dir) as f:
         f.write(data)
 
 
@@ -117,6 +126,7 @@ def local_staging(path: str) -> Iterator[str]:
 def replace(source: str, destination: str) -> None:
     """Rename ``source`` to ``destination``, replacing an existing destination."""
     if is_local(source) and is_local(destination):
+        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
         os.replace(source, destination)  # atomic even when the destination exists
         return
     if exists(destination):
