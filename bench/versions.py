@@ -44,6 +44,22 @@ def checkout(revision: str) -> str:
     return folder
 
 
+def namespace_shim(tree: str) -> str | None:
+    """For a revision that installs as ``stembeam.*``: a folder whose ``stembeam/`` links to the
+    tree's packages (put first on PYTHONPATH, it wins over the installed copy); None for the
+    older layout (top-level ``pipeline``, run from the tree itself)."""
+    with open(os.path.join(tree, "setup.py")) as f:
+        if "stembeam.pipeline" not in f.read():
+            return None
+    shim = os.path.join(tree, ".bench-shim")
+    os.makedirs(os.path.join(shim, "stembeam"), exist_ok=True)
+    for name in ("model", "pipeline", "transforms"):
+        link = os.path.join(shim, "stembeam", name)
+        if not os.path.islink(link):
+            os.symlink(os.path.join(tree, name), link)
+    return shim
+
+
 def command(tree: str, source: str, out: str, workers: int, extra: str) -> list[str]:
     """``stembeam separate`` run from ``tree`` (exec keeps /usr/bin/time on the Python process)."""
     args = [
@@ -62,9 +78,12 @@ def command(tree: str, source: str, out: str, workers: int, extra: str) -> list[
         f"sqlite:///{out}/results.db",
         *shlex.split(extra),
     ]
+    shim = namespace_shim(tree)
+    module, path = ("stembeam.pipeline", f"{shim}:{tree}") if shim else ("pipeline", tree)
     script = (
-        f"cd {shlex.quote(tree)} && exec {shlex.quote(sys.executable)} -m stembeam.pipeline "
-        f"separate {' '.join(shlex.quote(a) for a in args)}"
+        f"cd {shlex.quote(tree)} && PYTHONPATH={shlex.quote(path)} exec "
+        f"{shlex.quote(sys.executable)} -m {module} separate "
+        f"{' '.join(shlex.quote(a) for a in args)}"
     )
     return ["bash", "-c", script]
 
