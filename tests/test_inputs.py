@@ -94,6 +94,7 @@ RESERVED = (
     "results.sqlite-shm",
     "report.html",
     "report_media",
+    "reports",
     ".stembeam",
 )
 

@@ -75,6 +75,7 @@ RESERVED_NAMES = (
     "report.html",
     "report-p*.html",
     "report_media",
+    "reports",
     ".stembeam",
 )
 
