@@ -78,7 +78,7 @@ def evaluate_track(track: Track, row: dict[str, Any], output: str) -> dict[str, 
     storage.write_atomic(
         storage.join(output, track.track_id, MUSEVAL_JSON),
         evaluation.museval_json(scores, names).encode(),
-        temp_dir=run_temp_dir(output, row["run_id"]),
+        temp_dir=run_temp_dir(output, row["run_id"]) if row.get("run_id") else None,
     )
     row = dict(row)
     for metric, medians in evaluation.median_metrics(scores).items():
