@@ -185,7 +185,7 @@ def demo(argv: list[str], verbosity: int = 0) -> int:
     from stembeam.pipeline.console import filter_native_stderr, setup_logging
 
     handler = setup_logging(verbosity)
-    log.info("stembeam %s: preparing the demo catalog", version())
+    log.info("preparing the demo catalog")
     from stembeam.pipeline.demo import build_demo_catalog, default_catalog_dir
 
     with filter_native_stderr(handler) if verbosity <= 0 else contextlib.nullcontext():
