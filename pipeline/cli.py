@@ -142,6 +142,7 @@ def separate(argv: list[str], verbosity: int = 0) -> int:
             out = run(
                 argv + [f"--run_id={run_id}"],
                 on_finished=progress.stop if progress is not None else None,
+                catalog_tracks=total,
             )
     except (ValueError, RunConflict) as e:  # bad options or inputs, another run on OUT
         return _usage_error(str(e), "stembeam separate")

@@ -274,10 +274,14 @@ def _write_report(results: str, path: str | None, run_id: str, output: str) -> s
 
 
 def run(
-    argv: list[str] | None = None, wait: bool = True, on_finished: Callable[[], None] | None = None
+    argv: list[str] | None = None,
+    wait: bool = True,
+    on_finished: Callable[[], None] | None = None,
+    catalog_tracks: int | None = None,
 ) -> dict[str, Any]:
     """Runs ``stembeam separate`` with ``argv``; returns the run id, results URL, summary and
-    report path. ``on_finished`` is called when the pipeline is done, before the summary.
+    report path. ``on_finished`` is called when the pipeline is done, before the summary;
+    ``catalog_tracks``: the caller listed the catalog already (the launcher lists it once).
 
     Raises ValueError (bad options or inputs) and RunConflict (another live run writes to the
     same output with other settings) before any work starts.
@@ -289,7 +293,7 @@ def run(
     output = storage.absolute(options.output)
     if storage.is_local(output):
         os.makedirs(output, exist_ok=True)
-    validate_run(options, results)
+    validate_run(options, results, catalog_tracks)
     model = describe_model(options.model, options.model_cache)
     stem_settings(options, model, run_id)  # a bad format, template or --stems: refused now
     settings = run_settings(options, model)

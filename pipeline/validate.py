@@ -121,9 +121,10 @@ def check_catalog(source: str) -> int:
     return len(tracks)
 
 
-def validate_run(options, results: str) -> int:
+def validate_run(options, results: str, catalog_tracks: int | None = None) -> int:
     """Every launcher check of ``stembeam separate`` (``options``: SeparateOptions, ``results``:
-    the results URL); returns the catalog's track count."""
+    the results URL); returns the catalog's track count. ``catalog_tracks``: the caller listed
+    the catalog already (that count), so it is not listed again."""
     FileSystems.set_options(options)  # as beam.Pipeline does: s3:// needs them to connect
     if options.run_id and len(options.run_id) > KEY_LENGTH:
         raise ValueError(
@@ -132,4 +133,6 @@ def validate_run(options, results: str) -> int:
         )
     check_results(results)
     check_output(options.output)
+    if catalog_tracks is not None:
+        return catalog_tracks
     return check_catalog(options.input)

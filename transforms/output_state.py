@@ -30,7 +30,14 @@ from stembeam.transforms import storage
 
 INTERNAL_DIR = ".stembeam"
 HEARTBEAT_S = 30.0
-STALE_AFTER_S = 300.0  # a lock whose heartbeat is older than this belongs to a dead run
+STALE_AFTER_S = 300.0
+# Row columns a done-marker keeps, so a skipped row can repeat what the separating run learnt.
+MARKER_ROW_FIELDS = (
+    "duration_s",
+    "sample_rate",
+    "channels",
+    "codec",
+)  # a lock whose heartbeat is older than this belongs to a dead run
 log = logging.getLogger("stembeam")
 
 
@@ -131,10 +138,7 @@ class MarkDone:
                 track.fingerprint,
                 json.loads(row["stems"]),
                 row["run_id"],
-                {
-                    k: row.get(k)
-                    for k in ("duration_s", "sample_rate", "channels", "codec", "finished_at")
-                },
+                {k: row.get(k) for k in (*MARKER_ROW_FIELDS, "finished_at")},
             )
             storage.write_atomic(
                 done_marker(self.output, track.track_id),

@@ -16,7 +16,13 @@ from typing import Any
 import apache_beam as beam
 
 from stembeam.transforms import metrics, storage
-from stembeam.transforms.output_state import DoneMarker, describe_change, done_marker, fingerprint
+from stembeam.transforms.output_state import (
+    MARKER_ROW_FIELDS,
+    DoneMarker,
+    describe_change,
+    done_marker,
+    fingerprint,
+)
 from stembeam.transforms.records import Track, result_row
 
 ROWS_TAG = "rows"
@@ -56,23 +62,14 @@ class _SkipDoneFn(beam.DoFn):
             return
         if marker.signature != run.signature:
             metrics.count(metrics.TRACKS_FAILED)
-            yield beam.pvalue.TaggedOutput(
-                ROWS_TAG,
-                (
-                    track,
-                    result_row(
-                        track,
-                        run.run_id,
-                        run.model,
-                        run.model_sha256,
-                        "failed",
-                        error=f"{storage.join(run.output, track.track_id)} holds stems made "
-                        "with other settings "
-                        f"({describe_change(marker.settings, run.settings)}, run "
-                        f"{marker.run_id}); pass --force to replace them or choose another "
-                        "--output",
-                    ),
-                ),
+            yield self._row(
+                track,
+                "failed",
+                error=f"{storage.join(run.output, track.track_id)} holds stems made "
+                "with other settings "
+                f"({describe_change(marker.settings, run.settings)}, run "
+                f"{marker.run_id}); pass --force to replace them or choose another "
+                "--output",
             )
             return
         if (track.fingerprint and marker.fingerprint != track.fingerprint) or not all(
@@ -81,23 +78,18 @@ class _SkipDoneFn(beam.DoFn):
             yield track  # the source changed or stems were removed: separate again
             return
         metrics.count(metrics.TRACKS_SKIPPED)
-        done = {k: marker.row.get(k) for k in ("duration_s", "sample_rate", "channels", "codec")}
-        yield beam.pvalue.TaggedOutput(
-            ROWS_TAG,
-            (
-                track,
-                result_row(
-                    track,
-                    run.run_id,
-                    run.model,
-                    run.model_sha256,
-                    "skipped",
-                    error=f"already separated by run {marker.run_id}; use --force to redo",
-                    stems=marker.stems,
-                    **done,
-                ),
-            ),
+        yield self._row(
+            track,
+            "skipped",
+            error=f"already separated by run {marker.run_id}; use --force to redo",
+            stems=marker.stems,
+            **{k: marker.row.get(k) for k in MARKER_ROW_FIELDS},
         )
+
+    def _row(self, track: Track, status: str, **fields: Any) -> beam.pvalue.TaggedOutput:
+        run = self._run
+        row = result_row(track, run.run_id, run.model, run.model_sha256, status, **fields)
+        return beam.pvalue.TaggedOutput(ROWS_TAG, (track, row))
 
 
 class SkipDone(beam.PTransform):
