@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stembeam.model.checkpoint import SPLEETER_INSTRUMENT_ORDER, import_spleeter_checkpoint  # noqa: E402
 from stembeam.model.config import spleeter_config  # noqa: E402
+from stembeam.model.fused import fused_separator  # noqa: E402
 from stembeam.model.reconstruct import separate_waveform  # noqa: E402
 from stembeam.model.registry import cache_root, load_model  # noqa: E402
 from stembeam.model.unet import build_unet  # noqa: E402
@@ -68,15 +69,17 @@ def spleeter_separate(
 
 
 def stembeam_separate(
-    model, cfg, waveform: np.ndarray, segmentation: str, postprocess: str
+    model, cfg, waveform: np.ndarray, segmentation: str, postprocess: str, path: str = "host"
 ) -> dict[str, np.ndarray]:
-    """stembeam's stems of ``waveform`` (N, 2), by name."""
+    """stembeam's stems of ``waveform`` (N, 2), by name; ``path`` 'host' (numpy around the
+    U-Net) or 'graph' (``model.fused``: the whole spectral path in TensorFlow)."""
     stems = separate_waveform(
         waveform,
         lambda x: model(x, training=False).numpy(),
         cfg,
         segmentation=segmentation,
         postprocess=postprocess,
+        fused=fused_separator(model, cfg, cfg.mask_extension) if path == "graph" else None,
     )
     return {name: stems[..., i] for i, name in enumerate(cfg.stems)}
 
@@ -113,13 +116,17 @@ def parity(waveform: np.ndarray) -> None:
                 os.path.join(RANDOM_MODELS, name, "model"), cfg, SPLEETER_INSTRUMENT_ORDER[name]
             )
         theirs = spleeter_separate(f"spleeter:{name}", waveform, model_path)
-        ours = stembeam_separate(model, cfg, waveform, "spleeter", "ratio")
+        ours = {
+            path: stembeam_separate(model, cfg, waveform, "spleeter", "ratio", path)
+            for path in ("host", "graph")
+        }
         mix_energy = np.sum(waveform.astype(np.float64) ** 2)
-        print(f"-- {name} ({weights})")
+        print(f"-- {name} ({weights}); host path, graph path (model.fused)")
         for stem in cfg.stems:
             share = np.sum(theirs[stem].astype(np.float64) ** 2) / mix_energy
             print(
-                f"   {stem:14s} {difference_db(theirs[stem], ours[stem]):6.1f} dB   "
+                f"   {stem:14s} {difference_db(theirs[stem], ours['host'][stem]):6.1f} dB  "
+                f"{difference_db(theirs[stem], ours['graph'][stem]):6.1f} dB   "
                 f"(stem energy {10 * np.log10(share):6.1f} dB re mixture)"
             )
 

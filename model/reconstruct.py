@@ -138,12 +138,15 @@ def separate_waveform(
     batch_size: int = 4,
     context: int | None = None,
     residual: str = "none",
+    fused: Callable | None = None,
 ) -> np.ndarray:
     """Separates an in-memory track.
 
     Args:
       waveform: (N, C) float32 at cfg.sample_rate, C == cfg.channels.
       predict: (B, T, F, C) float32 magnitudes -> (B, T, F, C, S) float32 estimates.
+      fused: a ``model.fused.fused_separator`` (ratio masks): the whole spectral path of each
+        batch in TensorFlow instead of ``predict`` with numpy around it.
     Returns:
       (N, C, S) float32 stems.
     """
@@ -162,6 +165,12 @@ def separate_waveform(
     for first, stop in zip(edges, edges[1:]):
         batch = segments[first:stop]
         samples = [slice_with_silence(waveform, *span) for _, span in batch]
+        if fused is not None:
+            if postprocess != "ratio":
+                raise ValueError("the fused spectral path takes ratio masks only")
+            for block in fused(np.stack(samples), [plan for plan, _ in batch]):
+                pieces.append(stitcher.push(*block))
+            continue
         spectra = [segment_spectrogram(waves, cfg) for waves in samples]
         estimates = np.asarray(
             predict(np.stack([magnitude for _, magnitude in spectra])), dtype=np.float32

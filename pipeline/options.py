@@ -152,6 +152,16 @@ class SeparateOptions(PipelineOptions):
             "worker that has a GPU or an AMX CPU, float32 elsewhere",
         )
         parser.add_argument(
+            "--spectral_path",
+            "--spectral-path",
+            default="auto",
+            choices=("auto", "host", "graph"),
+            help="where the STFT, masks and inverse STFT run: graph = with the U-Net in one "
+            "TensorFlow function per batch (on the GPU), host = numpy around it (needed by "
+            "--postprocess wiener); auto (the default) picks graph on each worker that has a "
+            "GPU, host elsewhere",
+        )
+        parser.add_argument(
             "--model_cache",
             "--model-cache",
             default=None,

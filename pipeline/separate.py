@@ -1,6 +1,6 @@
 """The separate job: a catalog in, stems and a results table out.
 
-    ListCatalog -> SkipDone -> Reshuffle (tracks) -> DecodeSegments -> Spectrogram -> RunModel
+    ListCatalog -> SkipDone -> Reshuffle (tracks) -> DecodeSegments -> RunModel
     -> WriteStems -> Evaluate -> CommitRows (+ done-markers) ; all rows -> the run's row
 
 Everything after the Reshuffle is one fused stage with no shuffle: each track goes from its first
@@ -31,7 +31,7 @@ from stembeam.transforms.catalog import ListCatalog
 from stembeam.transforms.decode import DecodeSegments
 from stembeam.transforms.delivery import OutputFormat, validate_template
 from stembeam.transforms.evaluate import Evaluate
-from stembeam.transforms.inference import RunModel, Spectrogram
+from stembeam.transforms.inference import RunModel, resolve_spectral_path
 from stembeam.transforms.output_state import (
     MarkDone,
     RunLock,
@@ -163,9 +163,17 @@ def build(
         split["todo"]
         | "SpreadTracks" >> beam.Reshuffle()
         | "DecodeSegments" >> DecodeSegments(cfg, options.segmentation)
-        | "Spectrogram" >> Spectrogram(cfg)
         | "RunModel"
-        >> RunModel(model.spec, options.batch_size, options.model_cache, options.precision)
+        >> RunModel(
+            model.spec,
+            cfg,
+            batch_size=options.batch_size,
+            cache_dir=options.model_cache,
+            precision=options.precision,
+            spectral_path=options.spectral_path,
+            postprocess=options.postprocess,
+            residual=options.residual,
+        )
         | "WriteStems" >> WriteStems(stem_settings(options, model, run_id))
         | "Evaluate" >> Evaluate(output)
     )
@@ -192,6 +200,7 @@ def build(
                 batch_size=options.batch_size,
                 force=options.force,
                 precision=options.precision,
+                spectral_path=options.spectral_path,
             )
         ),
     }
@@ -296,6 +305,7 @@ def run(
     validate_run(options, results, catalog_tracks)
     model = describe_model(options.model, options.model_cache)
     stem_settings(options, model, run_id)  # a bad format, template or --stems: refused now
+    resolve_spectral_path(options.spectral_path, options.postprocess)  # graph with Wiener
     settings = run_settings(options, model)
     lock = RunLock(output, run_id, signature(settings), settings).acquire()
     try:

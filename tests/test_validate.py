@@ -174,3 +174,12 @@ def test_separate_refuses_a_bad_run_before_building(tmp_path):
         run(base + ["--results", "sqlit:///r.sqlite"])
     with pytest.raises(ValueError, match="matched no audio files"):
         run(["--input", str(tmp_path / "m" / "*.flac")] + base[2:])
+
+
+def test_graph_spectral_path_with_wiener_is_refused(tmp_path, tiny_model):
+    write(str(tmp_path / "m" / "a.wav"), tone(0.1, 8000), 8000)
+    argv = ["--input", str(tmp_path / "m"), "--output", str(tmp_path / "out")]
+    argv += ["--model", tiny_model, "--postprocess", "wiener", "--spectral_path", "graph"]
+    with pytest.raises(ValueError, match="--spectral_path graph needs --postprocess ratio"):
+        run(argv)
+    assert not os.path.exists(tmp_path / "out" / "a")

@@ -1,10 +1,18 @@
-"""Spectrogram and model inference: segments' STFT in, stem magnitude estimates out.
+"""Model inference: segments' samples in, what the writer needs out.
 
 ``StemModelHandler`` is our own Beam ``ModelHandler`` (Beam's TensorFlow handlers import
 tensorflow_hub). RunInference loads the model once per worker process and shares it between
 the process's threads; it batches segments, also across tracks of one bundle, and reports
 ``inference_request_batch_size`` and ``inference_batch_latency_micro_secs`` metrics (its
 ``load_model_latency_milli_secs`` is ~0: the model loads on a thread, ``BackgroundModel``).
+
+Two spectral paths, chosen on the worker (``resolve_spectral_path``):
+
+- ``host``: numpy/scipy STFT per segment here, the U-Net on the batch, masks and inverse STFT in
+  the writer (``model.reconstruct``); the only path for Wiener filtering.
+- ``graph``: the whole batch through one TensorFlow function (``model.fused``: STFT, U-Net,
+  masks, inverse STFT, overlap-add), on the GPU where there is one; the writer only stitches,
+  resamples and encodes.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from stembeam.model.config import ModelConfig
 from stembeam.model.reconstruct import segment_spectrogram
+from stembeam.model.segmentation import SegmentPlan
 from stembeam.transforms import metrics
 from stembeam.transforms.metrics import METRICS_NAMESPACE
 from stembeam.transforms.records import Segment
@@ -29,17 +38,19 @@ from stembeam.transforms.records import Segment
 # run was not: `bench.precision batch-ab`, BENCHMARKS.md). GPU: enough segments to fill it.
 CPU_BATCH_SIZE = 4
 GPU_BATCH_SIZE = 16
+SPECTRAL_PATHS = ("auto", "host", "graph")
 
-
-Predictor = Callable[[np.ndarray], np.ndarray]  # (B, T, F, 2) -> (B, T, F, 2, S), float32
+# host: (B, T, F, 2) magnitudes -> (B, T, F, 2, S) estimates; graph: model.fused.FusedSeparator
+Predictor = Callable[..., np.ndarray]
 
 
 class BackgroundModel:
     """A model loading (and running its warm-up batch) on a thread, so that the worker decodes
     and transforms its first segments meanwhile; ``get()`` waits for it and re-raises a load
-    failure."""
+    failure. ``path`` is the spectral path the model serves (``'host'`` or ``'graph'``)."""
 
-    def __init__(self, load: Callable[[], Predictor]):
+    def __init__(self, load: Callable[[], Predictor], path: str):
+        self.path = path
         self._result: list = []
         # not a daemon: a run with nothing to separate exits after the load finishes, never
         # with TensorFlow half-imported on a thread (which aborts the interpreter)
@@ -60,22 +71,43 @@ class BackgroundModel:
         return result
 
 
-def default_batch_size() -> int:
-    """Segments per model call for this machine: ``GPU_BATCH_SIZE`` where an NVIDIA GPU is
-    present (``/proc/driver/nvidia/gpus`` lists one; checked without importing TensorFlow),
-    else ``CPU_BATCH_SIZE``."""
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU (``/proc/driver/nvidia/gpus`` lists one), checked
+    without importing TensorFlow."""
     try:
-        gpus = os.listdir("/proc/driver/nvidia/gpus")
+        return bool(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
-        gpus = []
-    return GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE
+        return False
+
+
+def default_batch_size() -> int:
+    """Segments per model call for this machine: ``GPU_BATCH_SIZE`` with a GPU, else
+    ``CPU_BATCH_SIZE``."""
+    return GPU_BATCH_SIZE if gpu_present() else CPU_BATCH_SIZE
+
+
+def resolve_spectral_path(path: str, postprocess: str) -> str:
+    """``'host'`` or ``'graph'`` for a ``SPECTRAL_PATHS`` value: ``auto`` is the graph on a GPU
+    machine with ratio masks, the host path elsewhere (on CPUs the two ran at the same speed,
+    BENCHMARKS.md); Wiener filtering (norbert) runs on the host only."""
+    if path not in SPECTRAL_PATHS:
+        raise ValueError(f"unknown spectral path {path!r}; expected one of {SPECTRAL_PATHS}")
+    if postprocess != "ratio":
+        if path == "graph":
+            raise ValueError("--spectral_path graph needs --postprocess ratio")
+        return "host"
+    if path == "auto":
+        return "graph" if gpu_present() else "host"
+    return path
 
 
 class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
-    """Runs a stembeam model on ``Segment`` batches (``magnitude`` in, ``estimates`` out).
+    """Runs the model ``spec`` (config ``cfg``) on ``Segment`` batches (``samples`` in).
 
-    ``precision`` is resolved where the model loads (``model.unet.resolve_precision``: ``auto``
-    looks at that machine's CPU and GPU). The model loads and runs its warm-up batch on a thread
+    Host path: out come ``mix_stft`` (n, bins, 2) and ``estimates`` (n, F, 2, S) for the
+    writer's masks. Graph path: out comes ``stem_block``, the segment's stems overlap-added.
+    ``precision`` and ``spectral_path`` are resolved where the model loads (``auto`` looks at
+    that machine's CPU and GPU). The model loads and runs its warm-up batch on a thread
     (``BackgroundModel``); the first batch waits for it, and a load failure fails the job there.
     A failing batch does not fail the job: its segments come out with ``error`` set.
     """
@@ -83,25 +115,41 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
     def __init__(
         self,
         spec: str,
+        cfg: ModelConfig,
         batch_size: int | None = None,
         cache_dir: str | None = None,
         precision: str = "auto",
+        spectral_path: str = "auto",
+        postprocess: str = "ratio",
+        residual: str = "none",
     ):
         super().__init__(min_batch_size=1, max_batch_size=batch_size or default_batch_size())
         self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
+        self._spectral_path, self._postprocess = spectral_path, postprocess
+        self._residual, self._cfg = residual, cfg
 
-    def _load(self) -> Predictor:
+    def _load(self, path: str) -> Predictor:
         from stembeam.model.registry import load_model
-        from stembeam.model.unet import batch_predictor
 
         loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
-        predictor = batch_predictor(loaded.model)
         cfg = loaded.config
+        if path == "graph":
+            from stembeam.model.fused import fused_separator
+
+            separate = fused_separator(loaded.model, cfg, cfg.mask_extension, self._residual)
+            samples = (cfg.T - 1) * cfg.frame_step + cfg.frame_length
+            plan = SegmentPlan(0, 0, 0, cfg.T)
+            separate(np.zeros((1, samples, cfg.channels), np.float32), [plan])
+            return separate  # traced and warmed up
+        from stembeam.model.unet import batch_predictor
+
+        predictor = batch_predictor(loaded.model)
         predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # trace + warm up
         return predictor
 
     def load_model(self) -> BackgroundModel:
-        return BackgroundModel(self._load)
+        path = resolve_spectral_path(self._spectral_path, self._postprocess)
+        return BackgroundModel(lambda: self._load(path), path)
 
     def run_inference(
         self,
@@ -109,33 +157,59 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
         model: BackgroundModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Segment]:
-        todo = [i for i, s in enumerate(batch) if s.error is None]
-        out = [dataclasses.replace(s, magnitude=None) for s in batch]
+        out = list(batch)
+        if model.path == "host":  # the STFTs while the model may still be loading
+            out = [_spectrogram(s, self._cfg) for s in out]
+        todo = [i for i, s in enumerate(out) if s.error is None]
         if not todo:
             return out
         predict = model.get()  # raises a load failure: the job fails, as Beam's own load would
         groups: dict[int, list[int]] = {}  # one model call per segment length
         for i in todo:
-            groups.setdefault(batch[i].magnitude.shape[0], []).append(i)
+            groups.setdefault(len(out[i].samples), []).append(i)
+        run = _run_host if model.path == "host" else _run_graph
         for group in groups.values():
             try:
-                estimates = predict(np.stack([batch[i].magnitude for i in group]))
-                if not np.isfinite(estimates).all():
-                    raise ValueError("the model produced NaN or infinite values")
-                for i, estimate in zip(group, estimates):
-                    out[i] = dataclasses.replace(out[i], estimates=estimate)
+                results = run(predict, [out[i] for i in group], self._cfg)
+                for i, segment in zip(group, results):
+                    out[i] = segment
             except Exception as e:
                 metrics.count(metrics.INFERENCE_FAILURES)
                 error = f"model inference failed: {type(e).__name__}: {e}"
                 for i in group:
-                    out[i] = dataclasses.replace(out[i], mix_stft=None, error=error)
+                    out[i] = dataclasses.replace(
+                        out[i], samples=None, mix_stft=None, magnitude=None, error=error
+                    )
         return out
 
     def get_num_bytes(self, batch: Sequence[Segment]) -> int:
-        return sum(s.magnitude.nbytes for s in batch if s.magnitude is not None)
+        return sum(s.samples.nbytes for s in batch if s.samples is not None)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise ValueError("the model produced NaN or infinite values")
+    return values
+
+
+def _run_host(predict: Predictor, segments: list[Segment], cfg: ModelConfig) -> list[Segment]:
+    """U-Net estimates for segments of one length that carry ``magnitude``."""
+    estimates = _finite(predict(np.stack([s.magnitude for s in segments])))
+    return [
+        dataclasses.replace(s, magnitude=None, estimates=e) for s, e in zip(segments, estimates)
+    ]
+
+
+def _run_graph(predict: Predictor, segments: list[Segment], cfg: ModelConfig) -> list[Segment]:
+    """Overlap-added stems (``stem_block``) of segments of one length, through the fused
+    spectral graph."""
+    blocks = predict(np.stack([s.samples for s in segments]), [s.plan for s in segments])
+    return [
+        dataclasses.replace(s, samples=None, stem_block=block) for s, block in zip(segments, blocks)
+    ]
 
 
 def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
@@ -152,30 +226,13 @@ def _spectrogram(segment: Segment, cfg: ModelConfig) -> Segment:
     return dataclasses.replace(segment, mix_stft=mix_stft, magnitude=magnitude)
 
 
-class Spectrogram(beam.PTransform):
-    """``Segment`` with ``samples`` -> with ``mix_stft`` (n, n_bins, 2) and ``magnitude``
-    (n, F, 2), n = T or a short last segment's frames."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self._cfg = cfg
-
-    def expand(self, segments):
-        return segments | beam.Map(_spectrogram, self._cfg)
-
-
 class RunModel(beam.PTransform):
-    """``Segment`` (magnitude) -> ``Segment`` (estimates) through Beam's RunInference."""
+    """``Segment`` (samples) -> ``Segment`` (``estimates`` or ``stem_block``) through Beam's
+    RunInference; arguments as ``StemModelHandler``'s."""
 
-    def __init__(
-        self,
-        spec: str,
-        batch_size: int | None = None,
-        cache_dir: str | None = None,
-        precision: str = "auto",
-    ):
+    def __init__(self, spec: str, cfg: ModelConfig, **handler_options: Any):
         super().__init__()
-        self._handler = StemModelHandler(spec, batch_size, cache_dir, precision)
+        self._handler = StemModelHandler(spec, cfg, **handler_options)
 
     def expand(self, segments):
         return segments | RunInference(self._handler, metrics_namespace=METRICS_NAMESPACE)

@@ -74,10 +74,13 @@ class Segment:
       started_at: UNIX time the track's decode started, s.
       samples: ``(L_s, 2)`` float32 model-rate audio the segment's STFT needs (kept until the
         writer: with a residual the last stem is the mixture minus the others).
-      mix_stft: ``(n, n_bins, 2)`` complex64 mixture STFT (after Spectrogram); n = T, or fewer
+      mix_stft: ``(n, n_bins, 2)`` complex64 mixture STFT (host path); n = T, or fewer
         frames (a multiple of 64) for a short last segment (``SegmentPlan.frames``).
-      magnitude: ``(n, F, 2)`` float32 model input (after Spectrogram).
-      estimates: ``(n, F, 2, S)`` float32 model output (after RunInference).
+      magnitude: ``(n, F, 2)`` float32 model input (host path, inside RunInference).
+      estimates: ``(n, F, 2, S)`` float32 model output (after RunInference, host path).
+      stem_block: ``(start, (N, 2, S) float32)``: the segment's kept frames' stems overlap-added,
+        starting at track sample ``start`` (after RunInference, graph path; see
+        ``model.reconstruct.reconstruct_segment``).
       error: set when a stage failed for this segment's track; the track ends there.
     """
 
@@ -90,6 +93,7 @@ class Segment:
     mix_stft: np.ndarray | None = None
     magnitude: np.ndarray | None = None
     estimates: np.ndarray | None = None
+    stem_block: tuple[int, np.ndarray] | None = None
     error: str | None = None
 
     @property

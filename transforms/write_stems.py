@@ -193,6 +193,9 @@ class _TrackWriter:
             self._write_model_rate(self._ola.finish(), last=True)
 
     def _push(self, segment: Segment) -> None:
+        if segment.stem_block is not None:  # the graph path reconstructed it already
+            self._write_model_rate(self._ola.push(*segment.stem_block), last=False)
+            return
         try:
             start, samples = reconstruct_segment(
                 segment.mix_stft,
