@@ -9,15 +9,17 @@ Models: each preset's released weights when the registry has or can fetch them, 
 random weights in the same architecture (the speed does not depend on the values); a model
 folder is taken as it is.
 
-For every model and precision: ``stembeam separate`` (default workers and batch size for the
-machine) as a fresh process on the catalog and, for its start-up, on a 5 s catalog; throughput
-with start-up (audio s / wall s) and without ((audio - 5 s) / (wall - start-up wall)); peak
-host memory of the process; GPU utilisation and peak GPU memory from ``nvidia-smi`` sampled
-every 0.5 s (where present); thread-seconds in the model load + warm-up and in U-Net batches
-(``StemModelHandler``; summed over worker threads), the rest of the work being decode, STFT,
-masks, iSTFT, writing and the runner. Then the check: the first ``--check-seconds`` of the
-catalog separated again on the CPU (``CUDA_VISIBLE_DEVICES=-1``); per stem file
-10 log10(sum cpu^2 / sum (device - cpu)^2) dB, which must be >= 60 dB in float32.
+For every model, precision and spectral path (``--spectral_path graph``: STFT, U-Net, masks and
+inverse STFT on the device; ``host``: only the U-Net there): ``stembeam separate`` (default
+workers and batch size for the machine) as a fresh process on the catalog and, for its
+start-up, on a 5 s catalog; throughput with start-up (audio s / wall s) and without
+((audio - 5 s) / (wall - start-up wall)); peak host memory of the process; GPU utilisation and
+peak GPU memory from ``nvidia-smi`` sampled every 0.5 s (where present); thread-seconds in the
+model load + warm-up and in the model stage (``StemModelHandler.run_inference``, summed over
+worker threads: the host path's STFT and U-Net, or the whole graph), the rest of the work being
+decoding, the host path's masks and iSTFT, writing and the runner. Then the check: the first
+``--check-seconds`` of the catalog separated again on the CPU (``CUDA_VISIBLE_DEVICES=-1``); per
+stem file 10 log10(sum cpu^2 / sum (device - cpu)^2) dB, which must be >= 60 dB in float32.
 
     bash bench/gpu.sh                       # python3 -m bench.gpu with the defaults
     python3 -m bench.gpu --cpu --seconds 5 --models FOLDER   # the CPU path (tests)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -185,7 +188,13 @@ class GpuSampler:
 
 
 def run_separate(
-    catalog_dir: str, out: str, spec: str, precision: str, cpu: bool, batch_size: int | None
+    catalog_dir: str,
+    out: str,
+    spec: str,
+    precision: str,
+    path: str,
+    cpu: bool,
+    batch_size: int | None,
 ) -> dict:
     """One fresh ``stembeam separate`` process (through ``child``); wall s, peak RSS GB, GPU
     samples and the child's stage timings."""
@@ -199,6 +208,8 @@ def run_separate(
         spec,
         "--precision",
         precision,
+        "--spectral_path",
+        path,
         "--force",
         "--results",
         f"sqlite:///{out}/results.db",
@@ -239,10 +250,10 @@ def run_separate(
 
 
 def child(stats: str, argv: list[str]) -> None:
-    """Runs ``stembeam separate argv`` here, timing the handler's load thread and its U-Net
+    """Runs ``stembeam separate argv`` here, timing the handler's load thread and its model
     batches; writes {load_s, unet_s, unet_batches, first_batch_s, summary} to ``stats``
-    (first_batch_s: from the command's start, ``$STEMBEAM_BENCH_T0``, to the end of the first
-    U-Net batch)."""
+    (unet_s: the model stage's thread-seconds; first_batch_s: from the command's start,
+    ``$STEMBEAM_BENCH_T0``, to the end of the first batch)."""
     from stembeam.pipeline import separate
     from stembeam.transforms import inference
 
@@ -316,6 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=("float32", "bfloat16", "auto"),
     )
     parser.add_argument(
+        "--spectral-paths",
+        nargs="+",
+        default=["graph", "host"],
+        choices=("graph", "host", "auto"),
+        help="--spectral_path values to run (default: both)",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=None, help="default: stembeam's for the machine"
     )
     parser.add_argument("--check-seconds", type=float, default=60)
@@ -337,21 +355,23 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for spec_in in args.models:
         spec, weights = model_spec(spec_in)
-        for precision in args.precisions:
-            tag = f"{os.path.basename(spec.rstrip('/')).replace(':', '-')}-{precision}"
+        for precision, path in itertools.product(args.precisions, args.spectral_paths):
+            tag = f"{os.path.basename(spec.rstrip('/')).replace(':', '-')}-{precision}-{path}"
             out = os.path.join(work, tag)
-            main_run = run_separate(folder, out, spec, precision, args.cpu, args.batch_size)
+            settings = (spec, precision, path)
+            main_run = run_separate(folder, out, *settings, args.cpu, args.batch_size)
             row = {
                 "model": spec_in,
                 "weights": weights,
                 "precision": precision,
+                "spectral_path": path,
                 "audio_s": audio_s,
                 **main_run,
             }
             row["rtf"] = audio_s / main_run["wall_s"]
             if audio_s > 2 * STARTUP_SECONDS:
                 startup = run_separate(
-                    startup_folder, out + "-startup", spec, precision, args.cpu, args.batch_size
+                    startup_folder, out + "-startup", *settings, args.cpu, args.batch_size
                 )
                 row["startup_wall_s"] = startup["wall_s"]
                 row["rtf_steady"] = (audio_s - startup_s) / (main_run["wall_s"] - startup["wall_s"])
@@ -359,14 +379,9 @@ def main(argv: list[str] | None = None) -> None:
                 row["startup_wall_s"] = row["rtf_steady"] = None
             check_out = out if check_folder == folder else os.path.join(work, tag + "-check")
             if check_out != out:
-                run_separate(check_folder, check_out, spec, precision, args.cpu, args.batch_size)
+                run_separate(check_folder, check_out, *settings, args.cpu, args.batch_size)
             cpu = run_separate(
-                check_folder,
-                os.path.join(work, tag + "-cpu"),
-                spec,
-                precision,
-                True,
-                args.batch_size,
+                check_folder, os.path.join(work, tag + "-cpu"), *settings, True, args.batch_size
             )
             row["check_s"] = check_s
             row["snr_vs_cpu_db"] = snr_db(check_out, os.path.join(work, tag + "-cpu"))
@@ -383,10 +398,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['startup_wall_s']:.1f} s" if row["startup_wall_s"] else "n/a"
             ) + f" (first U-Net batch done after {row['first_batch_s']:.1f} s)"
             print(
-                f"{spec_in} ({weights}) {precision}: {audio_s:.0f} s of audio in "
+                f"{spec_in} ({weights}) {precision} {path}: {audio_s:.0f} s of audio in "
                 f"{row['wall_s']:.1f} s = {row['rtf']:.1f}x real time with start-up, "
                 f"{steady} without; start-up {startup}; host peak {row['peak_rss_gb']:.2f} GB; "
-                f"{gpu}; load+warm-up {row['load_s']:.1f} s, U-Net {row['unet_s']:.1f} "
+                f"{gpu}; load+warm-up {row['load_s']:.1f} s, model stage {row['unet_s']:.1f} "
                 f"thread-s in {row['unet_batches']} batches; stems vs CPU "
                 f"{row['snr_vs_cpu_db']:.1f} dB ({'ok' if row['snr_ok'] else 'BELOW 60 dB'})",
                 flush=True,

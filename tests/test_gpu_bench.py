@@ -38,6 +38,8 @@ def test_cpu_path_on_five_seconds(tiny_model, tmp_path):
             "--precisions",
             "float32",
             "bfloat16",
+            "--spectral-paths",
+            "graph",
             "--json",
             str(rows_path),
             "--keep",
@@ -60,7 +62,8 @@ def test_cpu_path_on_five_seconds(tiny_model, tmp_path):
         assert row["rtf"] == pytest.approx(5.0 / row["wall_s"])
         assert row["unet_batches"] >= 1 and row["load_s"] > 0 and row["peak_rss_gb"] > 0.1
         assert row["summary"]["tracks_ok"] == 1
-        tag = f"tiny-{row['precision']}"
+        assert row["spectral_path"] == "graph"
+        tag = f"tiny-{row['precision']}-graph"
         stems = sorted(glob.glob(str(keep / tag / "**" / "*.wav"), recursive=True))
         cpu = sorted(glob.glob(str(keep / f"{tag}-cpu" / "**" / "*.wav"), recursive=True))
         assert [os.path.basename(s) for s in stems] == ["accompaniment.wav", "vocals.wav"]
@@ -72,4 +75,4 @@ def test_cpu_path_on_five_seconds(tiny_model, tmp_path):
             for a, b in zip(audio, (sf.read(c, dtype="float64")[0] for c in cpu), strict=True)
         )
         assert worst >= 60 and row["snr_vs_cpu_db"] >= 60
-        assert f"{row['precision']}: 5 s of audio" in proc.stdout
+        assert f"{row['precision']} graph: 5 s of audio" in proc.stdout
