@@ -4,7 +4,8 @@
 tensorflow_hub). RunInference loads the model once per worker process and shares it between
 the process's threads; it batches segments, also across tracks of one bundle, and reports
 ``inference_request_batch_size`` and ``inference_batch_latency_micro_secs`` metrics (its
-``load_model_latency_milli_secs`` is ~0: the model loads on a thread, ``BackgroundModel``).
+``load_model_latency_milli_secs`` is ~0: the model loads on a thread, ``BackgroundModel``, which
+reports ``metrics.MODEL_LOAD_MS`` and ``metrics.FIRST_BATCH_UNIX_MS`` instead).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,28 +37,49 @@ Predictor = Callable[[np.ndarray], np.ndarray]  # (B, T, F, 2) -> (B, T, F, 2, S
 
 
 class BackgroundModel:
-    """A model loading (and running its warm-up batch) on a thread, so that the worker decodes
-    and transforms its first segments meanwhile; ``get()`` waits for it and re-raises a load
-    failure."""
+    """A model loading on a thread, so that the worker decodes and transforms its first segments
+    meanwhile, then running ``warm_up`` on it unless a batch already waits (with nothing left to
+    hide it behind, the warm-up would only delay that batch, which traces the model itself).
+    ``get()`` waits for it and re-raises a load or warm-up failure; ``load_s``: seconds the load
+    took, warm-up excluded."""
 
-    def __init__(self, load: Callable[[], Predictor]):
+    def __init__(
+        self,
+        load: Callable[[], Predictor],
+        warm_up: Callable[[Predictor], object] = lambda predictor: None,
+    ):
         self._result: list = []
+        self._wanted = threading.Event()
+        self._reported = False
+        self.load_s = 0.0
         # not a daemon: a run with nothing to separate exits after the load finishes, never
         # with TensorFlow half-imported on a thread (which aborts the interpreter)
-        self._thread = threading.Thread(target=self._run, args=(load,), name="stembeam-load")
+        self._thread = threading.Thread(
+            target=self._run, args=(load, warm_up), name="stembeam-load"
+        )
         self._thread.start()
 
-    def _run(self, load: Callable[[], Predictor]) -> None:
+    def _run(self, load: Callable[[], Predictor], warm_up: Callable[[Predictor], object]) -> None:
+        started = time.perf_counter()
         try:
-            self._result.append(load())
+            predictor = load()
+            self.load_s = time.perf_counter() - started
+            if not self._wanted.is_set():
+                warm_up(predictor)
+            self._result.append(predictor)
         except BaseException as e:  # handed to get()
             self._result.append(e)
 
     def get(self) -> Predictor:
+        self._wanted.set()
         self._thread.join()
         (result,) = self._result
         if isinstance(result, BaseException):
             raise result
+        if not self._reported:  # this process's first batch: its start-up metrics
+            self._reported = True
+            metrics.record(metrics.MODEL_LOAD_MS, round(self.load_s * 1e3))
+            metrics.record(metrics.FIRST_BATCH_UNIX_MS, round(time.time() * 1e3))
         return result
 
 
@@ -95,13 +118,15 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
         from stembeam.model.unet import batch_predictor
 
         loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
-        predictor = batch_predictor(loaded.model)
-        cfg = loaded.config
-        predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # trace + warm up
-        return predictor
+        self._input_shape = (1, loaded.config.T, loaded.config.F, loaded.config.channels)
+        return batch_predictor(loaded.model)
+
+    def _warm_up(self, predictor: Predictor) -> None:
+        """Traces the forward pass for whole segments and runs it once."""
+        predictor(np.zeros(self._input_shape, np.float32))
 
     def load_model(self) -> BackgroundModel:
-        return BackgroundModel(self._load)
+        return BackgroundModel(self._load, self._warm_up)
 
     def run_inference(
         self,
