@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import keras
 import numpy as np
@@ -48,6 +50,27 @@ def test_batches_through_the_background_model(tiny_model):
         assert segment.magnitude is None and segment.error is None
         np.testing.assert_allclose(segment.estimates, estimate, rtol=1e-5, atol=1e-6)
     assert handler.batch_elements_kwargs()["max_batch_size"] == 3
+
+
+def test_warm_up_runs_only_while_no_batch_waits():
+    """The warm-up runs when the load ends before any batch asks; a batch already waiting
+    gets the model without it. ``load_s`` is the load alone."""
+    warmed, loaded = [], threading.Event()
+
+    def load():
+        time.sleep(0.2)
+        return np.negative
+
+    def warm_up(predictor):
+        warmed.append(predictor)
+        loaded.set()
+
+    early = BackgroundModel(load, warm_up)
+    assert early.get() is np.negative and warmed == []  # asked during the load
+    assert 0.2 <= early.load_s < 5
+    idle = BackgroundModel(load, warm_up)
+    assert loaded.wait(10) and warmed == [np.negative]
+    assert idle.get() is np.negative
 
 
 def test_load_failure_fails_the_first_batch(tmp_path):
