@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import re
@@ -686,23 +685,11 @@ STARTUP_LINE = re.compile(
 )
 
 
-def checkout_path(tree: str) -> str:
-    """A PYTHONPATH entry whose ``stembeam.*`` modules are checkout ``tree``'s (the editable
-    install maps them to the checkout it was installed from, whatever the working directory)."""
-    tree = os.path.abspath(tree)
-    shim = os.path.join(BENCH, "checkouts", hashlib.sha256(tree.encode()).hexdigest()[:12])
-    package = os.path.join(shim, "stembeam")
-    os.makedirs(package, exist_ok=True)
-    for name in ("model", "pipeline", "transforms"):
-        link = os.path.join(package, name)
-        if not os.path.islink(link):
-            os.symlink(os.path.join(tree, name), link)
-    return shim
-
-
 def startup(args: argparse.Namespace) -> None:
     """Start-up of Spleeter and stembeam (and ``--baseline``), every tool on both files in every
     round (see the module docstring); medians over ``--runs`` rounds, ratios to Spleeter."""
+    from bench.versions import namespace_shim  # stembeam.* from each checkout, not the installed
+
     files = {}
     for seconds in (5, args.long_seconds):
         folder, audio_s = catalog(seconds)
@@ -727,7 +714,7 @@ def startup(args: argparse.Namespace) -> None:
                     else:
                         cmd = [sys.executable, "-m", "stembeam.pipeline", "separate", folder]
                         cmd += ["--output", out, "--results", f"sqlite:///{out}/results.db"]
-                        env = {"PYTHONPATH": checkout_path(tree)}
+                        env = {"PYTHONPATH": namespace_shim(tree)}
                     t0 = time.perf_counter()
                     proc = subprocess.run(
                         cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True
