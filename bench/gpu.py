@@ -251,10 +251,10 @@ def child(stats: str, argv: list[str]) -> None:
     lock = threading.Lock()
     load, run_inference = inference.StemModelHandler._load, inference.StemModelHandler.run_inference
 
-    def timed_load(self):
+    def timed_load(self, *args):
         t0 = time.perf_counter()
         try:
-            return load(self)
+            return load(self, *args)
         finally:
             with lock:
                 times["load_s"] += time.perf_counter() - t0

@@ -64,9 +64,9 @@ def process_started() -> float:
 
 def startup_line(imports_s: float, model_load_s: float | None, first_batch_s: float | None) -> str:
     """``start-up: imports 2.1 s, model load 4.9 s, first batch at 8.0 s``: seconds the launcher's
-    imports took, the model load (mean per worker; TensorFlow import and model build), and when
-    the first batch went into the model, from the command's start (the model parts only when a
-    batch ran)."""
+    imports took, the model load (mean per worker: TensorFlow's import, the model build and the
+    warm-up call when it ran), and when the first batch went into the model, from the command's
+    start (the model parts only when a batch ran)."""
     line = f"start-up: imports {imports_s:.1f} s"
     if model_load_s is not None and first_batch_s is not None:
         line += f", model load {model_load_s:.1f} s, first batch at {first_batch_s:.1f} s"

@@ -53,23 +53,22 @@ def test_batches_through_the_background_model(tiny_model):
 
 
 def test_warm_up_runs_only_while_no_batch_waits():
-    """The warm-up runs when the load ends before any batch asks; a batch already waiting
-    gets the model without it. ``load_s`` is the load alone."""
-    warmed, loaded = [], threading.Event()
+    """``load(waiting)`` sees no batch waiting when the load ends before any batch asks, and a
+    batch already waiting otherwise; ``load_s`` covers the load."""
+    seen, loaded = [], threading.Event()
 
-    def load():
+    def load(waiting):
         time.sleep(0.2)
+        seen.append(waiting.is_set())
+        loaded.set()
         return np.negative
 
-    def warm_up(predictor):
-        warmed.append(predictor)
-        loaded.set()
-
-    early = BackgroundModel(load, warm_up)
-    assert early.get() is np.negative and warmed == []  # asked during the load
+    early = BackgroundModel(load)
+    assert early.get() is np.negative and seen == [True]  # asked during the load
     assert 0.2 <= early.load_s < 5
-    idle = BackgroundModel(load, warm_up)
-    assert loaded.wait(10) and warmed == [np.negative]
+    loaded.clear()
+    idle = BackgroundModel(load)
+    assert loaded.wait(10) and seen == [True, False]
     assert idle.get() is np.negative
 
 

@@ -37,41 +37,32 @@ Predictor = Callable[[np.ndarray], np.ndarray]  # (B, T, F, 2) -> (B, T, F, 2, S
 
 
 class BackgroundModel:
-    """A model loading on a thread, so that the worker decodes and transforms its first segments
-    meanwhile, then running ``warm_up`` on it unless a batch already waits (with nothing left to
-    hide it behind, the warm-up would only delay that batch, which traces the model itself).
-    ``get()`` waits for it and re-raises a load or warm-up failure; ``load_s``: seconds the load
-    took, warm-up excluded."""
+    """A model loading (and running its warm-up batch) on a thread, so that the worker decodes
+    and transforms its first segments meanwhile; ``get()`` waits for it and re-raises a load
+    failure. ``load(waiting)`` skips the warm-up once ``waiting`` is set: a batch waits, and with
+    nothing left to hide the warm-up behind it would only delay that batch (which traces the
+    model for its own shape). ``load_s``: seconds until the model was ready."""
 
-    def __init__(
-        self,
-        load: Callable[[], Predictor],
-        warm_up: Callable[[Predictor], object] = lambda predictor: None,
-    ):
+    def __init__(self, load: Callable[[threading.Event], Predictor]):
         self._result: list = []
-        self._wanted = threading.Event()
+        self._waiting = threading.Event()
         self._reported = False
         self.load_s = 0.0
         # not a daemon: a run with nothing to separate exits after the load finishes, never
         # with TensorFlow half-imported on a thread (which aborts the interpreter)
-        self._thread = threading.Thread(
-            target=self._run, args=(load, warm_up), name="stembeam-load"
-        )
+        self._thread = threading.Thread(target=self._run, args=(load,), name="stembeam-load")
         self._thread.start()
 
-    def _run(self, load: Callable[[], Predictor], warm_up: Callable[[Predictor], object]) -> None:
+    def _run(self, load: Callable[[threading.Event], Predictor]) -> None:
         started = time.perf_counter()
         try:
-            predictor = load()
-            self.load_s = time.perf_counter() - started
-            if not self._wanted.is_set():
-                warm_up(predictor)
-            self._result.append(predictor)
+            self._result.append(load(self._waiting))
         except BaseException as e:  # handed to get()
             self._result.append(e)
+        self.load_s = time.perf_counter() - started
 
     def get(self) -> Predictor:
-        self._wanted.set()
+        self._waiting.set()
         self._thread.join()
         (result,) = self._result
         if isinstance(result, BaseException):
@@ -113,20 +104,19 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
         super().__init__(min_batch_size=1, max_batch_size=batch_size or default_batch_size())
         self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
 
-    def _load(self) -> Predictor:
+    def _load(self, waiting: threading.Event) -> Predictor:
         from stembeam.model.registry import load_model
         from stembeam.model.unet import batch_predictor
 
         loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
-        self._input_shape = (1, loaded.config.T, loaded.config.F, loaded.config.channels)
-        return batch_predictor(loaded.model)
-
-    def _warm_up(self, predictor: Predictor) -> None:
-        """Traces the forward pass for whole segments and runs it once."""
-        predictor(np.zeros(self._input_shape, np.float32))
+        predictor = batch_predictor(loaded.model)
+        cfg = loaded.config
+        if not waiting.is_set():  # trace + warm up
+            predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))
+        return predictor
 
     def load_model(self) -> BackgroundModel:
-        return BackgroundModel(self._load, self._warm_up)
+        return BackgroundModel(self._load)
 
     def run_inference(
         self,

@@ -19,8 +19,8 @@ SEGMENTS = "segments"
 DECODE_FAILURES = "decode_failures"
 INFERENCE_FAILURES = "inference_failures"
 ROWS_COMMITTED = "rows_committed"
-# distributions, one value per worker process: its model load (TensorFlow import, model build;
-# the warm-up call excluded) and the Unix time its first batch went into the U-Net
+# distributions, one value per worker process: its model load (TensorFlow import, model build,
+# the warm-up call when it ran) and the Unix time its first batch went into the U-Net
 MODEL_LOAD_MS = "model_load_ms"
 FIRST_BATCH_UNIX_MS = "first_batch_unix_ms"
 
