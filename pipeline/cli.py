@@ -24,6 +24,9 @@ from typing import NoReturn
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_TRACKS_FAILED = 0, 1, 2, 3
 VERBOSE, QUIET = ("-v", "--verbose"), ("-q", "--quiet")
+# Imported only to offer notebook widgets, by Beam (tqdm.notebook through google-cloud-bigquery)
+# and Keras, which both do without them: the program never imports these (0.3-0.4 s a run).
+UNUSED_MODULES = ("IPython",)
 
 log = logging.getLogger("stembeam")
 
@@ -284,10 +287,12 @@ def top_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command in ``argv``; returns its exit status. Without ``argv`` this is the
-    ``stembeam`` program itself (``sys.argv``): once the command returned and the output is
-    flushed, the process ends at once (``exit_now``)."""
+    ``stembeam`` program itself (``sys.argv``): it never imports ``UNUSED_MODULES``, and once the
+    command returned and the output is flushed, the process ends at once (``exit_now``)."""
     if argv is not None:
         return command_status(list(argv))
+    for name in UNUSED_MODULES:
+        sys.modules.setdefault(name, None)  # None: `import` raises ImportError
     exit_now(command_status(sys.argv[1:]))
 
 

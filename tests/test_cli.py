@@ -167,6 +167,23 @@ def test_version_and_help_import_neither_beam_nor_tensorflow():
         assert out.stdout.splitlines()[-1] == "[]", (args, out.stdout, out.stderr)
 
 
+def test_the_program_imports_beam_without_notebook_modules():
+    code = (
+        "import sys\n"
+        "from stembeam.pipeline import cli\n"
+        "def probe(argv, verbosity):\n"
+        "    import apache_beam\n"
+        "    print([m for m, module in sys.modules.items() if m.split('.')[0] == 'IPython'"
+        " and module is not None], apache_beam.__version__ is not None)\n"
+        "    return 0\n"
+        "cli.COMMANDS['probe'] = (probe, '')\n"
+        "sys.argv = ['stembeam', 'probe']\n"
+        "cli.main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split("\n")[0] == "[] True", out.stderr
+
+
 def test_the_program_ends_when_its_command_returns():
     # a non-daemon thread would hold a normal interpreter exit for 60 s
     code = (
