@@ -703,7 +703,7 @@ def startup(args: argparse.Namespace) -> None:
         tools["stembeam baseline"] = args.baseline
     walls: dict[tuple[str, float], list[float]] = {(t, d): [] for t in tools for d in files}
     lines: dict[str, list[tuple[float, ...]]] = {t: [] for t in tools if tools[t]}
-    print(f"5 s file: {files[short_s][1]}; long file: {long_s:.1f} s; load {_load()}")
+    print(f"5 s file: {files[short_s][1]}; long file: {long_s:.1f} s; load {_load_average()}")
     for round_ in range(1, args.runs + 1):
         for tool, tree in tools.items():
             for audio_s, (folder, paths) in files.items():
@@ -729,7 +729,7 @@ def startup(args: argparse.Namespace) -> None:
                 f"round {round_}: {tool}: {short_s:.0f} s file {walls[tool, short_s][-1]:.2f} s, "
                 f"{long_s:.0f} s file {walls[tool, long_s][-1]:.2f} s"
                 + (f", start-up line {lines[tool][-1]}" if lines.get(tool) else "")
-                + f"; load {_load()}",
+                + f"; load {_load_average()}",
                 flush=True,
             )
     rows = {}
@@ -768,7 +768,7 @@ def startup(args: argparse.Namespace) -> None:
         json.dump({"rows": rows, "walls": {f"{t} {d}": w for (t, d), w in walls.items()}}, f)
 
 
-def _load() -> str:
+def _load_average() -> str:
     return f"{os.getloadavg()[0]:.2f}"
 
 
