@@ -11,6 +11,7 @@ audio in all, default 600). Long files loop those mixtures.
     python3 -m bench.e2e compare [--seconds 600] [--runs 3] [--models spleeter:2stems ...]
     python3 -m bench.e2e long [--minutes 20 120] [--tools stembeam spleeter spleeter-d600]
     python3 -m bench.e2e short-tracks [--seconds 180] [--track-seconds 3] [--runs 3]
+    python3 -m bench.e2e startup [--runs 5] [--long-seconds 30] [--baseline CHECKOUT]
 
 profile  one track through the model-level path (model.reconstruct.separate_waveform), each stage
          timed: decode, STFT, U-Net, masks/Wiener, iSTFT, WAV write, BSSEval v4 (model.evaluation)
@@ -32,6 +33,13 @@ random Spleeter-format checkpoint in ~/.cache/stembeam/spleeter-random-models/4s
 short-tracks
          the per-track overhead: wall time of the ``--seconds`` catalog as it is (few long
          tracks) and cut into ``--track-seconds`` tracks, interleaved, in this process.
+startup  start-up of both tools, interleaved round by round: the whole command (defaults, 2stems)
+         on a 5 s file and on a ``--long-seconds`` file; the fixed cost of each tool is the
+         5 s wall minus 5 s of audio at the per-second cost the two lengths give
+         (wall(d) = fixed + d * cost). For stembeam also its own start-up line (imports, model
+         load, first batch into the U-Net, from the process's start); Spleeter has no comparable
+         in-process point, its fixed cost (which also holds its teardown) stands for it.
+         ``--baseline``: another checkout of stembeam, run the same way (before/after).
 long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute and a 2-hour file
          (Spleeter with -d 20000 and with its default 600 s); Spleeter is killed past
          --spleeter-timeout s or --spleeter-max-gb GB resident, so it cannot take the machine down.
@@ -43,10 +51,12 @@ import argparse
 import glob
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -553,8 +563,9 @@ def pipeline_profile(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             try:
                 return predict(magnitudes)
-            finally:
-                unet_calls.append(time.perf_counter() - t0)
+            finally:  # the warm-up call (when it runs) belongs to the model load
+                if threading.current_thread().name != "stembeam-load":
+                    unet_calls.append(time.perf_counter() - t0)
 
         return timed_predict
 
@@ -600,7 +611,7 @@ def pipeline_profile(args: argparse.Namespace) -> None:
         unet.batch_predictor = batch_predictor
         inference.StemModelHandler.load_model = load_model
         decode._DecodeSegmentsFn.process = decode_process
-    timer.add("U-Net", sum(unet_calls[1:]))  # the first call is the warm-up, inside model load
+    timer.add("U-Net", sum(unet_calls))
     timer.add("other (runner, catalog, results, report)", wall - sum(timer.seconds.values()))
     print(
         f"stembeam separate, {args.model}, {audio_s:.0f} s of audio, 1 worker; "
@@ -669,6 +680,98 @@ def short_tracks(args: argparse.Namespace) -> None:
     print(f"  per extra track: {(short_s - long_s) / (n_short - n_long) * 1e3:.0f} ms")
 
 
+STARTUP_LINE = re.compile(
+    r"start-up: imports ([\d.]+) s(?:, model load ([\d.]+) s, first batch at ([\d.]+) s)?"
+)
+
+
+def startup(args: argparse.Namespace) -> None:
+    """Start-up of Spleeter and stembeam (and ``--baseline``), every tool on both files in every
+    round (see the module docstring); medians over ``--runs`` rounds, ratios to Spleeter."""
+    from bench.versions import namespace_shim  # stembeam.* from each checkout, not the installed
+
+    files = {}
+    for seconds in (5, args.long_seconds):
+        folder, audio_s = catalog(seconds)
+        files[audio_s] = (folder, sorted(glob.glob(os.path.join(folder, "*.ogg"))))
+    (short_s, long_s) = sorted(files)
+    tools = {
+        "spleeter": None,
+        "stembeam": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    }
+    if args.baseline:
+        tools["stembeam baseline"] = args.baseline
+    walls: dict[tuple[str, float], list[float]] = {(t, d): [] for t in tools for d in files}
+    lines: dict[str, list[tuple[float, ...]]] = {t: [] for t in tools if tools[t]}
+    print(f"5 s file: {files[short_s][1]}; long file: {long_s:.1f} s; load {_load_average()}")
+    for round_ in range(1, args.runs + 1):
+        for tool, tree in tools.items():
+            for audio_s, (folder, paths) in files.items():
+                with tempfile.TemporaryDirectory(dir=BENCH) as out:
+                    if tree is None:
+                        cmd = spleeter_cmd(paths, out, "spleeter:2stems", False)
+                        env = {"MODEL_PATH": SPLEETER_MODELS["spleeter:2stems"]}
+                    else:
+                        cmd = [sys.executable, "-m", "stembeam.pipeline", "separate", folder]
+                        cmd += ["--output", out, "--results", f"sqlite:///{out}/results.db"]
+                        env = {"PYTHONPATH": namespace_shim(tree)}
+                    t0 = time.perf_counter()
+                    proc = subprocess.run(
+                        cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True
+                    )
+                    walls[tool, audio_s].append(time.perf_counter() - t0)
+                    if shortest_stem_seconds(out) < audio_s - 0.1:
+                        raise RuntimeError(f"{tool} wrote short stems: {proc.stderr[-2000:]}")
+                match = STARTUP_LINE.search(proc.stderr)
+                if audio_s == short_s and match:
+                    lines[tool].append(tuple(float(v) for v in match.groups() if v is not None))
+            print(
+                f"round {round_}: {tool}: {short_s:.0f} s file {walls[tool, short_s][-1]:.2f} s, "
+                f"{long_s:.0f} s file {walls[tool, long_s][-1]:.2f} s"
+                + (f", start-up line {lines[tool][-1]}" if lines.get(tool) else "")
+                + f"; load {_load_average()}",
+                flush=True,
+            )
+    rows = {}
+    for tool in tools:
+        short, long = (statistics.median(walls[tool, d]) for d in (short_s, long_s))
+        per_s = (long - short) / (long_s - short_s)
+        row = dict(wall_5s=short, wall_long=long, per_audio_s=per_s, fixed=short - short_s * per_s)
+        if lines.get(tool) and all(len(v) == 3 for v in lines[tool]):
+            for i, key in enumerate(("imports", "model_load", "first_batch")):
+                row[key] = statistics.median(v[i] for v in lines[tool])
+        rows[tool] = row
+        print(
+            f"{tool:18s} 5 s file {short:6.2f} s  {long_s:.0f} s file {long:6.2f} s  "
+            f"fixed cost {row['fixed']:6.2f} s"
+            + (
+                f"  imports {row['imports']:.2f} s, model load {row['model_load']:.2f} s, "
+                f"first batch at {row['first_batch']:.2f} s"
+                if "first_batch" in row
+                else ""
+            )
+        )
+    spleeter = rows["spleeter"]
+    for tool, row in rows.items():
+        if tool != "spleeter":
+            print(
+                f"{tool} / spleeter: 5 s file {row['wall_5s'] / spleeter['wall_5s']:.2f}x, "
+                f"fixed cost {row['fixed'] / spleeter['fixed']:.2f}x"
+                + (
+                    f", first batch / Spleeter's fixed cost "
+                    f"{row['first_batch'] / spleeter['fixed']:.2f}x (target <= 0.5)"
+                    if "first_batch" in row
+                    else ""
+                )
+            )
+    with open(os.path.join(BENCH, "startup.json"), "w") as f:
+        json.dump({"rows": rows, "walls": {f"{t} {d}": w for (t, d), w in walls.items()}}, f)
+
+
+def _load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -698,6 +801,10 @@ def main() -> None:
         choices=("ratio", "wiener"),
         help="stembeam --postprocess; Spleeter's default / --mwf respectively",
     )
+    su = sub.add_parser("startup")
+    su.add_argument("--runs", type=int, default=5)
+    su.add_argument("--long-seconds", type=float, default=30)
+    su.add_argument("--baseline", default=None, help="another stembeam checkout's root")
     g = sub.add_parser("long")
     g.add_argument("--minutes", type=float, nargs="+", default=[20, 120])
     g.add_argument("--model", default="spleeter:2stems")
@@ -718,6 +825,7 @@ def main() -> None:
         "compare": compare,
         "long": long_files,
         "short-tracks": short_tracks,
+        "startup": startup,
     }[args.command](args)
 
 

@@ -46,6 +46,31 @@ NATIVE_NOISE = re.compile(
 )
 
 log = logging.getLogger("stembeam.progress")
+_IMPORTED = time.time()
+
+
+def process_started() -> float:
+    """Unix time this process started: from /proc/self/stat (clock ticks, 10 ms) on Linux, else
+    when this module was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return _IMPORTED
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def startup_line(imports_s: float, model_load_s: float | None, first_batch_s: float | None) -> str:
+    """``start-up: imports 2.1 s, model load 4.9 s, first batch at 8.0 s``: seconds the launcher's
+    imports took, the model load (mean per worker: TensorFlow's import, the model build and the
+    warm-up call when it ran), and when the first batch went into the model, from the command's
+    start (the model parts only when a batch ran)."""
+    line = f"start-up: imports {imports_s:.1f} s"
+    if model_load_s is not None and first_batch_s is not None:
+        line += f", model load {model_load_s:.1f} s, first batch at {first_batch_s:.1f} s"
+    return line
 
 
 def quiet_environment(verbosity: int) -> None:

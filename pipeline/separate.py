@@ -222,14 +222,20 @@ def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
     return total
 
 
-def _distribution_mean(result, name: str) -> float | None:
-    """Mean of a Beam distribution metric of namespace stembeam, None when never updated."""
+def _distribution(result, name: str, statistic: str = "mean") -> float | None:
+    """``statistic`` (mean or min) of a Beam distribution metric of namespace stembeam over all
+    workers, None when never updated."""
     query = MetricsFilter().with_namespace(metrics.METRICS_NAMESPACE).with_name(name)
-    total = count = 0
-    for dist in result.metrics().query(query)["distributions"]:
-        value = dist.committed if dist.committed is not None else dist.attempted
-        total, count = total + value.sum, count + value.count
-    return total / count if count else None
+    values = [
+        dist.committed if dist.committed is not None else dist.attempted
+        for dist in result.metrics().query(query)["distributions"]
+    ]
+    values = [v for v in values if v.count]
+    if not values:
+        return None
+    if statistic == "min":
+        return min(v.min for v in values)
+    return sum(v.sum for v in values) / sum(v.count for v in values)
 
 
 def summarize(result, wall_s: float) -> dict[str, float]:
@@ -242,11 +248,10 @@ def summarize(result, wall_s: float) -> dict[str, float]:
         "audio_hours": audio_s / 3600,
         "wall_s": wall_s,
         "realtime_factor": audio_s / wall_s if wall_s > 0 else 0.0,
-        "model_load_ms": _distribution_mean(result, "load_model_latency_milli_secs"),
-        "batch_size": _distribution_mean(result, "inference_request_batch_size"),
-        "batch_latency_ms": (
-            _distribution_mean(result, "inference_batch_latency_micro_secs") or 0.0
-        )
+        "model_load_ms": _distribution(result, metrics.MODEL_LOAD_MS),
+        "first_batch_unix_ms": _distribution(result, metrics.FIRST_BATCH_UNIX_MS, "min"),
+        "batch_size": _distribution(result, "inference_request_batch_size"),
+        "batch_latency_ms": (_distribution(result, "inference_batch_latency_micro_secs") or 0.0)
         / 1e3,
     }
     summary_log.info(

@@ -107,7 +107,7 @@ def two_runs(tmp_path_factory, tiny_model):
     first_line_s = time.time() - started
     first = proc.stderr.readline() if ready else ""
     stdout, rest = proc.communicate(timeout=240)
-    first_run = (proc.returncode, first + rest, first_line_s)
+    first_run = (proc.returncode, first + rest, first_line_s, time.time() - started)
     rerun = subprocess.run(argv + ["-q"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     db = sqlite3.connect(os.path.join(out, "results.sqlite"))
     runs = [r for (r,) in db.execute("SELECT run_id FROM runs ORDER BY started_at")]
@@ -123,7 +123,7 @@ def two_runs(tmp_path_factory, tiny_model):
 
 
 def test_first_run_output_and_exit_status(two_runs):
-    code, err, first_line_s = two_runs["first"]
+    code, err, first_line_s, _ = two_runs["first"]
     assert code == 3, err  # one track failed, the others written
     assert first_line_s < 2.0 and err.splitlines()[0].endswith("reading options and the catalog")
     assert not [line for line in err.splitlines() if NOISE.search(line)], err
@@ -138,6 +138,67 @@ def test_first_run_output_and_exit_status(two_runs):
         assert (
             soundfile.info(os.path.join(two_runs["out"], "single", f"{stem}.wav")).frames == frames
         )
+
+
+def test_first_run_reports_its_startup_times(two_runs):
+    _, err, first_line_s, wall_s = two_runs["first"]
+    (line,) = [line for line in err.splitlines() if " start-up: " in line]
+    match = re.search(
+        r"start-up: imports ([\d.]+) s, model load ([\d.]+) s, first batch at ([\d.]+) s$", line
+    )
+    imports, load, first_batch = map(float, match.groups())
+    # seconds from the command's start: the first line is printed before Beam's import, the
+    # model loads after it and before the first batch, which comes before the command ends
+    assert first_line_s - 0.1 <= imports < first_batch <= wall_s
+    assert 0 < load < first_batch - imports + 0.1
+
+
+def test_version_and_help_import_neither_beam_nor_tensorflow():
+    code = (
+        "import sys\n"
+        "from stembeam.pipeline.cli import main\n"
+        "main(sys.argv[1:])\n"
+        "print([m for m in ('apache_beam', 'tensorflow', 'keras') if m in sys.modules])"
+    )
+    for args in (["--version"], ["help"], []):
+        out = subprocess.run(
+            [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True
+        )
+        assert out.stdout.splitlines()[-1] == "[]", (args, out.stdout, out.stderr)
+
+
+def test_the_program_imports_beam_without_notebook_modules():
+    code = (
+        "import sys\n"
+        "from stembeam.pipeline import cli\n"
+        "def probe(argv, verbosity):\n"
+        "    import apache_beam\n"
+        "    print([m for m, module in sys.modules.items() if m.split('.')[0] == 'IPython'"
+        " and module is not None], apache_beam.__version__ is not None)\n"
+        "    return 0\n"
+        "cli.COMMANDS['probe'] = (probe, '')\n"
+        "sys.argv = ['stembeam', 'probe']\n"
+        "cli.main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split("\n")[0] == "[] True", out.stderr
+
+
+def test_the_program_ends_when_its_command_returns():
+    # a non-daemon thread would hold a normal interpreter exit for 60 s
+    code = (
+        "import sys, threading, time\n"
+        "from stembeam.pipeline.cli import main\n"
+        "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "sys.argv = ['stembeam', 'foo']\n"
+        "main()\n"
+    )
+    started = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=50
+    )
+    assert time.time() - started < 30
+    assert out.returncode == 2 and out.stderr.startswith("stembeam: unknown command 'foo'")
 
 
 def test_quiet_rerun_shows_only_failures_and_summary(two_runs):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import keras
 import numpy as np
@@ -93,6 +95,26 @@ def test_spectral_path_resolution():
         resolve_spectral_path("graph", "wiener")
     with pytest.raises(ValueError, match="unknown spectral path"):
         resolve_spectral_path("gpu", "ratio")
+
+
+def test_warm_up_runs_only_while_no_batch_waits():
+    """``load(waiting)`` sees no batch waiting when the load ends before any batch asks, and a
+    batch already waiting otherwise; ``load_s`` covers the load."""
+    seen, loaded = [], threading.Event()
+
+    def load(waiting):
+        time.sleep(0.2)
+        seen.append(waiting.is_set())
+        loaded.set()
+        return np.negative
+
+    early = BackgroundModel(load, "host")
+    assert early.get() is np.negative and seen == [True]  # asked during the load
+    assert 0.2 <= early.load_s < 5
+    loaded.clear()
+    idle = BackgroundModel(load, "host")
+    assert loaded.wait(10) and seen == [True, False]
+    assert idle.get() is np.negative
 
 
 def test_load_failure_fails_the_first_batch(tmp_path):

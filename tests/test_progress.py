@@ -1,12 +1,17 @@
-"""RunProgress against a real SQLite results table filled while it polls."""
+"""RunProgress against a real SQLite results table filled while it polls; start-up figures."""
 
 import io
 import logging
+import os
+import subprocess
+import sys
 import time
 
-from stembeam.pipeline.console import ConsoleHandler, RunProgress
+from stembeam.pipeline.console import ConsoleHandler, RunProgress, startup_line
 from stembeam.transforms.records import Track, result_row
 from stembeam.transforms.results import create_engine, create_tables, upsert
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _row(run_id: str, track_id: str, status: str, duration_s: float, error: str = "") -> dict:
@@ -90,3 +95,21 @@ def test_live_bar_on_a_terminal_redraws_below_log_lines(tmp_path):
     assert "\r\033[K[" + "#" * 6 + "." * 18 + "] 1/4 tracks (1 skipped), 0.0 s of audio" in text
     assert text.endswith("\r\033[K")
     assert "\n" not in text[len("track a: skipped (already separated)\n") :]
+
+
+def test_process_start_is_when_the_interpreter_started():
+    code = "from stembeam.pipeline.console import process_started; print(process_started())"
+    before = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    after = time.time()
+    # /proc counts in clock ticks (10 ms) and /proc/uptime in 10 ms: 30 ms of slack
+    assert before - 0.03 <= float(out.stdout) <= after
+
+
+def test_startup_line_names_the_model_parts_only_when_a_batch_ran():
+    assert startup_line(2.04, 4.96, 8.01) == (
+        "start-up: imports 2.0 s, model load 5.0 s, first batch at 8.0 s"
+    )
+    assert startup_line(2.04, None, None) == "start-up: imports 2.0 s"

@@ -4,7 +4,8 @@
 tensorflow_hub). RunInference loads the model once per worker process and shares it between
 the process's threads; it batches segments, also across tracks of one bundle, and reports
 ``inference_request_batch_size`` and ``inference_batch_latency_micro_secs`` metrics (its
-``load_model_latency_milli_secs`` is ~0: the model loads on a thread, ``BackgroundModel``).
+``load_model_latency_milli_secs`` is ~0: the model loads on a thread, ``BackgroundModel``, which
+reports ``metrics.MODEL_LOAD_MS`` and ``metrics.FIRST_BATCH_UNIX_MS`` instead).
 
 Two spectral paths, chosen on the worker (``resolve_spectral_path``):
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -47,27 +49,40 @@ Predictor = Callable[..., np.ndarray]
 class BackgroundModel:
     """A model loading (and running its warm-up batch) on a thread, so that the worker decodes
     and transforms its first segments meanwhile; ``get()`` waits for it and re-raises a load
-    failure. ``path`` is the spectral path the model serves (``'host'`` or ``'graph'``)."""
+    failure. ``load(waiting)`` skips the warm-up once ``waiting`` is set: a batch waits, and with
+    nothing left to hide the warm-up behind it would only delay that batch (which traces the
+    model for its own shape). ``load_s``: seconds until the model was ready. ``path`` is the
+    spectral path the model serves (``'host'`` or ``'graph'``)."""
 
-    def __init__(self, load: Callable[[], Predictor], path: str):
+    def __init__(self, load: Callable[[threading.Event], Predictor], path: str):
         self.path = path
         self._result: list = []
+        self._waiting = threading.Event()
+        self._reported = False
+        self.load_s = 0.0
         # not a daemon: a run with nothing to separate exits after the load finishes, never
         # with TensorFlow half-imported on a thread (which aborts the interpreter)
         self._thread = threading.Thread(target=self._run, args=(load,), name="stembeam-load")
         self._thread.start()
 
-    def _run(self, load: Callable[[], Predictor]) -> None:
+    def _run(self, load: Callable[[threading.Event], Predictor]) -> None:
+        started = time.perf_counter()
         try:
-            self._result.append(load())
+            self._result.append(load(self._waiting))
         except BaseException as e:  # handed to get()
             self._result.append(e)
+        self.load_s = time.perf_counter() - started
 
     def get(self) -> Predictor:
+        self._waiting.set()
         self._thread.join()
         (result,) = self._result
         if isinstance(result, BaseException):
             raise result
+        if not self._reported:  # this process's first batch: its start-up metrics
+            self._reported = True
+            metrics.record(metrics.MODEL_LOAD_MS, round(self.load_s * 1e3))
+            metrics.record(metrics.FIRST_BATCH_UNIX_MS, round(time.time() * 1e3))
         return result
 
 
@@ -128,7 +143,9 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
         self._spectral_path, self._postprocess = spectral_path, postprocess
         self._residual, self._cfg = residual, cfg
 
-    def _load(self, path: str) -> Predictor:
+    def _load(self, path: str, waiting: threading.Event) -> Predictor:
+        """The ``path``'s predictor, traced and warmed up on a full segment unless a batch
+        already ``waiting`` (it traces its own length)."""
         from stembeam.model.registry import load_model
 
         loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
@@ -137,19 +154,21 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
             from stembeam.model.fused import fused_separator
 
             separate = fused_separator(loaded.model, cfg, cfg.mask_extension, self._residual)
-            samples = (cfg.T - 1) * cfg.frame_step + cfg.frame_length
-            plan = SegmentPlan(0, 0, 0, cfg.T)
-            separate(np.zeros((1, samples, cfg.channels), np.float32), [plan])
-            return separate  # traced and warmed up
+            if not waiting.is_set():
+                samples = (cfg.T - 1) * cfg.frame_step + cfg.frame_length
+                plan = SegmentPlan(0, 0, 0, cfg.T)
+                separate(np.zeros((1, samples, cfg.channels), np.float32), [plan])
+            return separate
         from stembeam.model.unet import batch_predictor
 
         predictor = batch_predictor(loaded.model)
-        predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))  # trace + warm up
+        if not waiting.is_set():
+            predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))
         return predictor
 
     def load_model(self) -> BackgroundModel:
         path = resolve_spectral_path(self._spectral_path, self._postprocess)
-        return BackgroundModel(lambda: self._load(path), path)
+        return BackgroundModel(lambda waiting: self._load(path, waiting), path)
 
     def run_inference(
         self,

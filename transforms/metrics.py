@@ -19,8 +19,17 @@ SEGMENTS = "segments"
 DECODE_FAILURES = "decode_failures"
 INFERENCE_FAILURES = "inference_failures"
 ROWS_COMMITTED = "rows_committed"
+# distributions, one value per worker process: its model load (TensorFlow import, model build,
+# the warm-up call when it ran) and the Unix time its first batch went into the U-Net
+MODEL_LOAD_MS = "model_load_ms"
+FIRST_BATCH_UNIX_MS = "first_batch_unix_ms"
 
 
 def count(name: str, n: int = 1) -> None:
     """Adds ``n`` to counter ``name`` of the job's namespace."""
     beam.metrics.Metrics.counter(METRICS_NAMESPACE, name).inc(n)
+
+
+def record(name: str, value: int) -> None:
+    """Adds ``value`` to distribution ``name`` of the job's namespace."""
+    beam.metrics.Metrics.distribution(METRICS_NAMESPACE, name).update(value)
