@@ -18,13 +18,10 @@ startup  seconds from the start of a fresh process to its first U-Net batch, spl
     python3 -m bench.precision sdr [--dataset /tmp/ds] [--max-songs 16]
     python3 -m bench.precision startup [--runs 3] [--precision auto]
     python3 -m bench.precision batch-ab [--seconds 120] [--batch-sizes 2 4] [--runs 3]
-    python3 -m bench.precision startup-ab [--runs 3] [--baseline /path/to/older/checkout]
 
 batch-ab    ``stembeam separate`` (CPU, default workers) on ``--seconds`` of bench.gpu's catalog at
             each ``--batch-sizes``, interleaved rounds: wall s and U-Net thread-seconds, medians.
-startup-ab  the whole command on the same 5 s file, rounds interleaving ``stembeam separate``
-            from this tree, from ``--baseline`` (another checkout) and Spleeter 2.4.2's
-            ``spleeter separate`` (its venv from bench/spleeter_venv.sh, when present); medians.
+(The whole command against Spleeter's and an older checkout's: ``python3 -m bench.e2e startup``.)
 """
 
 from __future__ import annotations
@@ -182,65 +179,6 @@ def startup(args: argparse.Namespace) -> None:
         )
 
 
-def startup_ab(args: argparse.Namespace) -> None:
-    """Whole-command wall times on one 5 s file, tools interleaved (module docstring)."""
-    from bench import gpu
-    from stembeam.model.registry import cache_root
-
-    folder, _ = gpu.catalog(gpu.STARTUP_SECONDS)
-    (song,) = glob.glob(os.path.join(folder, "*.flac"))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spleeter = os.path.join(cache_root(), "spleeter-venv", "bin", "spleeter")
-    tools = {"stembeam (this tree)": root}
-    if args.baseline:
-        tools["stembeam (baseline)"] = args.baseline
-    if os.path.exists(spleeter):
-        tools["spleeter 2.4.2"] = None
-    times: dict[str, list[float]] = {name: [] for name in tools}
-    for _ in range(args.runs):
-        for name, tree in tools.items():
-            with tempfile.TemporaryDirectory() as out:
-                if tree is None:
-                    cmd = [spleeter, "separate", "-p", "spleeter:2stems", "-o", out, song]
-                    env = {
-                        **os.environ,
-                        "MODEL_PATH": os.path.join(cache_root(), "spleeter-models"),
-                    }
-                else:
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "stembeam.pipeline",
-                        "separate",
-                        song,
-                        "-o",
-                        out,
-                        "--report",
-                        "none",
-                        "-q",
-                    ]
-                    env = {**os.environ, "PYTHONPATH": tree}
-                t0 = time.perf_counter()
-                subprocess.run(
-                    cmd,
-                    cwd=tree or out,
-                    env=env,
-                    check=True,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                times[name].append(time.perf_counter() - t0)
-    print(
-        f"whole command on a 5 s file, {args.runs} interleaved rounds, load "
-        f"{os.getloadavg()[0]:.2f}"
-    )
-    for name, values in times.items():
-        print(
-            f"  {name:22s} {statistics.median(values):6.2f} s  "
-            f"({', '.join(f'{v:.2f}' for v in values)})"
-        )
-
-
 def batch_ab(args: argparse.Namespace) -> None:
     """Interleaved ``stembeam separate`` runs at each batch size (module docstring)."""
     from bench import gpu
@@ -276,15 +214,12 @@ def main() -> None:
     u = sub.add_parser("startup")
     u.add_argument("--runs", type=int, default=3)
     u.add_argument("--precision", default="auto")
-    a = sub.add_parser("startup-ab")
-    a.add_argument("--runs", type=int, default=3)
-    a.add_argument("--baseline", default=None, help="another checkout's root")
     b = sub.add_parser("batch-ab")
     b.add_argument("--seconds", type=float, default=120)
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4])
     b.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    commands = {"batch-ab": batch_ab, "sdr": sdr, "startup": startup, "startup-ab": startup_ab}
+    commands = {"batch-ab": batch_ab, "sdr": sdr, "startup": startup}
     commands[args.command](args)
 
 
