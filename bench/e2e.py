@@ -458,8 +458,8 @@ def long_files(args: argparse.Namespace) -> None:
     if len(peaks) > 1:
         short, long = min(peaks), max(peaks)
         print(
-            f"stembeam peak {long:g} min / {short:g} min: {peaks[long]:.2f} / {peaks[short]:.2f} GB "
-            f"= {peaks[long] / peaks[short]:.2f}x"
+            f"stembeam peak {long:g} min / {short:g} min: {peaks[long]:.2f} / "
+            f"{peaks[short]:.2f} GB = {peaks[long] / peaks[short]:.2f}x"
         )
 
 
