@@ -36,6 +36,7 @@ from stembeam.model.segmentation import default_context, plan_segments
 from stembeam.model.training.train import find_tracks
 
 STEM_NAMES = ("vocals", "accompaniment")
+TIE_DB = 0.005  # per-song differences within this are ties
 REGIONS = ("cut's seams", "overlap's seams", "elsewhere")
 
 
@@ -70,7 +71,8 @@ def summarise(label: str, cut: np.ndarray, overlap: np.ndarray) -> None:
             f"  {label:28s} {name:13s} cut {np.median(cut[:, s]):6.2f}  overlap "
             f"{np.median(overlap[:, s]):6.2f}  median diff {np.median(diff[:, s]):+6.2f}  "
             f"mean diff {diff[:, s].mean():+6.2f}  worst {diff[worst, s]:+6.2f} (song {worst})  "
-            f"overlap better on {int((diff[:, s] > 0).sum())}/{len(diff)}"
+            f"overlap better / worse by > {TIE_DB} dB on {int((diff[:, s] > TIE_DB).sum())} / "
+            f"{int((diff[:, s] < -TIE_DB).sum())} of {len(diff)}"
         )
 
 
