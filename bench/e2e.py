@@ -41,8 +41,9 @@ startup  start-up of both tools, interleaved round by round: the whole command (
          load, first batch into the U-Net, from the process's start); Spleeter has no comparable
          in-process point, its fixed cost (which also holds its teardown) stands for it.
          ``--baseline``: another checkout of stembeam, run the same way (before/after).
-long     peak RSS (/usr/bin/time) and output length of both tools on a 20-minute and a 2-hour file
-         (Spleeter with -d 20000 and with its default 600 s); Spleeter is killed past
+long     peak RSS (the whole process tree) and output length of both tools on a 20-minute and a
+         2-hour file (stembeam with default options; Spleeter with -d 20000 and with its default
+         600 s); Spleeter is killed past
          --spleeter-timeout s or --spleeter-max-gb GB resident, so it cannot take the machine down.
 """
 
@@ -176,12 +177,16 @@ def timed(
     timeout_s: float | None = None,
     max_rss_gb: float | None = None,
     min_available_gb: float = 1.5,
+    tree_gb: list[float] | None = None,
 ) -> tuple[float, float]:
-    """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS GB); raises on failure.
+    """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS GB of its largest process);
+    raises on failure.
 
     The command (its whole process group) is killed, raising ``Stopped``, when it runs longer
     than ``timeout_s``, when its process tree holds more than ``max_rss_gb`` resident, or when
     the machine's available memory falls below ``min_available_gb`` while ``max_rss_gb`` is set.
+    With ``tree_gb`` (a list), the peak resident memory of the whole process tree, sampled every
+    0.5 s, is appended to it.
     """
     with (
         tempfile.NamedTemporaryFile("r", suffix=".time") as report,
@@ -200,8 +205,9 @@ def timed(
         while proc.poll() is None:
             time.sleep(0.5)
             wall = time.perf_counter() - t0
-            if max_rss_gb is not None:
+            if max_rss_gb is not None or tree_gb is not None:
                 seen_gb = max(seen_gb, _tree_rss_gb(proc.pid))
+            if max_rss_gb is not None:
                 if seen_gb > max_rss_gb:
                     reason = f"resident memory above {max_rss_gb:g} GB"
                 elif _available_gb() < min_available_gb:
@@ -217,6 +223,8 @@ def timed(
             stderr.seek(0)
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr.read()[-3000:]}")
         peak_kb = float(report.read().strip().splitlines()[-1])
+    if tree_gb is not None:
+        tree_gb.append(seen_gb)
     return wall, peak_kb / 1e6
 
 
@@ -414,19 +422,28 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def long_files(args: argparse.Namespace) -> None:
-    """Peak RSS and output length of each tool on looped files of ``args.minutes`` minutes."""
+    """Peak RSS and output length of each tool on looped files of ``args.minutes`` minutes.
+
+    stembeam runs with its default options (workers, masks, residual, report); its peak is the
+    larger of /usr/bin/time's (the largest process) and the whole process tree's resident memory
+    sampled every 0.5 s. The last row compares the longest file's stembeam peak with the
+    shortest's.
+    """
     print(
         f"Spleeter stopped beyond {args.spleeter_max_gb:g} GB resident or "
         f"{args.spleeter_timeout:.0f} s"
     )
     print("file     tool              wall s  peak GB  output s  load")
+    peaks: dict[float, float] = {}
     for minutes in args.minutes:
         path = long_file(minutes)
         for tool in args.tools:
             with tempfile.TemporaryDirectory(dir=BENCH) as out:
-                limits = {}
+                limits, tree = {}, []
                 if tool == "stembeam":
-                    cmd, env = stembeam_cmd(path, out, args.model, "ratio", 1), None
+                    cmd = [sys.executable, "-m", "stembeam.pipeline", "separate"]
+                    cmd += ["--input", path, "--output", out, "--model", args.model]
+                    env = None
                 else:
                     cmd = spleeter_cmd([path], out, args.model, False)
                     if tool == "spleeter-d600":  # Spleeter's default duration
@@ -435,7 +452,10 @@ def long_files(args: argparse.Namespace) -> None:
                     limits = dict(timeout_s=args.spleeter_timeout, max_rss_gb=args.spleeter_max_gb)
                 label = f"{minutes:4.0f} min {tool:16s}"
                 try:
-                    wall, peak = timed(cmd, env, **limits)
+                    wall, peak = timed(cmd, env, tree_gb=tree, **limits)
+                    peak = max([peak, *tree])
+                    if tool == "stembeam":
+                        peaks[minutes] = peak
                     print(
                         f"{label} {wall:6.0f}  {peak:7.2f}  {output_seconds(out):8.0f}  "
                         f"{os.getloadavg()[0]:.2f}",
@@ -446,6 +466,12 @@ def long_files(args: argparse.Namespace) -> None:
                         f"{label} {str(e).splitlines()[-1]}; load {os.getloadavg()[0]:.2f}",
                         flush=True,
                     )
+    if len(peaks) > 1:
+        short, long = min(peaks), max(peaks)
+        print(
+            f"stembeam peak {long:g} min / {short:g} min: {peaks[long]:.2f} / "
+            f"{peaks[short]:.2f} GB = {peaks[long] / peaks[short]:.2f}x"
+        )
 
 
 class StageTimer:

@@ -74,6 +74,25 @@ def test_memory_does_not_grow_with_track_length(tmp_path, tiny_model):
     assert long_mb < short_mb + 200, (short_mb, long_mb)
 
 
+_HOLD = (  # holds `mb` MB resident (pages written) for 3 s
+    "import sys, time, numpy as np; a = np.ones(int(sys.argv[1]) << 20, np.uint8); time.sleep(3)"
+)
+
+
+def test_long_mode_peak_counts_the_whole_process_tree():
+    """bench.e2e's long mode measures a process tree: /usr/bin/time reports the largest process
+    (about 200 MB here), the tree sample the sum of two 200 MB children held at the same time."""
+    from bench.e2e import timed
+
+    hold = f"import subprocess, sys; cmd = [sys.executable, '-c', {_HOLD!r}, '200']; "
+    parent = hold + "ps = [subprocess.Popen(cmd) for _ in range(2)]; [p.wait() for p in ps]"
+    tree: list[float] = []
+    _, largest = timed([sys.executable, "-c", parent], tree_gb=tree)
+    assert len(tree) == 1
+    assert 0.2 < largest < 0.3, largest  # 200 MiB = 0.21 GB plus an interpreter
+    assert tree[0] > 2 * 0.2, tree  # both children at once
+
+
 if __name__ == "__main__":
     from tests.conftest import save_tiny_model
 
