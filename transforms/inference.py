@@ -103,8 +103,8 @@ def default_batch_size() -> int:
 
 def resolve_spectral_path(path: str, postprocess: str) -> str:
     """``'host'`` or ``'graph'`` for a ``SPECTRAL_PATHS`` value: ``auto`` is the graph on a GPU
-    machine with ratio masks, the host path elsewhere (on CPUs the two ran at the same speed,
-    BENCHMARKS.md); Wiener filtering (norbert) runs on the host only."""
+    machine with ratio masks, the host path elsewhere (on CPUs a whole run was 10 % faster with
+    it, BENCHMARKS.md); Wiener filtering (norbert) runs on the host only."""
     if path not in SPECTRAL_PATHS:
         raise ValueError(f"unknown spectral path {path!r}; expected one of {SPECTRAL_PATHS}")
     if postprocess != "ratio":
