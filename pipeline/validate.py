@@ -22,18 +22,12 @@ from apache_beam.io.filesystems import FileSystems
 from stembeam.transforms import storage
 from stembeam.transforms.catalog import check_source, list_catalog
 from stembeam.transforms.results import BIGQUERY_PREFIX, KEY_LENGTH, create_engine, create_tables
+from stembeam.transforms.results_schema import redact_url
 
 CONNECT_TIMEOUT_S = 5
-_CREDENTIALS = re.compile(r"^(?P<user>[^:/?#]+://[^/:@?#]*:).*@(?P<rest>[^@]*)$")
 _BIGQUERY_TABLE = re.compile(r"^[a-z0-9.:-]+[.:]\w+\.[\w$-]+$")
 _EXAMPLES = "sqlite:///FILE, postgresql://USER@HOST/DB or bigquery:PROJECT.DATASET.TABLE"
 log = logging.getLogger("stembeam")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password (everything between ``user:`` and the last ``@``) as ``***``."""
-    match = _CREDENTIALS.match(url)
-    return f"{match['user']}***@{match['rest']}" if match else url
 
 
 def _reason(error: BaseException) -> str:

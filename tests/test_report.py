@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,6 +387,21 @@ def test_run_selection_and_cli(catalog: Catalog, capsys: pytest.CaptureFixture[s
     assert not missing.exists() and "no SQLite file" in capsys.readouterr().err
     assert report.main(["--results", "results.sqlite", "--output", str(out)]) == 2
     assert "not a SQLAlchemy URL" in capsys.readouterr().err
+
+
+def test_local_report_loads_neither_beam_nor_tensorflow(catalog: Catalog) -> None:
+    """``stembeam report`` on a local table and local stems, in a fresh interpreter."""
+    out = catalog.root / "fresh" / "r.html"
+    code = (
+        "import sys\n"
+        "from stembeam.pipeline.cli import command_status\n"
+        f"argv = ['report', '--results', {catalog.url!r}, '--output', {str(out)!r}]\n"
+        "status = command_status(argv)\n"
+        "print(status, [m for m in ('apache_beam', 'tensorflow', 'keras') if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split("\n")[-2] == "0 []", proc.stdout + proc.stderr
+    assert "Tracks ok" in out.read_text(encoding="utf-8")
 
 
 def _chromium() -> str | None:

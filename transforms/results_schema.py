@@ -6,7 +6,11 @@ Types are the portable names ``'string'``, ``'float'``, ``'integer'``, ``'timest
 
 from __future__ import annotations
 
+import re
+
 from stembeam.model.config import ALL_STEMS
+
+_CREDENTIALS = re.compile(r"^(?P<user>[^:/?#]+://[^/:@?#]*:).*@(?P<rest>[^@]*)$")
 
 METRICS = ("sdr", "sir", "sar", "isr")
 
@@ -59,3 +63,10 @@ RUN_KEY = ("run_id",)
 
 def column_names(columns: tuple[tuple[str, str, str], ...]) -> list[str]:
     return [name for name, _, _ in columns]
+
+
+def redact_url(url: str) -> str:
+    """A results ``url`` with the password (everything between ``user:`` and the last ``@``) as
+    ``***``: the only form in which a results URL is ever shown."""
+    match = _CREDENTIALS.match(url)
+    return f"{match['user']}***@{match['rest']}" if match else url

@@ -1,5 +1,8 @@
 """File access through Beam's FileSystems, so local paths, gs:// and s3:// behave the same.
 
+Beam is imported on the first call that needs it: naming, reading and testing local paths use
+``os`` directly, so a command that only reads local files (``stembeam report``) never loads Beam.
+
 Every byte stembeam reads or writes goes through these helpers. Writes that other readers may
 see are atomic: the data goes to a hidden temporary name next to the target and is renamed
 into place (on object stores an object only becomes visible once complete, so the rename is the
@@ -14,24 +17,45 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+if TYPE_CHECKING:
+    from apache_beam.io.filesystems import FileSystems
+
+
+def _filesystems() -> type[FileSystems]:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def _uncompressed():
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return CompressionTypes.UNCOMPRESSED
 
 
 def join(base: str, *parts: str) -> str:
     """``base/part1/part2`` for any scheme."""
-    return FileSystems.join(base, *parts)
+    if is_local(base):
+        return os.path.join(base, *parts)
+    return _filesystems().join(base, *parts)
 
 
 def parent(path: str) -> str:
     """The folder holding ``path``."""
-    return FileSystems.split(path)[0]
+    return _split(path)[0]
 
 
 def basename(path: str) -> str:
-    return FileSystems.split(path)[1]
+    return _split(path)[1]
+
+
+def _split(path: str) -> tuple[str, str]:
+    """(folder, name); local folders absolute, as Beam's local filesystem splits them."""
+    if is_local(path):
+        return os.path.split(os.path.abspath(path))
+    return _filesystems().split(path)
 
 
 def is_local(path: str) -> bool:
@@ -40,12 +64,14 @@ def is_local(path: str) -> bool:
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return os.path.exists(path) if is_local(path) else _filesystems().exists(path)
 
 
 def open_read(path: str) -> BinaryIO:
     """A seekable binary reader; no decompression is guessed from the extension."""
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    if is_local(path):
+        return open(path, "rb")
+    return _filesystems().open(path, compression_type=_uncompressed())
 
 
 def read_bytes(path: str) -> bytes:
@@ -60,8 +86,7 @@ def read_text(path: str) -> str:
 def temp_name(path: str, temp_dir: str | None = None) -> str:
     """A hidden, unique name for an atomic write of ``path``: in ``temp_dir`` (on the same
     filesystem or store) when given, else next to ``path``."""
-    folder, name = FileSystems.split(path)
-    return FileSystems.join(temp_dir or folder, f".{name}.partial-{uuid.uuid4().hex[:12]}")
+    return join(temp_dir or parent(path), f".{basename(path)}.partial-{uuid.uuid4().hex[:12]}")
 
 
 @contextlib.contextmanager
@@ -75,7 +100,7 @@ def atomic_writer(
     exception propagates.
     """
     tmp = temp_name(path, temp_dir)
-    f = FileSystems.create(tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED)
+    f = _filesystems().create(tmp, mime_type=mime_type, compression_type=_uncompressed())
     try:
         yield f
         f.close()
@@ -131,14 +156,14 @@ def replace(source: str, destination: str) -> None:
         return
     if exists(destination):
         delete([destination])
-    FileSystems.rename([source], [destination])
+    _filesystems().rename([source], [destination])
 
 
 def delete(paths: list[str]) -> None:
     """Delete files, ignoring ones that are already gone."""
     existing = [p for p in paths if exists(p)]
     if existing:
-        FileSystems.delete(existing)
+        _filesystems().delete(existing)
 
 
 def stat(path: str) -> tuple[int, float]:
@@ -146,7 +171,7 @@ def stat(path: str) -> tuple[int, float]:
     if is_local(path):
         st = os.stat(path)
         return st.st_size, st.st_mtime
-    metadata = FileSystems.match([path])[0].metadata_list
+    metadata = _filesystems().match([path])[0].metadata_list
     if not metadata:
         raise FileNotFoundError(path)
     return metadata[0].size_in_bytes, float(metadata[0].last_updated_in_seconds or 0.0)
@@ -165,7 +190,7 @@ def relative_parts(root: str, path: str) -> list[str]:
 
 def glob(pattern: str) -> list[str]:
     """Paths matching ``pattern`` (``*``, ``**``, ``?``), sorted; empty list when none match."""
-    result = FileSystems.match([pattern])[0]
+    result = _filesystems().match([pattern])[0]
     return sorted(m.path for m in result.metadata_list)
 
 

@@ -53,7 +53,7 @@ def load_run(
     """
     import sqlalchemy as sa
 
-    from stembeam.pipeline.validate import redact_url
+    from stembeam.transforms.results_schema import redact_url
 
     if results_url.startswith("bigquery:"):
         raise ValueError(
