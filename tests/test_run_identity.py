@@ -20,7 +20,7 @@ import pytest
 import soundfile
 
 from stembeam.pipeline.separate import run
-from stembeam.transforms.output_state import RunConflict
+from stembeam.transforms.output_state import STALE_AFTER_S, RunConflict, RunLock, clean_dead_runs
 from tests.audio_files import tone, write
 from tests.conftest import save_tiny_model
 
@@ -261,3 +261,32 @@ def test_a_failed_commit_leaves_no_done_marker_and_the_rerun_separates(tmp_path,
     assert not (out / ".stembeam" / "done").exists()  # ...but the track is not done
     rerun = run(argv(str(tmp_path / "in" / "*.wav"), str(out), tiny_model))
     assert rows(str(out), rerun["run_id"])["a"][0] == "ok"
+
+
+def test_cleaning_spares_a_run_that_is_starting(tmp_path):
+    """A staging folder without a lock file is a run that is starting (its first lock is staged
+    there) until it has not changed for STALE_AFTER_S; a dead run's folder goes at once."""
+    out = str(tmp_path)
+    tmp = tmp_path / ".stembeam" / "tmp"
+    starting, abandoned, dead = tmp / "starting", tmp / "abandoned", tmp / "dead"
+    for folder in (starting, abandoned, dead):
+        (folder / "t").mkdir(parents=True)
+        (folder / "t" / ".lock.partial").write_bytes(b"x")
+    old = time.time() - STALE_AFTER_S - 60
+    for path in (abandoned / "t" / ".lock.partial", abandoned / "t", abandoned):
+        os.utime(path, (old, old))
+    # a dead run: its lock names a process of this host that no longer exists
+    lock = RunLock(out, "dead", "sig", {})
+    lock._write()
+    body = json.loads(open(lock.uri).read())
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with open(lock.uri, "w") as f:
+        json.dump({**body, "pid": int(dead_pid)}, f)
+    assert clean_dead_runs(out, "me") == 2
+    assert sorted(os.listdir(tmp)) == ["starting"]
+    assert (starting / "t" / ".lock.partial").read_bytes() == b"x"

@@ -246,30 +246,58 @@ def _locks(output: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def live_locks(output: str) -> list[dict[str, Any]]:
-    """Locks of the runs alive on ``output``; stale locks are deleted on the way."""
-    alive = []
-    for uri, lock in _locks(output):
-        if _alive(lock):
-            alive.append(lock)
-        else:
-            storage.delete([uri])
-    return alive
+    """Locks of the runs alive on ``output`` (dead runs' locks stay until ``clean_dead_runs``
+    has deleted their staging folders)."""
+    return [lock for _, lock in _locks(output) if _alive(lock)]
+
+
+def _age_s(uri: str, now: float) -> float:
+    """Seconds since ``uri`` (a file, or a local folder) last changed; 0 if it vanished."""
+    try:
+        return now - (os.stat(uri).st_mtime if storage.is_local(uri) else storage.stat(uri)[1])
+    except OSError:
+        return 0.0
 
 
 def clean_dead_runs(output: str, run_id: str) -> int:
     """Delete the staging folders of runs that are not alive (and this run's own leftovers
-    from an earlier attempt with the same id); returns how many files were deleted."""
-    alive = {lock["run_id"] for lock in live_locks(output)} - {run_id}
+    from an earlier attempt with the same id); returns how many files were deleted.
+
+    A folder whose run has no lock file at all belongs to a run that died before locking or to
+    one starting right now (it stages its first lock there): it is deleted only once it and all
+    its files are older than ``STALE_AFTER_S``.
+    """
+    locks = _locks(output)
+    locked = {lock["run_id"] for _, lock in locks}
+    alive = {lock["run_id"] for _, lock in locks if _alive(lock)} - {run_id}
     root = internal_path(output, "tmp")
+    files: dict[str, list[str]] = {}
+    for uri in storage.glob(storage.join(root, "**")):
+        files.setdefault(storage.relative_parts(root, uri)[0], []).append(uri)
+    owners = set(files)
+    if storage.is_local(root) and os.path.isdir(root):
+        owners.update(os.listdir(root))
+    now = time.time()
+
+    def untouched(owner: str) -> bool:  # its files (and local folder) older than STALE_AFTER_S
+        uris = files.get(owner, [])
+        if storage.is_local(root):
+            uris = [*uris, storage.join(root, owner)]
+        return all(_age_s(uri, now) > STALE_AFTER_S for uri in uris)
+
     stale = [
-        uri
-        for uri in storage.glob(storage.join(root, "**"))
-        if storage.relative_parts(root, uri)[0] not in alive
+        owner
+        for owner in owners
+        if owner not in alive and (owner in locked or owner == run_id or untouched(owner))
     ]
-    storage.delete(stale)
+    doomed = [uri for owner in stale for uri in files.get(owner, [])]
+    storage.delete(doomed)
     if storage.is_local(root):
-        storage.remove_empty_folders(root)
-    return len(stale)
+        for owner in stale:
+            storage.remove_empty_folders(storage.join(root, owner))
+        storage.remove_empty_folder(root)
+    storage.delete([uri for uri, lock in locks if not _alive(lock)])  # dead runs' locks, last
+    return len(doomed)
 
 
 def remove_run_temp_dir(output: str, run_id: str) -> None:

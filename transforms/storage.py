@@ -100,6 +100,8 @@ def atomic_writer(
     exception propagates.
     """
     tmp = temp_name(path, temp_dir)
+    if is_local(tmp):
+        makedirs(parent(tmp))
     f = _filesystems().create(tmp, mime_type=mime_type, compression_type=_uncompressed())
     try:
         yield f
@@ -131,7 +133,7 @@ def local_staging(path: str) -> Iterator[str]:
     folder and are uploaded.
     """
     if is_local(path):
-        os.makedirs(parent(path) or ".", exist_ok=True)
+        makedirs(parent(path))
         tmp = temp_name(path)
     else:
         fd, tmp = tempfile.mkstemp(prefix="stembeam-", suffix=os.path.splitext(path)[1])
@@ -148,10 +150,23 @@ def local_staging(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def makedirs(folder: str, attempts: int = 5) -> None:
+    """``os.makedirs(folder, exist_ok=True)`` for a local folder that another process may be
+    removing while it is empty (a run cleaning the temporary folders): tried again when a parent
+    vanishes midway."""
+    for attempt in range(attempts):
+        try:
+            os.makedirs(folder or ".", exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+
+
 def replace(source: str, destination: str) -> None:
     """Rename ``source`` to ``destination``, replacing an existing destination."""
     if is_local(source) and is_local(destination):
-        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+        makedirs(os.path.dirname(destination))
         os.replace(source, destination)  # atomic even when the destination exists
         return
     if exists(destination):

@@ -102,7 +102,7 @@ class _StagedFile:
     def __init__(self, final: str, staged: str):
         self.final, self.staged = final, staged
         if storage.is_local(staged):
-            os.makedirs(os.path.dirname(staged), exist_ok=True)
+            storage.makedirs(os.path.dirname(staged))
             self.local = staged
         else:
             fd, self.local = tempfile.mkstemp(prefix="stembeam-", suffix=os.path.splitext(final)[1])
