@@ -189,7 +189,7 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
         run = _run_host if model.path == "host" else _run_graph
         for group in groups.values():
             try:
-                results = run(predict, [out[i] for i in group], self._cfg)
+                results = run(predict, [out[i] for i in group])
                 for i, segment in zip(group, results):
                     out[i] = segment
             except Exception as e:
@@ -214,7 +214,7 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _run_host(predict: Predictor, segments: list[Segment], cfg: ModelConfig) -> list[Segment]:
+def _run_host(predict: Predictor, segments: list[Segment]) -> list[Segment]:
     """U-Net estimates for segments of one length that carry ``magnitude``."""
     estimates = _finite(predict(np.stack([s.magnitude for s in segments])))
     return [
@@ -222,7 +222,7 @@ def _run_host(predict: Predictor, segments: list[Segment], cfg: ModelConfig) -> 
     ]
 
 
-def _run_graph(predict: Predictor, segments: list[Segment], cfg: ModelConfig) -> list[Segment]:
+def _run_graph(predict: Predictor, segments: list[Segment]) -> list[Segment]:
     """Overlap-added stems (``stem_block``) of segments of one length, through the fused
     spectral graph."""
     blocks = predict(np.stack([s.samples for s in segments]), [s.plan for s in segments])
