@@ -17,7 +17,7 @@ import numpy as np
 
 from stembeam.model.config import spleeter_config
 from stembeam.model.reconstruct import reconstruct_segment, segment_spectrogram
-from stembeam.model.segmentation import default_context, plan_segments, segment_sample_range
+from stembeam.model.segmentation import plan_segments, segment_sample_range
 
 
 def main() -> None:
@@ -26,16 +26,16 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=3)
     args = parser.parse_args()
     cfg = spleeter_config("spleeter:4stems")
-    plans = plan_segments(10_000, cfg.T, "overlap", default_context(cfg.T))[1 : 1 + args.segments]
+    plans = plan_segments(10_000, cfg.T, "overlap")[1 : 1 + args.segments]
     rng = np.random.default_rng(0)
     postprocess = "wiener" if args.wiener else "ratio"
     spent = audio = 0.0
     for plan in plans:
         start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
         samples = rng.uniform(-0.5, 0.5, (stop - start, cfg.channels)).astype(np.float32)
-        estimates = rng.uniform(0, 1, (cfg.T, cfg.F, cfg.channels, len(cfg.stems))).astype(
-            np.float32
-        )
+        estimates = rng.uniform(
+            0, 1, (plan.length(cfg.T), cfg.F, cfg.channels, len(cfg.stems))
+        ).astype(np.float32)
         began = time.process_time()
         mix_stft, _ = segment_spectrogram(samples, cfg)
         reconstruct_segment(mix_stft, estimates, plan, cfg, postprocess)

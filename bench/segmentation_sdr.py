@@ -11,8 +11,8 @@ per stem is its median SDR over windows, as museval aggregates.
 Printed: per song and residual, each segmentation's SDR and its difference to the cut; per
 residual and stem, the median over songs of each segmentation's SDR, the median difference and
 the worst song's difference (the most negative); and where the differences come from: the mean
-per-window difference over windows holding one of the cut's segment boundaries, windows holding
-one of the overlap's (where its kept ranges meet) and all other windows.
+per-window difference over windows holding a segment boundary (both segmentations keep the
+cut's T-frame grid, so their seams are the same frames) and over all other windows.
 
     stembeam make-dataset --output ~/.cache/stembeam/midi-musdb-45s-40 --tracks 40 --seed 0 \
         --duration 45
@@ -32,12 +32,12 @@ import numpy as np
 import soundfile as sf
 
 from stembeam.model import evaluation
-from stembeam.model.segmentation import default_context, plan_segments
+from stembeam.model.segmentation import DEFAULT_CONTEXT, plan_segments
 from stembeam.model.training.train import find_tracks
 
 STEM_NAMES = ("vocals", "accompaniment")
 TIE_DB = 0.005  # per-song differences within this are ties
-REGIONS = ("cut's seams", "overlap's seams", "elsewhere")
+REGIONS = ("seams", "elsewhere")
 
 
 def read_song(track) -> tuple[np.ndarray, np.ndarray]:
@@ -53,10 +53,10 @@ def window_sdrs(refs: np.ndarray, stems: np.ndarray) -> np.ndarray:
     return evaluation.evaluate(refs, np.moveaxis(stems, 2, 0))["sdr"]
 
 
-def seam_windows(n_windows: int, n_frames: int, cfg, mode: str, context: int) -> np.ndarray:
+def seam_windows(n_windows: int, n_frames: int, cfg) -> np.ndarray:
     """(windows,) bool: the 1 s windows holding a boundary between two segments' kept frames."""
     out = np.zeros(n_windows, bool)
-    for plan in plan_segments(n_frames, cfg.T, mode, context)[1:]:
+    for plan in plan_segments(n_frames, cfg.T, "spleeter")[1:]:
         out[min(n_windows - 1, plan.keep_start * cfg.frame_step // cfg.sample_rate)] = True
     return out
 
@@ -89,7 +89,8 @@ def main() -> None:
         nargs="+",
         type=int,
         default=None,
-        help="overlap contexts, frames (default: model.segmentation.default_context)",
+        help="overlap contexts, frames, multiples of 64 (default: model.segmentation."
+        "DEFAULT_CONTEXT)",
     )
     args = parser.parse_args()
 
@@ -101,7 +102,7 @@ def main() -> None:
     loaded = load_model(args.model)
     cfg = loaded.config
     predict = batch_predictor(loaded.model)
-    contexts = args.contexts or [default_context(cfg.T)]
+    contexts = args.contexts or [DEFAULT_CONTEXT]
     min_samples = 2 * cfg.T * cfg.frame_step
     songs = []
     for track in [
@@ -137,11 +138,10 @@ def main() -> None:
                 row.append(np.nanmedian(windows[-1], axis=1))
                 scores[residual][(mode, context)].append(row[-1])
             n_windows, n_frames = windows[0].shape[1], frame_count(len(mix))
-            cut_seams = seam_windows(n_windows, n_frames, cfg, "spleeter", 0)
+            seams = seam_windows(n_windows, n_frames, cfg)
             for context, sdr in zip(contexts, windows[1:]):
-                ov_seams = seam_windows(n_windows, n_frames, cfg, "overlap", context)
                 diff = (sdr - windows[0]).T
-                for region, mask in zip(REGIONS, (cut_seams, ov_seams, ~(cut_seams | ov_seams))):
+                for region, mask in zip(REGIONS, (seams, ~seams)):
                     regions[residual][context][region].extend(diff[mask])
             cells = "  ".join(
                 f"ctx {c:3d} {r[0] - row[0][0]:+6.3f} / {r[1] - row[0][1]:+6.3f}"
@@ -154,6 +154,17 @@ def main() -> None:
                 flush=True,
             )
     print(f"{time.perf_counter() - t0:.0f} s; load {os.getloadavg()[0]:.2f}")
+    fed = {
+        c: sum(
+            p.length(cfg.T)
+            for _, mix, _ in songs
+            for p in plan_segments(frame_count(len(mix)), cfg.T, *c)
+        )
+        for c in choices
+    }
+    for mode, context in choices[1:]:
+        work = fed[(mode, context)] / fed[choices[0]]
+        print(f"overlap context {context}: U-Net work {work:.3f}x the cut's on these songs")
     for residual in args.residuals:
         print(f"residual {residual}: median over {len(songs)} songs (dB)")
         cut = np.array(scores[residual][choices[0]])

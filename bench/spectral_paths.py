@@ -29,7 +29,7 @@ from bench.e2e import read_song, songs
 from stembeam.model.fused import fused_separator
 from stembeam.model.reconstruct import reconstruct_segment, segment_spectrogram
 from stembeam.model.registry import load_model
-from stembeam.model.segmentation import SegmentPlan
+from stembeam.model.segmentation import plan_segments
 from stembeam.model.unet import batch_predictor
 
 
@@ -50,9 +50,9 @@ def child(path: str, args: argparse.Namespace) -> None:
     per stage as JSON, and saves the stems of the last call to ``--stems`` (.npy)."""
     loaded = load_model(args.model)
     cfg = loaded.config
-    size = (cfg.T - 1) * cfg.frame_step + cfg.frame_length
+    plan = plan_segments(3 * cfg.T, cfg.T)[1]  # a middle segment of the default segmentation
+    size = (plan.length(cfg.T) - 1) * cfg.frame_step + cfg.frame_length
     samples = segments(args.batch, size)
-    plan = SegmentPlan(1, 0, cfg.T // 16, cfg.T - cfg.T // 16)  # a middle overlap segment
     if path == "host":
         predict = batch_predictor(loaded.model)
     else:

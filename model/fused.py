@@ -8,9 +8,9 @@ GPU worker all of it runs on the device and the host only decodes and encodes; o
 the bus twice (samples in, stem samples out). The host path (``model.reconstruct``: numpy/scipy
 STFT and masks around the U-Net) gives the same numbers up to float32 round-off.
 
-Shapes: ``B`` segments, ``n`` frames per segment (the model's T or a short last segment's
-multiple of 64), ``L_s = (n - 1) * frame_step + frame_length`` samples, ``C`` channels, ``S``
-stems; ``F`` bins seen by the U-Net of ``bins = frame_length // 2 + 1``.
+Shapes: ``B`` segments, ``n`` frames per segment (a multiple of 64, ``SegmentPlan.length``),
+``L_s = (n - 1) * frame_step + frame_length`` samples, ``C`` channels, ``S`` stems; ``F`` bins
+seen by the U-Net of ``bins = frame_length // 2 + 1``.
 """
 
 from __future__ import annotations

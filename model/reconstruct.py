@@ -14,6 +14,7 @@ import numpy as np
 from stembeam.model import masks as mask_ops
 from stembeam.model.config import ModelConfig
 from stembeam.model.segmentation import (
+    DEFAULT_CONTEXT,
     SEGMENT_QUANTUM,
     SegmentPlan,
     StreamingOverlapAdd,
@@ -31,17 +32,14 @@ def segment_spectrogram(samples: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarr
 
     Args:
       samples: (L, C) float32 at cfg.sample_rate, L = (n - 1) * frame_step + frame_length for
-        n = T frames, or a multiple of SEGMENT_QUANTUM below T (a short last segment).
+        n frames, a multiple of SEGMENT_QUANTUM (``SegmentPlan.length``).
     Returns:
       mix_stft: (n, bins, C) complex64; magnitude: (n, F, C) float32, the U-Net's input.
     """
     mix_stft = stft_frames(samples, cfg.frame_length, cfg.frame_step)
     n = mix_stft.shape[0]
-    if n != cfg.T and (n > cfg.T or n % SEGMENT_QUANTUM):
-        raise ValueError(
-            f"segment has {n} frames, the model takes T={cfg.T} or a multiple of "
-            f"{SEGMENT_QUANTUM} below it"
-        )
+    if n % SEGMENT_QUANTUM:
+        raise ValueError(f"segment has {n} frames, the model takes a multiple of {SEGMENT_QUANTUM}")
     return mix_stft, np.abs(mix_stft[:, : cfg.F])  # (T, F, C): strided like mix_stft
 
 
@@ -121,7 +119,10 @@ def slice_with_silence(waveform: np.ndarray, start: int, stop: int) -> np.ndarra
 
 
 def iter_segments(
-    num_samples: int, cfg: ModelConfig, segmentation: str = "overlap", context: int | None = None
+    num_samples: int,
+    cfg: ModelConfig,
+    segmentation: str = "overlap",
+    context: int = DEFAULT_CONTEXT,
 ) -> Iterator[tuple[SegmentPlan, tuple[int, int]]]:
     """Each segment of a track of ``num_samples`` samples with the sample range it needs."""
     n_frames = frame_count(num_samples, cfg.frame_length, cfg.frame_step)
@@ -136,7 +137,7 @@ def separate_waveform(
     segmentation: str = "overlap",
     postprocess: str = "ratio",
     batch_size: int = 4,
-    context: int | None = None,
+    context: int = DEFAULT_CONTEXT,
     residual: str = "none",
     fused: Callable | None = None,
 ) -> np.ndarray:

@@ -1,17 +1,19 @@
 """Cutting a track's STFT frames into U-Net segments, and stitching the results back.
 
 All indices are absolute: frames index the track's Spleeter STFT (see ``model.spectral``), samples
-index the track's waveform. Two modes:
+index the track's waveform. Both modes keep Spleeter's grid: segment ``i`` keeps frames
+[i T, (i + 1) T) (the last one up to the track's end), every frame kept exactly once.
 
-- ``'spleeter'``: consecutive, non-overlapping segments of T frames, zero-padded at the end; every
-  frame of a segment is kept. Bit-for-bit Spleeter's cut (and its clicks at segment boundaries).
-- ``'overlap'``: segments of T frames that overlap by ``2 * context`` frames; each keeps only its
-  central frames, so every kept frame sees at least ``context`` frames of real neighbours on each
-  side. The first segment starts at the track's first frame (keeping [0, T - context)) and the last
-  one ends at the track's last frame when the track is longer than T, so no segment is fed more
-  silence than the track itself has. The last (or only) segment is cut to what it needs: its
-  kept frames, ``context`` frames before them and ``SILENCE_FRAMES`` of silence after them,
-  rounded up to a multiple of ``SEGMENT_QUANTUM`` frames, when that is fewer than T: a 3 s track
+- ``'spleeter'``: each segment is fed exactly its T kept frames, zero-padded at the end of the
+  track. Bit-for-bit Spleeter's cut (and its clicks at segment boundaries, where the U-Net sees
+  its own zero padding instead of the music).
+- ``'overlap'``: each segment after the first is also fed the ``context`` frames before its kept
+  ones (T + context frames; the first is the cut's, fed from the track's first frame). Every
+  frame then sees at least the neighbours it sees in the cut, and ``context`` frames of real
+  music more at the cut's seams. ``context`` is a multiple of ``SEGMENT_QUANTUM``, so the U-Net's
+  stride-64 grid falls where it falls in the cut. The last (or only) segment is cut to what it
+  needs: its kept frames, the ``context`` before them and ``SILENCE_FRAMES`` of silence after
+  them, rounded up to a multiple of ``SEGMENT_QUANTUM`` frames, when that is fewer: a 3 s track
   costs 384 frames of U-Net work, not 512, with the same result.
 """
 
@@ -29,6 +31,13 @@ SEGMENT_QUANTUM = 64  # U-Net input lengths are multiples of 2**6 frames
 # about 250 frames: with the 2stems weights, kept frames followed by 220 or more frames of
 # silence are bit-identical to those of a whole T = 512 segment (186: 2e-5 relative, 122: 2e-2).
 SILENCE_FRAMES = 224
+# Frames fed before each overlap segment's kept ones: one stride quantum (1.5 s at 44.1 kHz), 1.125x
+# the U-Net work of the cut for T = 512. On 51 rendered songs (2stems weights) the median SDR of
+# every stem equals the cut's and no song loses more than 0.3 dB; the former centred overlap
+# (32 frames each side, 1.14x) lost 0.16 dB median on accompaniment, the context after the kept
+# frames (alone or with the one before) lost up to 1.9 / 0.6 dB on some songs
+# (``bench/segmentation_sdr.py``, BENCHMARKS.md "Segmentation quality").
+DEFAULT_CONTEXT = SEGMENT_QUANTUM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +46,11 @@ class SegmentPlan:
 
     Attributes:
       index: position of the segment in the track, 0-based.
-      frame_start: first frame fed to the U-Net; frames [frame_start, frame_start + T) form the
-        input
-        (frames outside the track are silence).
+      frame_start: first frame fed to the U-Net; frames [frame_start, frame_start + length) form
+        the input (frames outside the track are silence).
       keep_start, keep_stop: frames [keep_start, keep_stop) of this segment's output are kept.
-      frames: frames fed to the U-Net when fewer than the model's T (a short last segment);
-        None: T.
+      frames: frames fed to the U-Net when not the model's T (an overlap segment with its
+        context, or a short last segment); None: T.
     """
 
     index: int
@@ -56,29 +64,18 @@ class SegmentPlan:
         return T if self.frames is None else self.frames
 
 
-def default_context(T: int) -> int:
-    """Frames discarded at each side of an overlap segment by default: T / 16 (32 for T = 512,
-    0.74 s at 44.1 kHz), so the U-Net sees 1.12-1.14x the frames of Spleeter's cut instead of
-    1.31-1.33x with T / 8. On 560 s of rendered songs with true stems (2stems weights) T / 16 and
-    T / 8 give the same median SDR within 0.02 dB and within 0.1 dB around Spleeter's cut points;
-    T / 32 is worse (``bench/context_sdr.py``, BENCHMARKS.md section 3)."""
-    return T // 16
-
-
 def plan_segments(
-    n_frames: int, T: int, mode: str = "overlap", context: int | None = None
+    n_frames: int, T: int, mode: str = "overlap", context: int = DEFAULT_CONTEXT
 ) -> list[SegmentPlan]:
     """Segments covering frames [0, n_frames) exactly once with their kept ranges.
 
     Args:
       n_frames: frames in the track (``model.spectral.frame_count``), >= 1.
-      T: frames per segment.
+      T: frames kept per segment, a multiple of ``SEGMENT_QUANTUM``.
       mode: ``'overlap'`` or ``'spleeter'``.
-      context: frames discarded at each side of an overlap segment, 0 <= context < T / 2;
-        None means ``default_context(T)``.
+      context: frames fed before an overlap segment's kept ones, a multiple of
+        ``SEGMENT_QUANTUM`` in [0, T].
     """
-    if context is None:
-        context = default_context(T)
     if n_frames < 1:
         raise ValueError("a track has at least one frame")
     if mode == "spleeter":
@@ -88,24 +85,27 @@ def plan_segments(
         ]
     if mode != "overlap":
         raise ValueError(f"segmentation must be one of {SEGMENTATION_MODES}, got {mode!r}")
-    if not 0 <= context < T / 2:
-        raise ValueError(f"context must be in [0, T/2), got {context} for T={T}")
-    core = T - 2 * context
-    plans = [SegmentPlan(0, 0, 0, min(T - context, n_frames))]
-    last_start = max(0, n_frames - T)
-    while plans[-1].keep_stop < n_frames:
-        keep = plans[-1].keep_stop
-        plans.append(
-            SegmentPlan(
-                len(plans), min(keep - context, last_start), keep, min(keep + core, n_frames)
-            )
+    if not 0 <= context <= T or context % SEGMENT_QUANTUM:
+        raise ValueError(
+            f"context must be a multiple of {SEGMENT_QUANTUM} in [0, T], got {context} for T={T}"
         )
-    last = plans[-1]
-    start = 0 if last.index == 0 else last.keep_start - context
-    frames = -(-(n_frames - start + SILENCE_FRAMES) // SEGMENT_QUANTUM) * SEGMENT_QUANTUM
-    if frames < T:
-        plans[-1] = SegmentPlan(last.index, start, last.keep_start, last.keep_stop, frames)
+    plans = []
+    for index, keep_start in enumerate(range(0, n_frames, T)):
+        keep_stop = min(keep_start + T, n_frames)
+        frame_start = max(0, keep_start - context)
+        frames = keep_start + T - frame_start
+        if keep_stop == n_frames:  # the last segment: its kept frames, then enough silence
+            needed = keep_stop - frame_start + SILENCE_FRAMES
+            frames = min(frames, -(-needed // SEGMENT_QUANTUM) * SEGMENT_QUANTUM)
+        plans.append(
+            SegmentPlan(index, frame_start, keep_start, keep_stop, None if frames == T else frames)
+        )
     return plans
+
+
+def steady_frames(T: int, mode: str = "overlap", context: int = DEFAULT_CONTEXT) -> int:
+    """Frames fed to the U-Net for most segments of a long track: T + context (overlap), T."""
+    return T + context if mode == "overlap" else T
 
 
 def segment_sample_range(

@@ -246,9 +246,9 @@ def resolve_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def batch_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """``model`` in inference mode as a function of a (B, T', F, C) float32 array, any B, T' the
-    model's T or a multiple of 64 frames (short last segments), returning the (B, T', F, C, S)
-    float32 estimates as a numpy array.
+    """``model`` in inference mode as a function of a (B, T', F, C) float32 array, any B, T' a
+    multiple of 64 frames (``model.segmentation.SegmentPlan.length``), returning the
+    (B, T', F, C, S) float32 estimates as a numpy array.
 
     The forward pass is traced once per T' for every batch size (Keras' ``predict_on_batch``
     retraces for each new batch size, about 1 s each time); only the small XLA mask kernel is

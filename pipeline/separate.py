@@ -173,6 +173,7 @@ def build(
             spectral_path=options.spectral_path,
             postprocess=options.postprocess,
             residual=options.residual,
+            segmentation=options.segmentation,
         )
         | "WriteStems" >> WriteStems(stem_settings(options, model, run_id))
         | "Evaluate" >> Evaluate(output)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -30,11 +32,17 @@ def tiny_model(tmp_path_factory) -> str:
     return save_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny"))
 
 
+def unet_predict(model) -> Callable[[np.ndarray], np.ndarray]:
+    """A Keras U-Net as a numpy function of (B, n, F, C) magnitudes, n any multiple of 64."""
+    return lambda x: np.asarray(model.call(x, training=False))
+
+
 def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) -> np.ndarray:
     """Independent reference of the whole separation: ``(N, 2)`` -> ``(N, 2, S)``.
 
-    Spleeter framing (frame k covers samples [k*step - L, k*step), periodic Hann), overlapping
-    segments of T frames keeping their centres (see the loop below for the exact rule),
+    ``predict``: (1, n, F, 2) float32 magnitudes, n any multiple of 64, -> (1, n, F, 2, S).
+    Spleeter framing (frame k covers samples [k*step - L, k*step), periodic Hann), segments
+    keeping Spleeter's T-frame cut, each but the first also fed the ``context`` frames before,
     ratio masks (exponent 2, eps 1e-10) zero above F, inverse STFT by weighted overlap-add
     normalised by the summed squared window.
     """
@@ -55,19 +63,15 @@ def numpy_separate(wave: np.ndarray, predict, cfg: ModelConfig, context: int) ->
         return out
 
     spec = frames_of(0, n_frames)
-    core = T - 2 * context
-    # (first frame fed, first kept, end kept): the first segment starts at the track and keeps
-    # all but its last `context` frames; each next one keeps `core` frames after the previous,
-    # fed from `context` frames earlier, but never starting past the track's last T frames
-    segments = [(0, 0, min(T - context, n_frames))]
-    while segments[-1][2] < n_frames:
-        keep = segments[-1][2]
-        segments.append(
-            (min(keep - context, max(0, n_frames - T)), keep, min(keep + core, n_frames))
-        )
+    # (first frame fed, first kept, end kept): segment k keeps [k T, (k + 1) T) and is fed from
+    # `context` frames earlier (not before the track) to (k + 1) T
+    segments = [
+        (max(0, keep - context), keep, min(keep + T, n_frames)) for keep in range(0, n_frames, T)
+    ]
     stems_spec = np.zeros(spec.shape + (len(cfg.stems),), np.complex128)
     for first, keep_start, keep_stop in segments:
-        est = predict(np.abs(frames_of(first, T)[None, :, :F]).astype(np.float32))[0]
+        fed = frames_of(first, keep_start + T - first)
+        est = predict(np.abs(fed[None, :, :F]).astype(np.float32))[0]
         power = est[keep_start - first : keep_stop - first].astype(np.float64) ** 2
         masks = (power + 1e-10 / len(cfg.stems)) / (power.sum(-1, keepdims=True) + 1e-10)
         full = np.zeros(masks.shape[:1] + (L // 2 + 1,) + masks.shape[2:])

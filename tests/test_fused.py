@@ -12,9 +12,9 @@ import pytest
 
 from stembeam.model.fused import fused_separator
 from stembeam.model.reconstruct import separate_waveform
-from stembeam.model.segmentation import default_context
+from stembeam.model.segmentation import DEFAULT_CONTEXT
 from stembeam.model.unet import batch_predictor
-from tests.conftest import TINY, numpy_separate
+from tests.conftest import TINY, numpy_separate, unet_predict
 from tests.test_reconstruct import music_like
 
 
@@ -29,7 +29,7 @@ def test_matches_the_numpy_reference(tiny):
     got = separate_waveform(
         x, None, TINY, "overlap", batch_size=3, fused=fused_separator(tiny, TINY)
     )
-    want = numpy_separate(x, lambda m: np.asarray(tiny(m)), TINY, default_context(TINY.T))
+    want = numpy_separate(x, unet_predict(tiny), TINY, DEFAULT_CONTEXT)
     assert got.shape == want.shape == x.shape + (2,)
     np.testing.assert_allclose(got, want, atol=2e-5)
 

@@ -21,10 +21,10 @@ import pytest
 import soundfile
 from apache_beam.io.filesystems import FileSystems
 
-from stembeam.model.segmentation import default_context
+from stembeam.model.segmentation import DEFAULT_CONTEXT
 from stembeam.pipeline.cli import main
 from tests.audio_files import tone
-from tests.conftest import TINY, numpy_separate
+from tests.conftest import TINY, numpy_separate, unet_predict
 
 
 def upload(uri: str, data: bytes) -> None:
@@ -136,7 +136,7 @@ def test_separate_store_to_store_then_rerun_skips(catalog, store, tiny_model, tm
     assert sorted(markers) == [".stembeam/done/one.json", ".stembeam/done/sub/two.json"]
 
     model = keras.saving.load_model(os.path.join(tiny_model, "model.keras"), compile=False)
-    want = numpy_separate(one, lambda x: np.asarray(model(x)), TINY, default_context(TINY.T))
+    want = numpy_separate(one, unet_predict(model), TINY, DEFAULT_CONTEXT)
     for s, stem in enumerate(TINY.stems):
         got, rate = read_audio(f"{root}/out/one/{stem}.wav")
         assert rate == 44100 and got.shape == one.shape

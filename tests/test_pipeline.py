@@ -17,11 +17,11 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from stembeam.model.registry import describe_model
-from stembeam.model.segmentation import default_context
+from stembeam.model.segmentation import DEFAULT_CONTEXT
 from stembeam.pipeline.options import SeparateOptions, results_url
 from stembeam.pipeline.separate import build
 from tests.audio_files import hostile_files, tone, write, write_m4a
-from tests.conftest import TINY, numpy_separate
+from tests.conftest import TINY, numpy_separate, unet_predict
 
 GOOD = {"good": "ok", "low": "ok", "high": "ok", "surround": "ok", "aac": "ok", "__/evil": "ok"}
 BAD = {
@@ -123,7 +123,7 @@ def test_stems_match_numpy_reference(first_run, tiny_model):
     _, output, folder = first_run
     model = keras.saving.load_model(os.path.join(tiny_model, "model.keras"), compile=False)
     wave, _ = soundfile.read(os.path.join(folder, "audio", "good.wav"), dtype="float32")
-    want = numpy_separate(wave, lambda x: np.asarray(model(x)), TINY, default_context(TINY.T))
+    want = numpy_separate(wave, unet_predict(model), TINY, DEFAULT_CONTEXT)
     for s, stem in enumerate(TINY.stems):
         got, rate = soundfile.read(os.path.join(output, "good", f"{stem}.wav"), dtype="float32")
         assert rate == 44100 and got.shape == wave.shape
@@ -245,7 +245,7 @@ def test_graph_spectral_path(tmp_path, tiny_model):
         {"x": "ok", "y": "failed"},
     )
     model = keras.saving.load_model(os.path.join(tiny_model, "model.keras"), compile=False)
-    want = numpy_separate(wave, lambda x: np.asarray(model(x)), TINY, default_context(TINY.T))
+    want = numpy_separate(wave, unet_predict(model), TINY, DEFAULT_CONTEXT)
     for s, stem in enumerate(TINY.stems):
         got, _ = soundfile.read(os.path.join(out, "x", f"{stem}.wav"), dtype="float32")
         np.testing.assert_allclose(got, want[:, :, s], atol=2e-5)

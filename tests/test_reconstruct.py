@@ -13,7 +13,11 @@ from stembeam.model.reconstruct import (
     separate_waveform,
     slice_with_silence,
 )
-from stembeam.model.segmentation import default_context, plan_segments, segment_sample_range
+from stembeam.model.segmentation import (
+    DEFAULT_CONTEXT,
+    plan_segments,
+    segment_sample_range,
+)
 from stembeam.model.spectral import frame_count
 from tests.conftest import numpy_separate
 
@@ -46,7 +50,7 @@ def music_like(num_samples, seed=0):
 def test_constant_masks_scale_the_mixture(segmentation, num_samples):
     x = music_like(num_samples)
     stems = separate_waveform(
-        x, constant_ratio_predict, CFG, segmentation, "ratio", batch_size=3, context=8
+        x, constant_ratio_predict, CFG, segmentation, "ratio", batch_size=3, context=64
     )
     assert stems.shape == (num_samples, 2, 2) and stems.dtype == np.float32
     np.testing.assert_allclose(stems[..., 0], 0.1 * x, atol=1e-5)
@@ -84,18 +88,16 @@ def test_spleeter_segmentation_matches_whole_track_reference():
     assert np.abs(got - want).max() < 1e-5
 
 
-def test_overlap_mode_differs_from_spleeter_only_through_the_cut():
+def test_overlap_mode_differs_from_spleeter_only_through_the_context():
     x = music_like(200_000, seed=2)
     spleeter = separate_waveform(x, position_predict, CFG, "spleeter")
     no_context = separate_waveform(x, position_predict, CFG, "overlap", context=0)
-    overlap = separate_waveform(x, position_predict, CFG, "overlap", context=16)
-    # with no context only the last segment differs: overlap mode aligns it with the track's end
-    last_cut = (
-        len(plan_segments(frame_count(len(x)), CFG.T, "spleeter")) - 1
-    ) * CFG.T * 1024 - 4096
-    np.testing.assert_allclose(no_context[:last_cut], spleeter[:last_cut], atol=1e-6)
-    assert np.abs(no_context[last_cut:] - spleeter[last_cut:]).max() > 1e-3
-    assert np.abs(overlap - spleeter).max() > 1e-3
+    overlap = separate_waveform(x, position_predict, CFG, "overlap", context=64)
+    np.testing.assert_allclose(no_context, spleeter, atol=1e-6)  # T = 64: never shortened
+    # the first segment is the cut's; the second segment's kept frames touch samples from here
+    first_seam = CFG.T * 1024 - 4096
+    np.testing.assert_allclose(overlap[:first_seam], spleeter[:first_seam], atol=1e-6)
+    assert np.abs(overlap[first_seam:] - spleeter[first_seam:]).max() > 1e-3
 
 
 def test_residual_restores_the_mixture_with_zeros_extension():
@@ -134,8 +136,9 @@ def test_short_last_segments_match_the_whole_track_reference(seconds):
         return constant_ratio_predict(magnitude) ** 0.5 + magnitude[..., None] ** 2
 
     got = separate_waveform(x, predict, cfg, "overlap", batch_size=4)
-    assert lengths[-1] == plans[-1].frames and set(lengths[:-1]) <= {cfg.T}
-    want = numpy_separate(x, predict, cfg, default_context(cfg.T))
+    assert lengths[-1] == plans[-1].frames
+    assert set(lengths[:-1]) <= {cfg.T, cfg.T + DEFAULT_CONTEXT}
+    want = numpy_separate(x, predict, cfg, DEFAULT_CONTEXT)
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
@@ -145,7 +148,7 @@ def test_last_stem_from_the_mixture_samples_equals_its_inverse_stft(postprocess,
     """With a residual the last stem is the mixture samples minus the other stems: the same as
     the inverse STFT of its own spectrum (without the samples)."""
     x = music_like(150_000, seed=5)
-    plan = plan_segments(frame_count(len(x)), CFG.T, "overlap", 8)[2]
+    plan = plan_segments(frame_count(len(x)), CFG.T, "overlap", 64)[2]
     span = segment_sample_range(plan, CFG.T, CFG.frame_length, CFG.frame_step)
     samples = slice_with_silence(x, *span)
     mix_stft, magnitude = segment_spectrogram(samples, CFG)

@@ -14,26 +14,35 @@ from stembeam.model.segmentation import (
 )
 
 
-@pytest.mark.parametrize("n_frames", [1, 63, 64, 65, 500, 1024])
-@pytest.mark.parametrize(
-    "mode,context", [("spleeter", 0), ("overlap", 0), ("overlap", 8), ("overlap", 31)]
-)
-def test_every_frame_kept_exactly_once(n_frames, mode, context):
+@pytest.mark.parametrize("n_frames", [1, 63, 64, 65, 127, 128, 129, 500, 1024])
+@pytest.mark.parametrize("mode,context", [("spleeter", 0), ("overlap", 0), ("overlap", 64)])
+def test_every_frame_kept_exactly_once_on_spleeters_grid(n_frames, mode, context):
     T = 64
     plans = plan_segments(n_frames, T, mode, context)
     kept = np.zeros(n_frames, int)
     for i, p in enumerate(plans):
         assert p.index == i
-        assert p.frame_start <= p.keep_start < p.keep_stop <= p.frame_start + T
+        # both modes keep Spleeter's cut: [i T, (i + 1) T) up to the track's end
+        assert (p.keep_start, p.keep_stop) == (i * T, min((i + 1) * T, n_frames))
+        assert 0 <= p.frame_start <= p.keep_start < p.keep_stop <= p.frame_start + p.length(T)
         kept[p.keep_start : p.keep_stop] += 1
-        if mode == "overlap":
-            # every kept frame sees `context` frames of the track on both sides (as far as the
-            # track goes), and no segment starts before the track or ends after it needlessly
-            assert p.keep_start - p.frame_start >= min(context, p.keep_start)
-            assert p.frame_start + T - p.keep_stop >= min(context, n_frames - p.keep_stop)
-            assert p.frame_start >= 0
-            assert p.frame_start + T <= max(n_frames, T)
     assert (kept == 1).all()
+
+
+@pytest.mark.parametrize("n_frames", [1, 134, 300, 511, 512, 513, 600, 1030, 1937, 3001])
+def test_overlap_inputs_hold_the_cuts_inputs_and_the_context(n_frames):
+    """Each overlap segment is fed at least what the cut feeds it (up to SILENCE_FRAMES of
+    silence past the track's end) plus the context before, on the cut's stride-64 grid."""
+    T, context = 512, 128
+    cut = plan_segments(n_frames, T, "spleeter")
+    plans = plan_segments(n_frames, T, "overlap", context)
+    assert len(plans) == len(cut)
+    for p, c in zip(plans, cut):
+        length = p.length(T)
+        assert length % SEGMENT_QUANTUM == 0 and length <= T + context
+        assert p.frame_start == max(0, c.frame_start - context)
+        assert p.frame_start + length >= min(c.frame_start + T, n_frames + SILENCE_FRAMES)
+        assert p.frame_start % SEGMENT_QUANTUM == 0
 
 
 def test_spleeter_mode_is_pad_and_partition():
@@ -46,28 +55,32 @@ def test_spleeter_mode_is_pad_and_partition():
 
 
 def test_overlap_plan_hand_example():
-    # T=64, context 8: keep [0, 56), then cores of 48 frames; the last segment ends at frame 200
-    plans = plan_segments(200, 64, "overlap", 8)
-    assert [(p.frame_start, p.keep_start, p.keep_stop) for p in plans] == [
-        (0, 0, 56),
-        (48, 56, 104),
-        (96, 104, 152),
-        (136, 152, 200),
+    # T=512, context 64, 45 s (1937 frames): the cut's first segment, then each segment fed from
+    # 64 frames before what it keeps (576 frames), the last one too (it needs 465 + 224 frames)
+    assert plan_segments(1937, 512, "overlap", 64) == [
+        SegmentPlan(0, 0, 0, 512),
+        SegmentPlan(1, 448, 512, 1024, 576),
+        SegmentPlan(2, 960, 1024, 1536, 576),
+        SegmentPlan(3, 1472, 1536, 1937, 576),
     ]
-    assert plan_segments(30, 64, "overlap", 8) == [plan_segments(30, 64, "spleeter")[0]]
+    assert plan_segments(1937, 512, "overlap", 0) == plan_segments(1937, 512, "spleeter")[:3] + [
+        SegmentPlan(3, 1536, 1536, 1937)
+    ]
 
 
 def test_sample_ranges():
     plan = plan_segments(2000, 512, "overlap", 64)[1]
     start, stop = segment_sample_range(plan, 512)
-    assert start == plan.frame_start * 1024 - 4096
-    assert stop - start == 511 * 1024 + 4096
+    assert start == plan.frame_start * 1024 - 4096 == 448 * 1024 - 4096
+    assert stop - start == 575 * 1024 + 4096
     assert ola_sample_range(10, 20) == (10 * 1024 - 4096, 19 * 1024)
 
 
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError):
-        plan_segments(10, 64, "overlap", 32)
+        plan_segments(10, 64, "overlap", 32)  # off the U-Net's 64-frame grid
+    with pytest.raises(ValueError):
+        plan_segments(10, 64, "overlap", 128)  # more than T
     with pytest.raises(ValueError):
         plan_segments(10, 64, "nope")
     with pytest.raises(ValueError):
@@ -100,17 +113,17 @@ def test_streaming_overlap_add_rejects_gaps():
 
 
 def test_short_last_segment_hand_examples():
-    # T=512, context 32: a 3 s track (134 frames) + 224 frames of silence -> 384 frames, not 512
-    assert plan_segments(134, 512, "overlap", 32) == [SegmentPlan(0, 0, 0, 134, 384)]
-    # 600 frames: keep [0, 480), then [480, 600) fed from 448: 152 + 224 frames -> 384
-    assert plan_segments(600, 512, "overlap", 32) == [
-        SegmentPlan(0, 0, 0, 480),
-        SegmentPlan(1, 448, 480, 600, 384),
+    # T=512, context 64: a 3 s track (134 frames) + 224 frames of silence -> 384 frames, not 512
+    assert plan_segments(134, 512, "overlap", 64) == [SegmentPlan(0, 0, 0, 134, 384)]
+    # 600 frames: keep [0, 512), then [512, 600) fed from 448: 152 + 224 frames -> 384
+    assert plan_segments(600, 512, "overlap", 64) == [
+        SegmentPlan(0, 0, 0, 512),
+        SegmentPlan(1, 448, 512, 600, 384),
     ]
-    assert plan_segments(950, 512, "overlap", 32)[-1] == SegmentPlan(2, 896, 928, 950, 320)
-    # a last segment that needs (nearly) all T frames keeps the full-T rule: it ends the track
-    assert plan_segments(900, 512, "overlap", 32)[-1] == SegmentPlan(1, 388, 480, 900)
-    assert plan_segments(300, 512, "overlap", 32) == [SegmentPlan(0, 0, 0, 300)]
+    assert plan_segments(1030, 512, "overlap", 64)[-1] == SegmentPlan(2, 960, 1024, 1030, 320)
+    # a last segment that needs (nearly) all its frames is fed all of them
+    assert plan_segments(1000, 512, "overlap", 64)[-1] == SegmentPlan(1, 448, 512, 1000, 576)
+    assert plan_segments(300, 512, "overlap", 64) == [SegmentPlan(0, 0, 0, 300)]
     # Spleeter's cut pads its last segment to T, as Spleeter does
     assert all(p.frames is None for p in plan_segments(134, 512, "spleeter"))
     assert segment_sample_range(SegmentPlan(0, 0, 0, 134, 384), 512) == (-4096, 383 * 1024)
@@ -120,21 +133,14 @@ def test_short_last_segment_hand_examples():
     "n_frames", [1, 63, 64, 65, 134, 287, 288, 479, 480, 481, 545, 600, 1000, 3001]
 )
 def test_short_segments_cover_what_they_keep(n_frames):
-    T, context = 512, 32
+    T, context = 512, 64
     plans = plan_segments(n_frames, T, "overlap", context)
-    kept = np.zeros(n_frames, int)
-    for p in plans:
-        length = p.length(T)
-        assert length % SEGMENT_QUANTUM == 0 and 0 < length <= T
-        assert p.frame_start <= p.keep_start < p.keep_stop <= p.frame_start + length
-        assert p.keep_start - p.frame_start >= min(context, p.keep_start)
-        kept[p.keep_start : p.keep_stop] += 1
-    assert (kept == 1).all()
-    assert all(p.frames is None for p in plans[:-1])
+    assert all(p.length(T) == (T if p.index == 0 else T + context) for p in plans[:-1])
     last = plans[-1]
-    needed = n_frames - (last.keep_start - context if last.index else 0) + SILENCE_FRAMES
-    if last.frames is None:
-        assert needed > T - SEGMENT_QUANTUM
+    full = T if last.index == 0 else T + context
+    needed = n_frames - last.frame_start + SILENCE_FRAMES
+    if last.length(T) == full:
+        assert needed > full - SEGMENT_QUANTUM
     else:  # enough silence after the track for the result not to change
         assert last.frame_start + last.frames - n_frames >= SILENCE_FRAMES
         assert last.frames - SEGMENT_QUANTUM < needed <= last.frames

@@ -373,9 +373,10 @@ def _plans(
 
     ``known``: the model-rate length when the header states it. Otherwise the window reads ahead
     until the next plan can no longer change: a plan depends on the track's length only through
-    ``min(., n_frames)`` of frames before its ``frame_start + T``, so once more than
-    ``frame_start + 2 T`` frames are in (or the stream ended: the length is then exact) it is final
-    and, when not at the track's end, not the last. ``model_samples`` is exact with the last.
+    ``min(., n_frames)`` of frames before its ``keep_start + T`` (at most ``frame_start + 2 T``:
+    the context is at most T), so once more than ``frame_start + 2 T`` frames are in (or the
+    stream ended: the length is then exact) it is final and, when not at the track's end, not the
+    last; its input ends by then too. ``model_samples`` is exact with the last.
     """
     T, step, index = cfg.T, cfg.frame_step, 0
     while True:

@@ -31,7 +31,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from stembeam.model.config import ModelConfig
 from stembeam.model.reconstruct import segment_spectrogram
-from stembeam.model.segmentation import SegmentPlan
+from stembeam.model.segmentation import SegmentPlan, steady_frames
 from stembeam.transforms import metrics
 from stembeam.transforms.metrics import METRICS_NAMESPACE
 from stembeam.transforms.records import Segment
@@ -122,9 +122,10 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
     Host path: out come ``mix_stft`` (n, bins, 2) and ``estimates`` (n, F, 2, S) for the
     writer's masks. Graph path: out comes ``stem_block``, the segment's stems overlap-added.
     ``precision`` and ``spectral_path`` are resolved where the model loads (``auto`` looks at
-    that machine's CPU and GPU). The model loads and runs its warm-up batch on a thread
-    (``BackgroundModel``); the first batch waits for it, and a load failure fails the job there.
-    A failing batch does not fail the job: its segments come out with ``error`` set.
+    that machine's CPU and GPU). The model loads and runs its warm-up batch (one segment of the
+    length most segments of ``segmentation`` have) on a thread (``BackgroundModel``); the first
+    batch waits for it, and a load failure fails the job there. A failing batch does not fail
+    the job: its segments come out with ``error`` set.
     """
 
     def __init__(
@@ -137,33 +138,35 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
         spectral_path: str = "auto",
         postprocess: str = "ratio",
         residual: str = "none",
+        segmentation: str = "overlap",
     ):
         super().__init__(min_batch_size=1, max_batch_size=batch_size or default_batch_size())
         self._spec, self._cache_dir, self._precision = spec, cache_dir, precision
         self._spectral_path, self._postprocess = spectral_path, postprocess
-        self._residual, self._cfg = residual, cfg
+        self._residual, self._cfg, self._segmentation = residual, cfg, segmentation
 
     def _load(self, path: str, waiting: threading.Event) -> Predictor:
-        """The ``path``'s predictor, traced and warmed up on a full segment unless a batch
-        already ``waiting`` (it traces its own length)."""
+        """The ``path``'s predictor, traced and warmed up on a segment of the steady length
+        unless a batch already ``waiting`` (it traces its own length)."""
         from stembeam.model.registry import load_model
 
         loaded = load_model(self._spec, cache_dir=self._cache_dir, precision=self._precision)
         cfg = loaded.config
+        frames = steady_frames(cfg.T, self._segmentation)
         if path == "graph":
             from stembeam.model.fused import fused_separator
 
             separate = fused_separator(loaded.model, cfg, cfg.mask_extension, self._residual)
             if not waiting.is_set():
-                samples = (cfg.T - 1) * cfg.frame_step + cfg.frame_length
-                plan = SegmentPlan(0, 0, 0, cfg.T)
+                samples = (frames - 1) * cfg.frame_step + cfg.frame_length
+                plan = SegmentPlan(0, 0, 0, frames, frames)
                 separate(np.zeros((1, samples, cfg.channels), np.float32), [plan])
             return separate
         from stembeam.model.unet import batch_predictor
 
         predictor = batch_predictor(loaded.model)
         if not waiting.is_set():
-            predictor(np.zeros((1, cfg.T, cfg.F, cfg.channels), np.float32))
+            predictor(np.zeros((1, frames, cfg.F, cfg.channels), np.float32))
         return predictor
 
     def load_model(self) -> BackgroundModel:
