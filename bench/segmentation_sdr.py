@@ -68,8 +68,8 @@ def summarise(label: str, cut: np.ndarray, overlap: np.ndarray) -> None:
     for s, name in enumerate(STEM_NAMES):
         worst = int(np.argmin(diff[:, s]))
         print(
-            f"  {label:28s} {name:13s} cut {np.median(cut[:, s]):6.2f}  overlap "
-            f"{np.median(overlap[:, s]):6.2f}  median diff {np.median(diff[:, s]):+6.2f}  "
+            f"  {label:28s} {name:13s} cut {np.median(cut[:, s]):7.3f}  overlap "
+            f"{np.median(overlap[:, s]):7.3f}  median diff {np.median(diff[:, s]):+6.3f}  "
             f"mean diff {diff[:, s].mean():+6.2f}  worst {diff[worst, s]:+6.2f} (song {worst})  "
             f"overlap better / worse by > {TIE_DB} dB on {int((diff[:, s] > TIE_DB).sum())} / "
             f"{int((diff[:, s] < -TIE_DB).sum())} of {len(diff)}"
@@ -149,7 +149,7 @@ def main() -> None:
             )
             print(
                 f"{i:2d} {name[:28]:28s} {len(mix) / cfg.sample_rate:4.0f} s  residual "
-                f"{residual:5s}  cut {row[0][0]:6.2f} / {row[0][1]:5.2f}  overlap - cut "
+                f"{residual:5s}  cut {row[0][0]:7.3f} / {row[0][1]:6.3f}  overlap - cut "
                 f"voc/acc: {cells}",
                 flush=True,
             )
