@@ -11,6 +11,7 @@ from stembeam.model.segmentation import (
     ola_sample_range,
     plan_segments,
     segment_sample_range,
+    steady_frames,
 )
 
 
@@ -43,6 +44,13 @@ def test_overlap_inputs_hold_the_cuts_inputs_and_the_context(n_frames):
         assert p.frame_start == max(0, c.frame_start - context)
         assert p.frame_start + length >= min(c.frame_start + T, n_frames + SILENCE_FRAMES)
         assert p.frame_start % SEGMENT_QUANTUM == 0
+
+
+@pytest.mark.parametrize("mode", ["overlap", "spleeter"])
+def test_steady_frames_is_the_commonest_input_length(mode):
+    """The length the model handler warms up on: the one most segments of a long track have."""
+    lengths = [p.length(512) for p in plan_segments(50 * 512 + 100, 512, mode)]
+    assert steady_frames(512, mode) == max(set(lengths), key=lengths.count)
 
 
 def test_spleeter_mode_is_pad_and_partition():
