@@ -6,11 +6,13 @@ and overlap-add of the kept frames, with random U-Net estimates (the model itsel
 Decoding, resampling and file writes are not included. Prints seconds of CPU per audio second.
 
     OMP_NUM_THREADS=1 python3 -m bench.cpu_cost_per_audio_second [--wiener] [--segments 3]
+        [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -24,26 +26,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wiener", action="store_true", help="time Wiener instead of ratio masks")
     parser.add_argument("--segments", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="passes; the median is printed")
     args = parser.parse_args()
     cfg = spleeter_config("spleeter:4stems")
     plans = plan_segments(10_000, cfg.T, "overlap")[1 : 1 + args.segments]
     rng = np.random.default_rng(0)
     postprocess = "wiener" if args.wiener else "ratio"
-    spent = audio = 0.0
+    inputs = []
     for plan in plans:
         start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
         samples = rng.uniform(-0.5, 0.5, (stop - start, cfg.channels)).astype(np.float32)
-        estimates = rng.uniform(
-            0, 1, (plan.length(cfg.T), cfg.F, cfg.channels, len(cfg.stems))
-        ).astype(np.float32)
+        shape = (plan.length(cfg.T), cfg.F, cfg.channels, len(cfg.stems))
+        inputs.append((plan, samples, rng.uniform(0, 1, shape).astype(np.float32)))
+    audio = sum(p.keep_stop - p.keep_start for p in plans) * cfg.frame_step / cfg.sample_rate
+    passes = []
+    for _ in range(args.repeats):
         began = time.process_time()
-        mix_stft, _ = segment_spectrogram(samples, cfg)
-        reconstruct_segment(mix_stft, estimates, plan, cfg, postprocess)
-        spent += time.process_time() - began
-        audio += (plan.keep_stop - plan.keep_start) * cfg.frame_step / cfg.sample_rate
+        for plan, samples, estimates in inputs:
+            mix_stft, _ = segment_spectrogram(samples, cfg)
+            reconstruct_segment(mix_stft, estimates, plan, cfg, postprocess)
+        passes.append((time.process_time() - began) / audio)
     print(
-        f"{postprocess}: {spent / audio:.4f} CPU s per audio s "
-        f"({len(plans)} segments, {audio:.1f} s of audio kept, 4 stems)"
+        f"{postprocess}: {statistics.median(passes):.4f} CPU s per audio s, median of "
+        f"{args.repeats} passes ({min(passes):.4f}-{max(passes):.4f}; {len(plans)} segments, "
+        f"{audio:.1f} s of audio kept, 4 stems)"
     )
 
 
