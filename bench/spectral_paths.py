@@ -82,7 +82,7 @@ def child(path: str, args: argparse.Namespace) -> None:
     stages = {k: statistics.median(times[k] for _, times in calls) for k in calls[0][1]}
     np.save(args.stems, np.stack(calls[-1][0]))
     kept_s = args.batch * (plan.keep_stop - plan.keep_start) * cfg.frame_step / cfg.sample_rate
-    print(json.dumps({"stages": stages, "kept_s": kept_s}))
+    print(json.dumps({"stages": stages, "kept_s": kept_s, "frames": plan.length(cfg.T)}))
 
 
 def main() -> None:
@@ -117,7 +117,8 @@ def main() -> None:
                 stems[path] = np.load(out)
     audio_s = result["kept_s"]
     print(
-        f"{args.model}, batch {args.batch} x 512 frames ({audio_s:.1f} s of kept audio), "
+        f"{args.model}, batch {args.batch} x {result['frames']} frames ({audio_s:.1f} s of kept "
+        "audio), "
         f"residual {args.residual}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
         f"each path in its own process, {args.runs} rounds x {args.repeats} calls"
     )
