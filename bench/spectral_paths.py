@@ -1,8 +1,8 @@
 """The two spectral paths on one batch of real music: host (numpy/scipy around the U-Net) against
 graph (``model.fused``: STFT, U-Net, masks, inverse STFT in one TensorFlow function).
 
-A batch of ``--batch`` full segments (T = 512 frames, 11.9 s each) of the bench.e2e catalog's
-songs, with the kept frames of a middle overlap segment, ratio masks and the default residual
+A batch of ``--batch`` middle segments of the default segmentation (576 frames fed, 512 kept,
+11.9 s of audio each) of the bench.e2e catalog's songs, ratio masks and the default residual
 (share). Each path runs in its own fresh process (in one process the two paths' allocations
 slow each other down), rounds interleave them; medians of the wall time per batch. The host
 path is timed per stage: STFT (``segment_spectrogram``), U-Net, masks + inverse STFT
@@ -29,7 +29,7 @@ from bench.e2e import read_song, songs
 from stembeam.model.fused import fused_separator
 from stembeam.model.reconstruct import reconstruct_segment, segment_spectrogram
 from stembeam.model.registry import load_model
-from stembeam.model.segmentation import plan_segments
+from stembeam.model.segmentation import plan_segments, segment_sample_range
 from stembeam.model.unet import batch_predictor
 
 
@@ -51,8 +51,8 @@ def child(path: str, args: argparse.Namespace) -> None:
     loaded = load_model(args.model)
     cfg = loaded.config
     plan = plan_segments(3 * cfg.T, cfg.T)[1]  # a middle segment of the default segmentation
-    size = (plan.length(cfg.T) - 1) * cfg.frame_step + cfg.frame_length
-    samples = segments(args.batch, size)
+    start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
+    samples = segments(args.batch, stop - start)
     if path == "host":
         predict = batch_predictor(loaded.model)
     else:

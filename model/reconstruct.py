@@ -40,7 +40,7 @@ def segment_spectrogram(samples: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarr
     n = mix_stft.shape[0]
     if n % SEGMENT_QUANTUM:
         raise ValueError(f"segment has {n} frames, the model takes a multiple of {SEGMENT_QUANTUM}")
-    return mix_stft, np.abs(mix_stft[:, : cfg.F])  # (T, F, C): strided like mix_stft
+    return mix_stft, np.abs(mix_stft[:, : cfg.F])  # (n, F, C): strided like mix_stft
 
 
 def reconstruct_segment(

@@ -31,7 +31,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from stembeam.model.config import ModelConfig
 from stembeam.model.reconstruct import segment_spectrogram
-from stembeam.model.segmentation import SegmentPlan, steady_frames
+from stembeam.model.segmentation import SegmentPlan, segment_sample_range, steady_frames
 from stembeam.transforms import metrics
 from stembeam.transforms.metrics import METRICS_NAMESPACE
 from stembeam.transforms.records import Segment
@@ -158,9 +158,9 @@ class StemModelHandler(ModelHandler[Segment, Segment, BackgroundModel]):
 
             separate = fused_separator(loaded.model, cfg, cfg.mask_extension, self._residual)
             if not waiting.is_set():
-                samples = (frames - 1) * cfg.frame_step + cfg.frame_length
                 plan = SegmentPlan(0, 0, 0, frames, frames)
-                separate(np.zeros((1, samples, cfg.channels), np.float32), [plan])
+                start, stop = segment_sample_range(plan, cfg.T, cfg.frame_length, cfg.frame_step)
+                separate(np.zeros((1, stop - start, cfg.channels), np.float32), [plan])
             return separate
         from stembeam.model.unet import batch_predictor
 

@@ -254,7 +254,7 @@ def live_locks(output: str) -> list[dict[str, Any]]:
 def _age_s(uri: str, now: float) -> float:
     """Seconds since ``uri`` (a file, or a local folder) last changed; 0 if it vanished."""
     try:
-        return now - (os.stat(uri).st_mtime if storage.is_local(uri) else storage.stat(uri)[1])
+        return now - storage.stat(uri)[1]
     except OSError:
         return 0.0
 
