@@ -295,14 +295,31 @@ def shortest_stem_seconds(out: str) -> float:
     return min(stem_seconds(out), default=0.0)
 
 
+def cpu_summary(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, core count and the flags that decide its precision and kernels."""
+    try:
+        with open(cpuinfo) as f:
+            lines = f.readlines()
+    except OSError:
+        return "unknown CPU"
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    flags = set(fields.get("flags", "").split())
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
+    return (
+        f"{fields.get('model name', '?')} ({fields.get('vendor_id', '?')}), "
+        f"{os.cpu_count()} cores, flags {' '.join(shown) or 'none of note'}"
+    )
+
+
 def unet_audio_rate(model: str, batch: int = 4, runs: int = 3) -> float:
     """Seconds of audio per wall second of the U-Net alone on random segments at ``batch``
     (median of ``runs`` calls after a warm-up): Spleeter's cut, no decode, STFT, masks, iSTFT or
-    writing. No tool running these weights with the same arithmetic can be faster."""
+    writing. No tool running these weights with the same arithmetic can be faster. In the
+    precision ``--precision auto`` gives stembeam on this machine."""
     from stembeam.model.registry import load_model
     from stembeam.model.unet import batch_predictor
 
-    loaded = load_model(stembeam_model(model))
+    loaded = load_model(stembeam_model(model), precision="auto")
     cfg = loaded.config
     predict = batch_predictor(loaded.model)
     x = np.random.default_rng(0).uniform(0, 1, (batch, cfg.T, cfg.F, cfg.channels))
@@ -322,9 +339,12 @@ def compare(args: argparse.Namespace) -> None:
     short, short_s = catalog(5)
     files = sorted(glob.glob(os.path.join(folder, "*.ogg")))
     short_files = sorted(glob.glob(os.path.join(short, "*.ogg")))
+    from stembeam.model.unet import resolve_precision
+
     print(
         f"catalog: {len(files)} OGG files, {audio_s:.0f} s of audio; load {os.getloadavg()[0]:.2f}"
     )
+    print(f"CPU: {cpu_summary()}; --precision auto gives {resolve_precision('auto')}")
     configs = [
         (model, postprocess, tool, workers)
         for model in args.models

@@ -54,10 +54,11 @@ THIN_LAYERS = ("_enc1_conv", "_dec6_deconv", "_dec6_act", "_dec6_bn", "_mask")
 # ``auto`` picks bfloat16 only while it costs at most BF16_MAX_SDR_COST_DB.
 BF16_SDR_COST_DB = 0.0
 BF16_MAX_SDR_COST_DB = 0.05
-# CPU flags under which bfloat16 beats float32. AVX512_BF16 alone is not one: on such a CPU
-# without AMX (2 cores, TF 2.21) the 2stems model ran 0.59-0.71x float32's speed in bfloat16
-# (bench.unet_flops --precision-ab, BENCHMARKS.md), so ``auto`` keeps float32 there.
+# CPUs on which bfloat16 beats float32 (bench.unet_flops --precision-ab, BENCHMARKS.md section 7):
+# any with AMX, and AMD ones with AVX512_BF16 (Zen 4: 1.18-1.40x float32 at batch 1-8). Intel
+# CPUs with AVX512_BF16 but no AMX ran it at 0.59-0.71x float32, so ``auto`` keeps float32 there.
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16",)
+NATIVE_BF16_CPU_FLAGS_BY_VENDOR = {"AuthenticAMD": ("avx512_bf16",)}
 
 
 @tf.function(jit_compile=True)
@@ -212,14 +213,19 @@ def build_unet(
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU runs bfloat16 convolutions faster than float32: one of
-    ``NATIVE_BF16_CPU_FLAGS`` in ``cpuinfo`` (False where the file is missing, e.g. not
-    Linux)."""
+    ``NATIVE_BF16_CPU_FLAGS``, or of its vendor's ``NATIVE_BF16_CPU_FLAGS_BY_VENDOR``, among the
+    flags of ``cpuinfo`` (False where the file is missing, e.g. not Linux)."""
     try:
         with open(cpuinfo) as f:
-            flags = {word for line in f if line.startswith("flags") for word in line.split()}
+            lines = f.readlines()
     except OSError:
         return False
-    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+    flags = {word for line in lines if line.startswith("flags") for word in line.split()}
+    vendors = {line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")}
+    native = set(NATIVE_BF16_CPU_FLAGS)
+    for vendor in vendors:
+        native.update(NATIVE_BF16_CPU_FLAGS_BY_VENDOR.get(vendor, ()))
+    return bool(native & flags)
 
 
 def gpu_visible() -> bool:

@@ -116,6 +116,8 @@ def test_separate_store_to_store_then_rerun_skips(catalog, store, tiny_model, tm
                 run_id,
                 "--residual",
                 "none",
+                "--precision",  # as the numpy reference (auto picks bfloat16 on some CPUs)
+                "float32",
             ]
         )  # as the numpy reference separates
 

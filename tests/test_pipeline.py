@@ -63,9 +63,11 @@ def make_catalog(folder: str) -> str:
 
 
 def options(manifest: str, output: str, model: str, *extra: str) -> SeparateOptions:
-    """Without the residual, as the numpy reference separates (its default: test_delivery_*)."""
+    """Without the residual and in float32, as the numpy reference separates (``--precision
+    auto`` picks bfloat16 on some CPUs)."""
     return SeparateOptions(
-        ["--input", manifest, "--output", output, "--model", model, "--residual", "none", *extra]
+        ["--input", manifest, "--output", output, "--model", model, "--residual", "none"]
+        + ["--precision", "float32", *extra]
     )
 
 

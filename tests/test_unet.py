@@ -203,11 +203,13 @@ def test_thin_layers_stay_float32_in_bfloat16():
         assert np.abs(model(x, training=False).numpy() - y32).mean() < 0.05 * np.abs(y32).mean()
 
 
-def _cpuinfo(tmp_path, flags: str) -> str:
+def _cpuinfo(tmp_path, flags: str, vendor: str = "GenuineIntel") -> str:
     path = tmp_path / "cpuinfo"
     path.write_text(
-        f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\n"
-        f"processor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n"
+        "".join(
+            f"processor\t: {i}\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 avx2 {flags}\n\n"
+            for i in range(2)
+        )
     )
     return str(path)
 
@@ -219,9 +221,14 @@ def test_resolve_precision(tmp_path, monkeypatch):
     assert resolve_precision("float32", _cpuinfo(tmp_path, "amx_bf16")) == "float32"
     assert resolve_precision("bfloat16", _cpuinfo(tmp_path, "")) == "bfloat16"
     assert resolve_precision("auto", _cpuinfo(tmp_path, "amx_bf16 amx_tile")) == "bfloat16"
-    # AVX512_BF16 without AMX ran bfloat16 slower than float32 (BENCHMARKS.md): float32
+    # AVX512_BF16 without AMX ran bfloat16 slower than float32 on Intel, faster on AMD
+    # (BENCHMARKS.md section 7)
     expected = "bfloat16" if gpu else "float32"
     assert resolve_precision("auto", _cpuinfo(tmp_path, "avx512f avx512_bf16")) == expected
+    amd = _cpuinfo(tmp_path, "avx512f avx512_bf16", vendor="AuthenticAMD")
+    assert resolve_precision("auto", amd) == "bfloat16"
+    amd_without = _cpuinfo(tmp_path, "avx512f", vendor="AuthenticAMD")
+    assert resolve_precision("auto", amd_without) == expected
     assert resolve_precision("auto", str(tmp_path / "missing")) == expected
     assert BF16_SDR_COST_DB <= BF16_MAX_SDR_COST_DB
     monkeypatch.setattr("stembeam.model.unet.BF16_SDR_COST_DB", BF16_MAX_SDR_COST_DB + 0.01)
