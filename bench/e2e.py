@@ -29,8 +29,9 @@ compare  wall time of `stembeam separate` and `spleeter separate -d 20000` (its 
          Every configuration runs once per round (medians over --runs rounds), and each round
          also times the U-Net alone (Spleeter's cut, batch 4): the ceiling for any tool doing
          the same arithmetic here, printed as a multiple of Spleeter's steady figure.
-compare and long need the Spleeter venv (bench/spleeter_venv.sh) and, for 4stems, the seeded
-random Spleeter-format checkpoint in ~/.cache/stembeam/spleeter-random-models/4stems.
+compare, startup and long make the Spleeter venv (bench/spleeter_venv.sh) and the seeded random
+Spleeter-format 4stems/5stems checkpoints (bench/spleeter_random_checkpoint.py, in
+~/.cache/stembeam/spleeter-random-models) the first time they need them.
 short-tracks
          the per-track overhead: wall time of the ``--seconds`` catalog as it is (few long
          tracks) and cut into ``--track-seconds`` tracks, interleaved, in this process.
@@ -73,6 +74,20 @@ SPLEETER_MODELS = {  # MODEL_PATH per preset: real 2stems weights, seeded random
     "spleeter:2stems": os.path.join(CACHE, "spleeter-models"),
     "spleeter:4stems": os.path.join(CACHE, "spleeter-random-models"),
 }
+
+
+def prepare_spleeter() -> None:
+    """Makes, where missing, the Spleeter venv with the real 2stems checkpoint and the seeded
+    random 4stems/5stems checkpoints (both idempotent)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run(
+        ["bash", os.path.join(here, "spleeter_venv.sh")], check=True, stdout=subprocess.DEVNULL
+    )
+    random_models = SPLEETER_MODELS["spleeter:4stems"]
+    if not os.path.exists(os.path.join(random_models, "5stems", ".probe")):
+        python = os.path.join(os.path.dirname(SPLEETER), "python")
+        script = os.path.join(here, "spleeter_random_checkpoint.py")
+        subprocess.run([python, script, random_models], check=True, stdout=subprocess.DEVNULL)
 
 
 def songs() -> list[str]:
@@ -335,6 +350,7 @@ def unet_audio_rate(model: str, batch: int = 4, runs: int = 3) -> float:
 def compare(args: argparse.Namespace) -> None:
     """Every configuration once per round, ``--runs`` rounds (so load drift hits all alike);
     medians over the rounds; the U-Net-alone rate is measured in every round too."""
+    prepare_spleeter()
     folder, audio_s = catalog(args.seconds)
     short, short_s = catalog(5)
     files = sorted(glob.glob(os.path.join(folder, "*.ogg")))
@@ -449,6 +465,7 @@ def long_files(args: argparse.Namespace) -> None:
     sampled every 0.5 s. The last row compares the longest file's stembeam peak with the
     shortest's.
     """
+    prepare_spleeter()
     print(
         f"Spleeter stopped beyond {args.spleeter_max_gb:g} GB resident or "
         f"{args.spleeter_timeout:.0f} s"
@@ -744,6 +761,7 @@ STARTUP_LINE = re.compile(
 def startup(args: argparse.Namespace) -> None:
     """Start-up of Spleeter and stembeam (and ``--baseline``), every tool on both files in every
     round (see the module docstring); medians over ``--runs`` rounds, ratios to Spleeter."""
+    prepare_spleeter()
     from bench.versions import namespace_shim  # stembeam.* from each checkout, not the installed
 
     files = {}
