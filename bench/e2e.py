@@ -76,18 +76,19 @@ SPLEETER_MODELS = {  # MODEL_PATH per preset: real 2stems weights, seeded random
 }
 
 
-def prepare_spleeter() -> None:
-    """Makes, where missing, the Spleeter venv with the real 2stems checkpoint and the seeded
-    random 4stems/5stems checkpoints (both idempotent)."""
+def prepare_spleeter(random_models: str | None = None) -> str:
+    """Makes, where missing, the Spleeter venv with the real 2stems checkpoint and (into
+    ``random_models``, when given) the seeded random 4stems/5stems checkpoints; both steps are
+    idempotent. Returns the folder holding the real 2stems checkpoint (Spleeter's MODEL_PATH)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    subprocess.run(
-        ["bash", os.path.join(here, "spleeter_venv.sh")], check=True, stdout=subprocess.DEVNULL
-    )
-    random_models = SPLEETER_MODELS["spleeter:4stems"]
-    if not os.path.exists(os.path.join(random_models, "5stems", ".probe")):
+    models = subprocess.run(
+        ["bash", os.path.join(here, "spleeter_venv.sh")], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    if random_models and not os.path.exists(os.path.join(random_models, "5stems", ".probe")):
         python = os.path.join(os.path.dirname(SPLEETER), "python")
         script = os.path.join(here, "spleeter_random_checkpoint.py")
         subprocess.run([python, script, random_models], check=True, stdout=subprocess.DEVNULL)
+    return models
 
 
 def songs() -> list[str]:
@@ -350,7 +351,7 @@ def unet_audio_rate(model: str, batch: int = 4, runs: int = 3) -> float:
 def compare(args: argparse.Namespace) -> None:
     """Every configuration once per round, ``--runs`` rounds (so load drift hits all alike);
     medians over the rounds; the U-Net-alone rate is measured in every round too."""
-    prepare_spleeter()
+    prepare_spleeter(SPLEETER_MODELS["spleeter:4stems"])
     folder, audio_s = catalog(args.seconds)
     short, short_s = catalog(5)
     files = sorted(glob.glob(os.path.join(folder, "*.ogg")))
@@ -465,7 +466,7 @@ def long_files(args: argparse.Namespace) -> None:
     sampled every 0.5 s. The last row compares the longest file's stembeam peak with the
     shortest's.
     """
-    prepare_spleeter()
+    prepare_spleeter(SPLEETER_MODELS["spleeter:4stems"])
     print(
         f"Spleeter stopped beyond {args.spleeter_max_gb:g} GB resident or "
         f"{args.spleeter_timeout:.0f} s"
@@ -761,7 +762,7 @@ STARTUP_LINE = re.compile(
 def startup(args: argparse.Namespace) -> None:
     """Start-up of Spleeter and stembeam (and ``--baseline``), every tool on both files in every
     round (see the module docstring); medians over ``--runs`` rounds, ratios to Spleeter."""
-    prepare_spleeter()
+    prepare_spleeter(SPLEETER_MODELS["spleeter:4stems"])
     from bench.versions import namespace_shim  # stembeam.* from each checkout, not the installed
 
     files = {}

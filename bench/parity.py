@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.e2e import prepare_spleeter  # noqa: E402
 from stembeam.model.checkpoint import SPLEETER_INSTRUMENT_ORDER, import_spleeter_checkpoint  # noqa: E402
 from stembeam.model.config import spleeter_config  # noqa: E402
 from stembeam.model.fused import fused_separator  # noqa: E402
@@ -93,18 +94,7 @@ def difference_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 def parity(waveform: np.ndarray) -> None:
     print("== parity: stembeam (segmentation='spleeter', ratio masks) vs Spleeter 2.4.2")
     print("   dB = energy of the stem / energy of the difference (target >= 60)")
-    spleeter_models = subprocess.run(
-        ["bash", os.path.join(BENCH, "spleeter_venv.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    if not os.path.exists(os.path.join(RANDOM_MODELS, "5stems", ".probe")):
-        subprocess.run(
-            [VENV_PYTHON, os.path.join(BENCH, "spleeter_random_checkpoint.py"), RANDOM_MODELS],
-            check=True,
-            capture_output=True,
-        )
+    spleeter_models = prepare_spleeter(RANDOM_MODELS)
     for name in ("2stems", "4stems", "5stems"):
         cfg = spleeter_config(name)
         if name == "2stems":
@@ -144,12 +134,7 @@ def median_sdr(refs: dict[str, np.ndarray], stems: dict[str, np.ndarray]) -> dic
 
 def sdr_table(waveform: np.ndarray, refs: dict[str, np.ndarray]) -> None:
     print("== SDR on the stempeg MUSDB18 excerpt (museval median, dB), real 2stems weights")
-    spleeter_models = subprocess.run(
-        ["bash", os.path.join(BENCH, "spleeter_venv.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    spleeter_models = prepare_spleeter()
     rows = []
     for mwf in (False, True):
         stems = spleeter_separate("spleeter:2stems", waveform, spleeter_models, mwf=mwf)

@@ -54,8 +54,9 @@ THIN_LAYERS = ("_enc1_conv", "_dec6_deconv", "_dec6_act", "_dec6_bn", "_mask")
 # ``auto`` picks bfloat16 only while it costs at most BF16_MAX_SDR_COST_DB.
 BF16_SDR_COST_DB = 0.0
 BF16_MAX_SDR_COST_DB = 0.05
-# CPUs on which bfloat16 beats float32 (bench.unet_flops --precision-ab, BENCHMARKS.md section 7):
-# any with AMX, and AMD ones with AVX512_BF16 (Zen 4: 1.18-1.40x float32 at batch 1-8). Intel
+# CPUs on which bfloat16 beats float32 (bench.unet_flops --precision-ab, BENCHMARKS.md sections 7
+# and 9): any with AMX, and AMD ones with AVX512_BF16 (a Zen 5: 1.18-1.40x float32 at batch 1-8,
+# thin layers float32). Intel
 # CPUs with AVX512_BF16 but no AMX ran it at 0.59-0.71x float32, so ``auto`` keeps float32 there.
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16",)
 NATIVE_BF16_CPU_FLAGS_BY_VENDOR = {"AuthenticAMD": ("avx512_bf16",)}

@@ -222,7 +222,7 @@ def test_resolve_precision(tmp_path, monkeypatch):
     assert resolve_precision("bfloat16", _cpuinfo(tmp_path, "")) == "bfloat16"
     assert resolve_precision("auto", _cpuinfo(tmp_path, "amx_bf16 amx_tile")) == "bfloat16"
     # AVX512_BF16 without AMX ran bfloat16 slower than float32 on Intel, faster on AMD
-    # (BENCHMARKS.md section 7)
+    # (BENCHMARKS.md sections 7 and 9)
     expected = "bfloat16" if gpu else "float32"
     assert resolve_precision("auto", _cpuinfo(tmp_path, "avx512f avx512_bf16")) == expected
     amd = _cpuinfo(tmp_path, "avx512f avx512_bf16", vendor="AuthenticAMD")
