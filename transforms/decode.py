@@ -509,4 +509,6 @@ class DecodeSegments(beam.PTransform):
         self._segmentation = segmentation
 
     def expand(self, tracks):
-        return tracks | beam.ParDo(_DecodeSegmentsFn(self._cfg, self._segmentation))
+        return tracks | beam.ParDo(
+            _DecodeSegmentsFn(self._cfg, self._segmentation)
+        ).with_output_types(Segment)

@@ -257,4 +257,5 @@ class RunModel(beam.PTransform):
         self._handler = StemModelHandler(spec, cfg, **handler_options)
 
     def expand(self, segments):
-        return segments | RunInference(self._handler, metrics_namespace=METRICS_NAMESPACE)
+        inference = RunInference(self._handler, metrics_namespace=METRICS_NAMESPACE)
+        return segments | inference.with_output_types(Segment)

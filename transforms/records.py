@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import pickle
 from typing import Any
 
+import apache_beam as beam
 import numpy as np
 
 from stembeam.model.segmentation import SegmentPlan
@@ -99,6 +101,41 @@ class Segment:
     @property
     def index(self) -> int:
         return self.plan.index if self.plan is not None else -1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in the segment's arrays."""
+        arrays = (self.samples, self.mix_stft, self.magnitude, self.estimates)
+        block = self.stem_block[1].nbytes if self.stem_block is not None else 0
+        return block + sum(a.nbytes for a in arrays if a is not None)
+
+
+class SegmentCoder(beam.coders.Coder):
+    """Pickles ``Segment`` records; sizes them from their arrays.
+
+    Beam's SDK harness samples the size of elements for its byte counters by encoding them
+    with the PCollection's coder: with the default coder that pickled ~13 MB of audio per sampled
+    segment (1.7 GB for 10 minutes of music). ``estimate_size`` reads ``Segment.nbytes`` instead.
+    """
+
+    def encode(self, value: Segment) -> bytes:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> Segment:
+        return pickle.loads(encoded)
+
+    def estimate_size(self, value: Segment) -> int:
+        return value.nbytes + SEGMENT_OVERHEAD_BYTES
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return Segment
+
+
+SEGMENT_OVERHEAD_BYTES = 1024  # the track, plan and info fields, pickled: well under 1 KiB
+beam.coders.registry.register_coder(Segment, SegmentCoder)
 
 
 RESULT_NAMES = frozenset(column_names(RESULT_COLUMNS))
