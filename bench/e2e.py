@@ -194,6 +194,7 @@ def timed(
     max_rss_gb: float | None = None,
     min_available_gb: float = 1.5,
     tree_gb: list[float] | None = None,
+    cpu_s: list[float] | None = None,
 ) -> tuple[float, float]:
     """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS GB of its largest process);
     raises on failure.
@@ -202,7 +203,7 @@ def timed(
     than ``timeout_s``, when its process tree holds more than ``max_rss_gb`` resident, or when
     the machine's available memory falls below ``min_available_gb`` while ``max_rss_gb`` is set.
     With ``tree_gb`` (a list), the peak resident memory of the whole process tree, sampled every
-    0.5 s, is appended to it.
+    0.5 s, is appended to it; with ``cpu_s``, the CPU seconds (user + system) the command used.
     """
     with (
         tempfile.NamedTemporaryFile("r", suffix=".time") as report,
@@ -210,7 +211,7 @@ def timed(
     ):
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            ["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd],
+            ["/usr/bin/time", "-f", "%M %U %S", "-o", report.name, *cmd],
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -218,8 +219,12 @@ def timed(
             start_new_session=True,
         )
         seen_gb, reason = 0.0, ""
-        while proc.poll() is None:
-            time.sleep(0.5)
+        while True:
+            try:
+                proc.wait(timeout=0.5)  # returns as soon as the command ends
+                break
+            except subprocess.TimeoutExpired:
+                pass
             wall = time.perf_counter() - t0
             if max_rss_gb is not None or tree_gb is not None:
                 seen_gb = max(seen_gb, _tree_rss_gb(proc.pid))
@@ -238,9 +243,11 @@ def timed(
         if proc.returncode:
             stderr.seek(0)
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr.read()[-3000:]}")
-        peak_kb = float(report.read().strip().splitlines()[-1])
+        peak_kb, user_s, system_s = map(float, report.read().strip().splitlines()[-1].split())
     if tree_gb is not None:
         tree_gb.append(seen_gb)
+    if cpu_s is not None:
+        cpu_s.append(user_s + system_s)
     return wall, peak_kb / 1e6
 
 

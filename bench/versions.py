@@ -109,28 +109,31 @@ def main() -> None:
         (f"new {args.new} {extra}".strip(), checkout(args.new), extra) for extra in args.new_options
     ]
     walls: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    cpus: dict[str, list[float]] = {name: [] for name, _, _ in configs}
     for round_ in range(args.runs):
         for name, tree, extra in configs:
             with tempfile.TemporaryDirectory(dir=BENCH) as out:
                 wall, rss = timed(
-                    command(tree, os.path.join(source, "*.ogg"), out, args.workers, extra)
+                    command(tree, os.path.join(source, "*.ogg"), out, args.workers, extra),
+                    cpu_s=cpus[name],
                 )
             walls[name].append(wall)
             print(
-                f"round {round_ + 1} {name:40s} {wall:6.1f} s  {audio_s / wall:5.1f}x real time"
-                f"  peak {rss:.2f} GB  load {os.getloadavg()[0]:.2f}",
+                f"round {round_ + 1} {name:40s} {wall:6.2f} s  {audio_s / wall:5.1f}x real time"
+                f"  CPU {cpus[name][-1]:6.2f} s  peak {rss:.2f} GB  load {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
     base = statistics.median(walls[configs[0][0]])
     print(
         f"\n{audio_s:.0f} s of real music, spleeter:2stems, {args.workers} worker(s), "
-        f"medians of {args.runs} interleaved rounds (wall time including start-up):"
+        f"medians of {args.runs} interleaved rounds (wall time including start-up; CPU = user "
+        "+ system seconds of the whole command):"
     )
     for name, _, _ in configs:
         median = statistics.median(walls[name])
         print(
-            f"  {name:40s} {median:6.1f} s  {audio_s / median:5.1f}x real time  "
-            f"{base / median:4.2f}x the old throughput"
+            f"  {name:40s} {median:6.2f} s  {audio_s / median:5.1f}x real time  "
+            f"{base / median:4.2f}x the old throughput  CPU {statistics.median(cpus[name]):6.2f} s"
         )
 
 

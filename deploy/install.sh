@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 with_tests=0
 [[ "${1:-}" == "--test" ]] && with_tests=1
 
-runtime_debs=(ffmpeg libsndfile1 fluidsynth fluid-soundfont-gm fretsonfire-songs-muldjord freedoom planetblupi-music-midi)
+runtime_debs=(ffmpeg libsndfile1 libtcmalloc-minimal4 fluidsynth fluid-soundfont-gm fretsonfire-songs-muldjord freedoom planetblupi-music-midi)
 test_debs=(postgresql chromium espeak-ng sox shellcheck)
 debs=("${runtime_debs[@]}")
 ((with_tests)) && debs+=("${test_debs[@]}")

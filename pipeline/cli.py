@@ -27,6 +27,8 @@ VERBOSE, QUIET = ("-v", "--verbose"), ("-q", "--quiet")
 # Imported only to offer notebook widgets, by Beam (tqdm.notebook through google-cloud-bigquery)
 # and Keras, which both do without them: the program never imports these (0.3-0.4 s a run).
 UNUSED_MODULES = ("IPython",)
+# Commands that separate or render audio: the program runs them with tcmalloc (pipeline.allocator).
+AUDIO_COMMANDS = ("separate", "demo", "train", "make-dataset")
 
 log = logging.getLogger("stembeam")
 
@@ -99,6 +101,7 @@ def separate(argv: list[str], verbosity: int = 0) -> int:
     if "-h" in argv or "--help" in argv:
         separate_parser().print_help()
         return EXIT_OK
+    from stembeam.pipeline.allocator import tcmalloc_loaded
     from stembeam.pipeline.console import (
         RunProgress,
         filter_native_stderr,
@@ -111,6 +114,7 @@ def separate(argv: list[str], verbosity: int = 0) -> int:
     process_start = process_started()
     handler = setup_logging(verbosity)
     log.info("stembeam %s: reading options and the catalog", version())
+    log.debug("memory allocator: %s", "tcmalloc" if tcmalloc_loaded() else "the C library's")
     importing = time.perf_counter()
     from stembeam.pipeline.options import parse_options, results_url, sources
     from stembeam.transforms.catalog import check_source, list_catalog
@@ -287,10 +291,15 @@ def top_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command in ``argv``; returns its exit status. Without ``argv`` this is the
-    ``stembeam`` program itself (``sys.argv``): it never imports ``UNUSED_MODULES``, and once the
+    ``stembeam`` program itself (``sys.argv``): it runs ``AUDIO_COMMANDS`` with tcmalloc (it
+    re-executes itself once to preload it), never imports ``UNUSED_MODULES``, and once the
     command returned and the output is flushed, the process ends at once (``exit_now``)."""
     if argv is not None:
         return command_status(list(argv))
+    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) in AUDIO_COMMANDS:
+        from stembeam.pipeline.allocator import reexec_with_tcmalloc
+
+        reexec_with_tcmalloc()
     for name in UNUSED_MODULES:
         sys.modules.setdefault(name, None)  # None: `import` raises ImportError
     exit_now(command_status(sys.argv[1:]))

@@ -30,6 +30,7 @@ import yaml
 from apache_beam.options import pipeline_options as beam_options
 
 import stembeam.pipeline.options  # noqa: F401  (registers SeparateOptions with Beam's parser)
+from stembeam.pipeline.allocator import tcmalloc_env, tcmalloc_library
 from tests.services import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,6 +216,8 @@ def test_image_pins_match_requirements():
     venv = env["VIRTUAL_ENV"]
     assert f"-m venv {venv}" in text and env["PATH"].split(":")[0] == f"{venv}/bin"
     assert f"COPY deploy/boot.py {dockerfile_env(FLINK_DOCKERFILE)['BOOT']}" in text
+    # the image preloads the tcmalloc its apt line installs (the soname Debian's package has here)
+    assert env["LD_PRELOAD"] == tcmalloc_library() and "libtcmalloc-minimal4" in text
     assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in text
 
 
@@ -260,13 +263,15 @@ def test_flink_versions_match_beam():
 
 def test_taskmanager_entry_starts_the_worker_pool(tmp_path):
     """deploy/flink/taskmanager.sh with the real deploy/boot.py and a stub Flink whose
-    taskmanager.sh succeeds only once the pool answers on POOL_ADDRESS."""
+    taskmanager.sh succeeds only once the pool answers on POOL_ADDRESS; the task manager runs
+    without the image's tcmalloc preload."""
     stub = tmp_path / "flink" / "bin" / "taskmanager.sh"
     stub.parent.mkdir(parents=True)
     stub.write_text(
         "#!/usr/bin/env bash\nfor _ in $(seq 300); do\n"
         '  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then\n'
-        '    printf "%s\\n" "$@" > "$ARGS_FILE"; exit 0\n  fi\n  sleep 0.1\n'
+        '    printf "%s\\n" "$@" > "$ARGS_FILE"; echo "${LD_PRELOAD-unset}" > "$ARGS_FILE.preload"\n'
+        "    exit 0\n  fi\n  sleep 0.1\n"
         "done\nexit 3\n"
     )
     stub.chmod(0o755)
@@ -278,6 +283,7 @@ def test_taskmanager_entry_starts_the_worker_pool(tmp_path):
         BOOT=os.path.join(DEPLOY, "boot.py"),
         POOL_ADDRESS=f"127.0.0.1:{port}",
         ARGS_FILE=str(tmp_path / "args"),
+        LD_PRELOAD=tcmalloc_env({})["LD_PRELOAD"],
         PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
     )
     command = compose()["services"]["taskmanager"]["command"]
@@ -288,6 +294,7 @@ def test_taskmanager_entry_starts_the_worker_pool(tmp_path):
         timeout=120,
     )
     assert (tmp_path / "args").read_text().split("\n")[:-1] == ["start-foreground", *command]
+    assert (tmp_path / "args.preload").read_text() == "unset\n"
     with pytest.raises(OSError):  # the pool stopped with its task manager
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 

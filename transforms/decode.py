@@ -457,7 +457,8 @@ def limit_heap_fragmentation() -> None:
     glibc raises its mmap threshold each time a large block is freed, after which segment-sized
     arrays (0.3-20 MB) come from heap arenas (up to 8 per core with threads) that fragment: peak
     RSS then grows by ~0.2 MB per segment processed. A fixed threshold and two arenas keep it
-    flat. Call it early (the CLI does) and in each worker; no-op off glibc.
+    flat. Call it early (the CLI does) and in each worker; no-op off glibc, and without effect
+    under tcmalloc (``pipeline.allocator``), which keeps freed memory for reuse instead.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -11,7 +11,8 @@ POOL_ADDRESS=${POOL_ADDRESS:-127.0.0.1:50000}
 
 "$BOOT" --worker_pool --service_address "$POOL_ADDRESS" &
 pool=$!
-"$FLINK_HOME/bin/taskmanager.sh" start-foreground "$@" &
+# The JVM keeps its own allocator: the image preloads tcmalloc for the Python workers only.
+env -u LD_PRELOAD "$FLINK_HOME/bin/taskmanager.sh" start-foreground "$@" &
 taskmanager=$!
 trap 'kill -TERM "$taskmanager" "$pool" 2>/dev/null || true' TERM INT
 
