@@ -270,7 +270,8 @@ def test_taskmanager_entry_starts_the_worker_pool(tmp_path):
     stub.write_text(
         "#!/usr/bin/env bash\nfor _ in $(seq 300); do\n"
         '  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then\n'
-        '    printf "%s\\n" "$@" > "$ARGS_FILE"; echo "${LD_PRELOAD-unset}" > "$ARGS_FILE.preload"\n'
+        '    printf "%s\\n" "$@" > "$ARGS_FILE"\n'
+        '    echo "${LD_PRELOAD-unset}" > "$ARGS_FILE.preload"\n'
         "    exit 0\n  fi\n  sleep 0.1\n"
         "done\nexit 3\n"
     )
