@@ -171,7 +171,9 @@ def test_tracks_finish_one_after_another_with_no_catalog_barrier(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_kill_9_keeps_finished_tracks_and_the_rerun_does_only_the_rest(tmp_path, tiny_model):
-    lengths = make_catalog(str(tmp_path / "in"), 12, 40.0)
+    # rows (and done-markers) are committed every 5 s (CommitRows' max_delay_s): the catalog
+    # takes several times that to separate, so a kill can fall between two commits
+    lengths = make_catalog(str(tmp_path / "in"), 12, 120.0)
     output = str(tmp_path / "out")
     argv = command(str(tmp_path / "in"), output, tiny_model)
     proc = start(argv, str(tmp_path / "log"))
