@@ -292,14 +292,20 @@ def top_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command in ``argv``; returns its exit status. Without ``argv`` this is the
     ``stembeam`` program itself (``sys.argv``): it runs ``AUDIO_COMMANDS`` with tcmalloc (it
-    re-executes itself once to preload it), never imports ``UNUSED_MODULES``, and once the
+    re-executes itself once to preload it), holds off the garbage collector while ``separate``
+    and ``demo`` start (``transforms.collector``), never imports ``UNUSED_MODULES``, and once the
     command returned and the output is flushed, the process ends at once (``exit_now``)."""
     if argv is not None:
         return command_status(list(argv))
-    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) in AUDIO_COMMANDS:
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if command in AUDIO_COMMANDS:
         from stembeam.pipeline.allocator import reexec_with_tcmalloc
 
         reexec_with_tcmalloc()
+    if command in ("separate", "demo"):
+        from stembeam.transforms import collector
+
+        collector.pause()  # until the first batch (transforms.collector)
     for name in UNUSED_MODULES:
         sys.modules.setdefault(name, None)  # None: `import` raises ImportError
     exit_now(command_status(sys.argv[1:]))

@@ -32,7 +32,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from stembeam.model.config import ModelConfig
 from stembeam.model.reconstruct import segment_spectrogram
 from stembeam.model.segmentation import SegmentPlan, segment_sample_range, steady_frames
-from stembeam.transforms import metrics
+from stembeam.transforms import collector, metrics
 from stembeam.transforms.metrics import METRICS_NAMESPACE
 from stembeam.transforms.records import Segment
 
@@ -81,6 +81,7 @@ class BackgroundModel:
             raise result
         if not self._reported:  # this process's first batch: its start-up metrics
             self._reported = True
+            collector.resume()  # start-up is over: its objects frozen, the collector on
             metrics.record(metrics.MODEL_LOAD_MS, round(self.load_s * 1e3))
             metrics.record(metrics.FIRST_BATCH_UNIX_MS, round(time.time() * 1e3))
         return result
