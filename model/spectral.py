@@ -55,10 +55,17 @@ def stft_frames(
     n = (samples.shape[0] - frame_length) // frame_step + 1
     if n < 1:
         raise ValueError(f"need at least {frame_length} samples, got {samples.shape[0]}")
-    frames = np.lib.stride_tricks.sliding_window_view(samples, frame_length, axis=0)[::frame_step]
-    # frames: (n, C, frame_length) view -> windowed copy; scipy's pocketfft transforms float32
-    # in single precision (3x numpy's rfft here)
-    windowed = frames[:n] * hann_window(frame_length)
+    # channels made planar first, so that every frame is read contiguously: gathering frames
+    # from the interleaved (L, C) samples made the whole STFT 1.7x slower (with tcmalloc)
+    planar = np.ascontiguousarray(samples.T)  # (C, L)
+    frames = np.lib.stride_tricks.sliding_window_view(planar, frame_length, axis=1)
+    windowed = np.empty((n, samples.shape[1], frame_length), np.float32)
+    np.multiply(
+        frames[:, : n * frame_step : frame_step],
+        hann_window(frame_length),
+        out=windowed.transpose(1, 0, 2),
+    )  # (C, n, frame_length) view of (n, C, ...)
+    # scipy's pocketfft transforms float32 in single precision (3x numpy's rfft here)
     spec = scipy.fft.rfft(windowed, axis=-1)  # (n, C, bins) complex64
     return spec.transpose(0, 2, 1)
 
