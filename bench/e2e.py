@@ -608,7 +608,12 @@ def profile(args: argparse.Namespace) -> None:
 
 
 def pipeline_profile(args: argparse.Namespace) -> None:
-    """Stage times inside a real `stembeam separate` run on ``args.seconds`` of the catalog."""
+    """Stage times inside a real `stembeam separate` run on ``args.seconds`` of the catalog,
+    with the command's allocator (this process re-executes itself with tcmalloc, as the
+    ``stembeam`` program does; ``STEMBEAM_ALLOCATOR=system`` keeps glibc's)."""
+    from stembeam.pipeline.allocator import reexec_with_tcmalloc, tcmalloc_loaded
+
+    reexec_with_tcmalloc()
     from stembeam.model import unet
     from stembeam.pipeline import separate as job
     from stembeam.transforms import decode, inference, storage, write_stems
@@ -694,7 +699,8 @@ def pipeline_profile(args: argparse.Namespace) -> None:
     timer.add("U-Net", sum(unet_calls))
     timer.add("other (runner, catalog, results, report)", wall - sum(timer.seconds.values()))
     print(
-        f"stembeam separate, {args.model}, {audio_s:.0f} s of audio, 1 worker; "
+        f"stembeam separate, {args.model}, {audio_s:.0f} s of audio, 1 worker, "
+        f"{'tcmalloc' if tcmalloc_loaded() else 'glibc malloc'}; "
         f"load {os.getloadavg()[0]:.2f}; wall {wall:.1f} s = {audio_s / wall:.1f}x real time"
     )
     for stage, seconds in timer.seconds.items():

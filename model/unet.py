@@ -50,14 +50,15 @@ PRECISION_CHOICES = ("auto", *PRECISIONS)
 # 1-channel last deconv with its activation and BatchNorm, and the dilated mask conv. They hold
 # 0.5 % of the FLOPs, but their bfloat16 kernels are slow on CPUs (few channels to vectorise).
 THIN_LAYERS = ("_enc1_conv", "_dec6_deconv", "_dec6_act", "_dec6_bn", "_mask")
-# Median SDR change of bfloat16 against float32 (worst stem, dB; bench/precision.py sdr):
-# ``auto`` picks bfloat16 only while it costs at most BF16_MAX_SDR_COST_DB.
+# Median SDR change of bfloat16 against float32 (worst stem, dB; bench/precision.py sdr: 0.00 on
+# an Intel Xeon and on an AMD Zen 4): ``auto`` picks bfloat16 only while it costs at most
+# BF16_MAX_SDR_COST_DB.
 BF16_SDR_COST_DB = 0.0
 BF16_MAX_SDR_COST_DB = 0.05
-# CPUs on which bfloat16 beats float32 (bench.unet_flops --precision-ab, BENCHMARKS.md sections 7
-# and 9): any with AMX, and AMD ones with AVX512_BF16 (a Zen 5: 1.18-1.40x float32 at batch 1-8,
-# thin layers float32). Intel
-# CPUs with AVX512_BF16 but no AMX ran it at 0.59-0.71x float32, so ``auto`` keeps float32 there.
+# CPUs on which bfloat16 beats float32 (bench.unet_flops --precision-ab, BENCHMARKS.md sections 7,
+# 9 and 10): any with AMX, and AMD ones with AVX512_BF16 (thin layers float32: a Zen 4 1.30-1.37x
+# float32 at batch 1 and 4, a Zen 5 1.18-1.40x at batch 1-8). Intel CPUs with AVX512_BF16 but no
+# AMX ran it at 0.59-0.71x float32, so ``auto`` keeps float32 there.
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16",)
 NATIVE_BF16_CPU_FLAGS_BY_VENDOR = {"AuthenticAMD": ("avx512_bf16",)}
 
