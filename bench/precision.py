@@ -165,7 +165,9 @@ def startup(args: argparse.Namespace) -> None:
     folder, _ = gpu.catalog(gpu.STARTUP_SECONDS)
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as out:
-            row = gpu.run_separate(folder, out, "spleeter:2stems", args.precision, True, None)
+            row = gpu.run_separate(
+                folder, out, "spleeter:2stems", args.precision, "auto", True, None
+            )
         times.setdefault("separate: first batch", []).append(row["first_batch_s"])
         times.setdefault("separate: whole 5 s run", []).append(row["wall_s"])
     print(
@@ -189,7 +191,7 @@ def batch_ab(args: argparse.Namespace) -> None:
         for batch in args.batch_sizes:
             with tempfile.TemporaryDirectory() as out:
                 rows[batch].append(
-                    gpu.run_separate(folder, out, "spleeter:2stems", "auto", True, batch)
+                    gpu.run_separate(folder, out, "spleeter:2stems", "auto", "auto", True, batch)
                 )
     print(
         f"stembeam separate, {audio_s:.0f} s of audio, {args.runs} interleaved rounds, load "
