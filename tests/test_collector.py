@@ -77,3 +77,35 @@ def test_the_first_batch_into_the_model_resumes_the_collector():
         """
     )
     assert out == ["False", "True", "7"]
+
+
+def test_a_pause_ends_by_itself_after_its_limit_when_no_batch_comes():
+    out = run(
+        """
+        import gc, time
+        from stembeam.transforms import collector
+        collector.pause(limit_s=0.2)
+        print(gc.isenabled())
+        deadline = time.monotonic() + 30
+        while not gc.isenabled() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(gc.isenabled(), gc.get_freeze_count() > 0)
+        """
+    )
+    assert out == ["False", "True", "True"]
+
+
+def test_a_pause_ended_by_a_batch_is_not_ended_again_by_its_limit():
+    out = run(
+        """
+        import gc, time
+        from stembeam.transforms import collector
+        collector.pause(limit_s=0.2)
+        collector.resume()
+        frozen = gc.get_freeze_count()
+        later = [[] for _ in range(10_000)]  # tracked objects alive when the limit passes
+        time.sleep(0.6)
+        print(gc.isenabled(), gc.get_freeze_count() - frozen < len(later) // 2)  # not frozen
+        """
+    )
+    assert out == ["True", "True"]

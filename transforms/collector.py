@@ -7,7 +7,9 @@ full collections, about 1.2 s of the 5.5 s that ``stembeam separate`` took on a 
 (``pause``); the first batch into the model (``BackgroundModel.get``) calls ``resume``, which
 freezes what start-up built (``gc.freeze``: never scanned again, though still freed by reference
 counting) and turns the collector back on. Processes that never paused it (an SDK harness on a
-worker) still freeze the model's objects there.
+worker) still freeze the model's objects there. A run that never reaches a batch (every track
+done already, or failing) gets its collector back after ``START_UP_LIMIT_S`` all the same, so a
+long listing cannot pile up cyclic garbage.
 """
 
 from __future__ import annotations
@@ -15,17 +17,30 @@ from __future__ import annotations
 import gc
 import threading
 
+START_UP_LIMIT_S = 120.0  # start-up takes 4-15 s; no pause outlasts this
 _lock = threading.Lock()
 _paused = False  # whether pause() turned the collector off
 
 
-def pause() -> None:
-    """Turns the collector off until ``resume`` (no-op when it is off already)."""
+def pause(limit_s: float = START_UP_LIMIT_S) -> None:
+    """Turns the collector off until ``resume``, or for ``limit_s`` seconds at most (no-op
+    when it is off already)."""
     global _paused
     with _lock:
         if gc.isenabled():
             gc.disable()
             _paused = True
+            timer = threading.Timer(limit_s, _expire)
+            timer.daemon = True  # never holds the process open
+            timer.start()
+
+
+def _expire() -> None:
+    """``pause``'s limit: resumes only a pause still running (a batch may have ended it)."""
+    with _lock:
+        paused = _paused
+    if paused:
+        resume()
 
 
 def resume() -> None:
