@@ -136,19 +136,36 @@ def wiener_filter(
     Returns:
       (n, bins, C, S) complex64 stem spectrograms.
     """
+    n, n_bins, channels = mix_stft.shape
+    estimates = np.asarray(estimates, dtype=np.float32)
+    mix = mix_stft.astype(np.complex64, copy=False)
+    # norbert's EM scales by the largest magnitude of the whole mixture (in its precision)
+    scale = max(1, np.abs(mix).max() / 10.0)
+    if mask_extension == "zeros":
+        # Above F every source's power is 0, and norbert's soft mask and EM updates work bin by
+        # bin, so its stems are exactly 0 there: filter the F modelled bins only (half the work)
+        F = estimates.shape[1]
+        stems = np.zeros((n, n_bins, channels, estimates.shape[-1]), np.complex64)
+        stems[:, :F] = _norbert_wiener(estimates, mix[:, :F], iterations, scale)
+        return stems
+    masks = extend_masks(ratio_masks(estimates), n_bins, mask_extension)
+    powers = np.concatenate(
+        [estimates, (masks * np.abs(mix)[..., None])[:, estimates.shape[1] :]], axis=1
+    )
+    return _norbert_wiener(powers, mix, iterations, scale)
+
+
+def _norbert_wiener(powers: np.ndarray, mix: np.ndarray, iterations: int, scale: float):
+    """``norbert.wiener(powers, mix, iterations)`` with its scaling factor given (it takes the
+    largest magnitude of ``mix`` / 10, at least 1), so that a band of bins filters exactly as
+    it does inside the whole spectrum. powers (n, bins, C, S) float32, mix (n, bins, C)
+    complex64 -> (n, bins, C, S) complex64."""
     import norbert  # imported here: only Wiener post-processing needs it
 
-    n_bins = mix_stft.shape[1]
-    estimates = np.asarray(estimates, dtype=np.float32)
-    if mask_extension == "zeros":
-        powers = extend_masks(estimates, n_bins, "zeros")
-    else:
-        masks = extend_masks(ratio_masks(estimates), n_bins, mask_extension)
-        powers = np.concatenate(
-            [estimates, (masks * np.abs(mix_stft)[..., None])[:, estimates.shape[1] :]], axis=1
-        )
-    # a copy: norbert scales the mixture it is given in place
-    stems = norbert.wiener(powers, mix_stft.astype(np.complex64, copy=True), iterations=iterations)
+    stems = norbert.softmask(powers, mix)
+    if iterations:
+        stems = norbert.expectation_maximization(stems / scale, mix / scale, iterations)[0]
+        stems *= scale
     return stems.astype(np.complex64, copy=False)
 
 

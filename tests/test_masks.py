@@ -53,6 +53,22 @@ def test_wiener_stems_sum_to_the_mixture_where_modelled():
     assert np.abs(stems[:, 12:]).max() < 1e-3  # zeros extension silences the unmodelled bins
 
 
+@pytest.mark.parametrize("loud_bin", [None, 3, 14])
+def test_wiener_on_the_modelled_bins_equals_norbert_on_the_whole_spectrum(loud_bin):
+    """The reference: norbert.wiener itself over all bins with zero powers above F, as Spleeter's
+    --mwf runs it; a loud bin (below or above F) makes norbert rescale the mixture."""
+    import norbert
+
+    rng = np.random.default_rng(6)
+    mix = random_mix(rng)
+    if loud_bin is not None:
+        mix[:, loud_bin] *= 500
+    est = rng.uniform(0.0, 2.0, (40, 12, 2, 3)).astype(np.float32)
+    powers = np.concatenate([est, np.zeros((40, 5, 2, 3), np.float32)], axis=1)
+    expected = norbert.wiener(powers, mix.copy(), iterations=1)
+    np.testing.assert_array_equal(masks.wiener_filter(est, mix, "zeros"), expected)
+
+
 def test_wiener_average_extension_keeps_high_bins():
     rng = np.random.default_rng(1)
     mix = random_mix(rng)
